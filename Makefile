@@ -1,0 +1,48 @@
+# Courier: the two commands a newcomer needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export FLASK_APP := wsgi
+
+.PHONY: run test lint bench-pricing bench-estimate bench-offers venue-standin clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Stamps: reinstall only when the package metadata changes.
+$(VENV)/.installed-run: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev,train]'
+	touch $@ $(VENV)/.installed-run
+
+## run: install, migrate, seed bundled data, serve on 127.0.0.1:8000 with gunicorn
+run: $(VENV)/.installed-run
+	$(BIN)/flask db upgrade
+	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+
+## test: install dev extras and run the whole suite
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+
+## venue-standin: serve the bundled venue snapshots like the upstream venue API (127.0.0.1:8081)
+venue-standin: $(VENV)/.installed-run
+	$(BIN)/python -m bench.venue_standin
+
+bench-pricing: $(VENV)/.installed-dev
+	$(BIN)/python bench/bench_pricing.py
+
+bench-estimate: $(VENV)/.installed-dev
+	$(BIN)/python bench/bench_estimate.py
+
+bench-offers: $(VENV)/.installed-dev
+	$(BIN)/python bench/bench_offers.py
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache

@@ -1,0 +1,46 @@
+"""Request-parsing helpers shared by blueprints (turn bad input into 400s naming the field)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import request
+from marshmallow import Schema, ValidationError
+
+from services.errors import InvalidRequest
+
+
+def json_body() -> Any:
+    """The request's JSON body, or a 400 ``invalid_request`` saying what is wrong with it."""
+    if not request.is_json:
+        raise InvalidRequest(
+            "Request body must be JSON.",
+            details={"Content-Type": [f"expected application/json, got {request.mimetype or 'nothing'}"]},
+        )
+    body = request.get_json(silent=True)
+    if body is None:
+        raise InvalidRequest("Request body is not valid JSON.", details={"body": ["not valid JSON"]})
+    return body
+
+
+def load_or_400(schema: Schema, data: Any, message: str = "Invalid request.") -> Any:
+    try:
+        return schema.load(data)
+    except ValidationError as exc:
+        messages = exc.messages if isinstance(exc.messages, dict) else {"body": exc.messages}
+        raise InvalidRequest(message, details=messages) from exc
+
+
+def query_args(allowed: set[str]) -> dict[str, Any]:
+    """Query parameters as a flat dict; a parameter given twice is an error, not a silent pick."""
+    details: dict[str, list[str]] = {}
+    flat: dict[str, Any] = {}
+    for key in request.args:
+        values = request.args.getlist(key)
+        if len(values) > 1:
+            details[key] = [f"given {len(values)} times; give it once"]
+        elif key in allowed:
+            flat[key] = values[0]
+    if details:
+        raise InvalidRequest("Invalid query parameters.", details=details)
+    return flat

@@ -1,0 +1,58 @@
+"""Operational routes: liveness, readiness, the OpenAPI document and its docs page."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify, send_from_directory
+from swagger_ui_bundle import swagger_ui_path
+
+from blueprints.errors import envelope
+
+bp = Blueprint("system", __name__)
+
+_DOCS_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Courier API</title>
+<link rel="stylesheet" href="/docs/static/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/docs/static/swagger-ui-bundle.js"></script>
+<script>window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui"});</script>
+</body></html>
+"""
+
+
+@bp.get("/healthz")
+def healthz():
+    """The process is alive and serving; checks nothing else, so it stays cheap."""
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz():
+    """Ready to take traffic: every registered readiness check (database, migrations, model...) passes."""
+    checks = current_app.extensions["courier"].readiness_checks
+    failures: dict[str, str] = {}
+    for name, check in checks.items():
+        try:
+            reason = check()
+        except Exception as exc:  # noqa: BLE001 - any failure of a check means "not ready"
+            reason = f"{type(exc).__name__}: {exc}"
+        if reason:
+            failures[name] = reason
+    if failures:
+        return envelope(503, "not_ready", "Not ready: " + "; ".join(f"{k}: {v}" for k, v in failures.items()),
+                        details=failures, headers={"Retry-After": "5"})
+    return jsonify(status="ready", checks=sorted(checks))
+
+
+@bp.get("/openapi.json")
+def openapi_json():
+    return Response(current_app.extensions["courier_openapi"], mimetype="application/json")
+
+
+@bp.get("/docs")
+def docs():
+    return Response(_DOCS_PAGE, mimetype="text/html")
+
+
+@bp.get("/docs/static/<path:filename>")
+def docs_static(filename: str):
+    return send_from_directory(swagger_ui_path, filename, max_age=86400)

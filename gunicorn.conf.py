@@ -1,0 +1,39 @@
+"""gunicorn settings for Courier. Every value can be set from the environment.
+
+| variable | default | meaning |
+| COURIER_BIND | 127.0.0.1:8000 | address to listen on |
+| COURIER_WORKERS | 2 x cores + 1 | sync worker processes |
+| COURIER_TIMEOUT | 30 | seconds before a silent worker is killed and replaced |
+| COURIER_GRACEFUL_TIMEOUT | 30 | seconds a worker gets to finish in-flight requests on shutdown |
+| COURIER_KEEPALIVE | 2 | seconds to keep an idle client connection (sync workers close anyway) |
+"""
+
+import multiprocessing
+import os
+
+bind = os.environ.get("COURIER_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("COURIER_WORKERS", multiprocessing.cpu_count() * 2 + 1))
+worker_class = "sync"
+timeout = int(os.environ.get("COURIER_TIMEOUT", 30))
+graceful_timeout = int(os.environ.get("COURIER_GRACEFUL_TIMEOUT", 30))
+keepalive = int(os.environ.get("COURIER_KEEPALIVE", 2))
+# Access lines come from the app itself (JSON, with the request id); gunicorn's would double them.
+accesslog = None
+errorlog = "-"
+loglevel = os.environ.get("COURIER_GUNICORN_LOG_LEVEL", "info")
+
+
+def post_fork(server, worker):
+    """With preload_app the master built the app: drop inherited DB connections (never share a socket)."""
+    app = getattr(worker, "wsgi", None)
+    runtime = getattr(app, "extensions", {}).get("courier") if app is not None else None
+    if runtime is not None:
+        runtime.engine.dispose(close=False)
+
+
+def worker_exit(server, worker):
+    """Graceful shutdown: close pooled HTTP sessions and database connections."""
+    app = getattr(worker, "wsgi", None)
+    runtime = getattr(app, "extensions", {}).get("courier") if app is not None else None
+    if runtime is not None:
+        runtime.close()

@@ -1,0 +1,1 @@
+"""Business logic. Nothing in this package imports Flask: views and CLI commands call in here."""

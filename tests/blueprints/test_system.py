@@ -1,0 +1,73 @@
+"""System routes: liveness, readiness, OpenAPI document, docs page, request ids and access logs."""
+
+import json
+import logging
+
+from openapi_spec_validator import validate
+
+from app import create_app
+from services.logs import JsonFormatter
+
+
+def test_healthz(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok"}
+
+
+def test_readyz_when_migrated(client):
+    response = client.get("/readyz")
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["status"] == "ready"
+
+
+def test_readyz_is_503_when_database_not_migrated(tmp_path):
+    app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}", "ACCESS_LOG": False})
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["code"] == "not_ready"
+    assert "flask db upgrade" in body["details"]["database"]
+
+
+def test_openapi_document_is_valid_openapi_3(client):
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    spec = response.get_json()
+    assert spec["openapi"].startswith("3.")
+    validate(spec)
+    assert "/healthz" in spec["paths"]
+    assert "Error" in spec["components"]["schemas"]
+
+
+def test_docs_page_renders_from_bundled_assets(client):
+    page = client.get("/docs")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "/openapi.json" in html and "http" not in html.replace("http-equiv", "")
+    asset = client.get("/docs/static/swagger-ui-bundle.js")
+    assert asset.status_code == 200 and len(asset.data) > 100_000
+    asset.close()
+
+
+def test_incoming_request_id_is_echoed(client):
+    assert client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
+
+
+def test_request_id_is_generated_when_absent_or_unsafe(client):
+    generated = client.get("/healthz").headers["X-Request-ID"]
+    assert len(generated) == 32
+    replaced = client.get("/healthz", headers={"X-Request-ID": "bad id with spaces"}).headers["X-Request-ID"]
+    assert replaced != "bad id with spaces" and len(replaced) == 32
+
+
+def test_one_access_record_per_request_with_request_id(app_config, caplog):
+    app = create_app({**app_config, "ACCESS_LOG": True})
+    with caplog.at_level(logging.INFO, logger="courier.access"):
+        app.test_client().get("/healthz", headers={"X-Request-ID": "rid-1"})
+    records = [r for r in caplog.records if r.name == "courier.access"]
+    assert len(records) == 1
+    line = json.loads(JsonFormatter().format(records[0]))
+    assert line["method"] == "GET" and line["path"] == "/healthz" and line["status"] == 200
+    assert line["request_id"] == "rid-1" and line["duration_ms"] >= 0
+    assert line["level"] == "INFO" and line["logger"] == "courier.access"

@@ -1,0 +1,67 @@
+"""Shared fixtures: an app on a fresh, migrated temporary database, its client and CLI runner."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine
+
+from app import create_app
+from services import migrations
+
+FIXTURES = Path(__file__).parent / "fixtures"
+VENUE_API = "http://venue-api.test/v1"
+
+
+@pytest.fixture(scope="session")
+def migrated_template(tmp_path_factory) -> Path:
+    """One migrated SQLite file per test session; each test gets a copy (migrating per test is slow)."""
+    path = tmp_path_factory.mktemp("template") / "courier.db"
+    engine = create_engine(f"sqlite:///{path}")
+    migrations.upgrade(engine)
+    engine.dispose()
+    return path
+
+
+@pytest.fixture
+def db_url(tmp_path, migrated_template) -> str:
+    target = tmp_path / "courier.db"
+    shutil.copy(migrated_template, target)
+    return f"sqlite:///{target}"
+
+
+@pytest.fixture
+def app_config(db_url) -> dict:
+    """Override in a test module to change settings; defaults keep tests offline and quiet."""
+    return {
+        "TESTING": True,
+        "DATABASE_URL": db_url,
+        "VENUE_API_URL": VENUE_API,
+        "ACCESS_LOG": False,
+    }
+
+
+@pytest.fixture
+def app(app_config):
+    application = create_app(app_config)
+    yield application
+    application.extensions["courier"].close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def db_session(app):
+    session = app.extensions["courier"].session()
+    yield session
+    session.close()

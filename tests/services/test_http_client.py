@@ -1,0 +1,207 @@
+"""The shared HTTP client: retries, backoff, Retry-After, timeouts, deadline, error conversion."""
+
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+import responses
+
+from services.errors import UpstreamInvalid, UpstreamNotFound, UpstreamTimeout, UpstreamUnavailable
+from services.http_client import HttpClient, HttpPolicy
+
+BASE = "http://upstream.test/api"
+FAST = HttpPolicy(connect_timeout_s=0.3, read_timeout_s=0.7, retries=3, backoff_factor_s=0.0, backoff_jitter_s=0.0)
+
+
+@pytest.fixture
+def sleeps(monkeypatch):
+    """Record urllib3's retry sleeps instead of sleeping."""
+    recorded = []
+    monkeypatch.setattr("urllib3.util.retry.time.sleep", recorded.append)
+    return recorded
+
+
+@pytest.fixture
+def mock():
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as rsps:
+        yield rsps
+
+
+def test_get_retries_on_503_then_succeeds(mock, sleeps):
+    mock.get(f"{BASE}/thing", status=503)
+    mock.get(f"{BASE}/thing", status=503)
+    mock.get(f"{BASE}/thing", json={"ok": True})
+    assert HttpClient("up", BASE, FAST).get_json("/thing") == {"ok": True}
+    assert len(mock.calls) == 3
+
+
+def test_gives_up_after_retries_with_our_error(mock, sleeps):
+    mock.get(f"{BASE}/thing", status=502)
+    with pytest.raises(UpstreamUnavailable) as info:
+        HttpClient("up", BASE, FAST).get_json("/thing")
+    assert len(mock.calls) == FAST.retries + 1
+    assert info.value.status == 503
+    assert info.value.details["upstream_status"] == 502
+
+
+def test_429_after_retries_carries_retry_after_to_our_client(mock, sleeps):
+    mock.get(f"{BASE}/thing", status=429, headers={"Retry-After": "4"})
+    with pytest.raises(UpstreamUnavailable) as info:
+        HttpClient("up", BASE, FAST).get_json("/thing")
+    assert info.value.headers["Retry-After"] == "4"
+
+
+def test_post_is_not_retried_unless_declared_idempotent(mock, sleeps):
+    mock.post(f"{BASE}/score", status=503)
+    with pytest.raises(UpstreamUnavailable):
+        HttpClient("up", BASE, FAST).post_json("/score", {"x": 1})
+    assert len(mock.calls) == 1
+
+
+def test_post_retried_when_declared_idempotent(mock, sleeps):
+    mock.post(f"{BASE}/score", status=503)
+    mock.post(f"{BASE}/score", json={"prediction": 1.5})
+    policy = HttpPolicy(retries=2, retry_post=True, backoff_factor_s=0.0, backoff_jitter_s=0.0)
+    assert HttpClient("up", BASE, policy).post_json("/score", {"x": 1}) == {"prediction": 1.5}
+    assert len(mock.calls) == 2
+
+
+def test_every_call_carries_connect_and_read_timeouts(mock):
+    mock.get(f"{BASE}/thing", json={})
+    HttpClient("up", BASE, FAST).get_json("/thing")
+    assert mock.calls[0].request.req_kwargs["timeout"] == (0.3, 0.7)
+
+
+def test_read_timeout_becomes_upstream_timeout(mock):
+    mock.get(f"{BASE}/thing", body=requests.exceptions.ReadTimeout("slow"))
+    with pytest.raises(UpstreamTimeout) as info:
+        HttpClient("up", BASE, FAST).get_json("/thing")
+    assert info.value.status == 504
+
+
+def test_connection_error_becomes_upstream_unavailable(mock):
+    mock.get(f"{BASE}/thing", body=requests.exceptions.ConnectionError("refused"))
+    with pytest.raises(UpstreamUnavailable):
+        HttpClient("up", BASE, FAST).get_json("/thing")
+
+
+def test_malformed_json_becomes_upstream_invalid(mock):
+    mock.get(f"{BASE}/thing", body="{oops", content_type="application/json")
+    with pytest.raises(UpstreamInvalid):
+        HttpClient("up", BASE, FAST).get_json("/thing")
+
+
+def test_404_becomes_upstream_not_found(mock):
+    mock.get(f"{BASE}/thing", status=404, json={"detail": "nope"})
+    with pytest.raises(UpstreamNotFound):
+        HttpClient("up", BASE, FAST).get_json("/thing")
+
+
+@pytest.fixture
+def scripted_server():
+    """A real HTTP server answering GETs from a script of (status, headers, body); the last repeats."""
+    script: list = []
+    seen: list[float] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server API
+            seen.append(time.monotonic())
+            status, headers, body = script[min(len(seen), len(script)) - 1]
+            self.send_response(status)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", script, seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_429_retry_after_is_honoured_and_capped(scripted_server):
+    url, script, seen = scripted_server
+    script += [(429, {"Retry-After": "30"}, b""), (200, {"Content-Type": "application/json"}, b'{"ok": 1}')]
+    policy = HttpPolicy(retries=2, retry_after_max_s=0.3, backoff_factor_s=0.0, backoff_jitter_s=0.0)
+    assert HttpClient("up", url, policy).get_json("/thing") == {"ok": 1}
+    assert len(seen) == 2
+    assert 0.28 <= seen[1] - seen[0] < 1.0  # waited for Retry-After, capped at 0.3 s instead of 30 s
+
+
+def test_backoff_grows_between_retries(scripted_server):
+    url, script, seen = scripted_server
+    script.append((500, {}, b""))
+    policy = HttpPolicy(retries=3, backoff_factor_s=0.1, backoff_jitter_s=0.0, backoff_max_s=5)
+    with pytest.raises(UpstreamUnavailable):
+        HttpClient("up", url, policy).get_json("/thing")
+    gaps = [b - a for a, b in zip(seen, seen[1:])]
+    assert len(seen) == 4
+    assert gaps[-1] > gaps[0] * 1.5  # exponential: 0.1, 0.2, 0.4 s
+
+
+def test_deadline_stops_retrying_a_fast_failing_upstream(scripted_server):
+    url, script, seen = scripted_server
+    script.append((503, {"Retry-After": "1"}, b""))
+    policy = HttpPolicy(retries=10, retry_after_max_s=0.2, deadline_s=0.5)
+    started = time.monotonic()
+    with pytest.raises(UpstreamUnavailable):
+        HttpClient("up", url, policy).get_json("/thing")
+    assert time.monotonic() - started < 0.7
+    assert 2 <= len(seen) <= 4
+
+
+@pytest.fixture
+def hanging_server():
+    """A real TCP server that accepts connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held = []
+    stop = threading.Event()
+
+    def accept():
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+def test_hanging_upstream_is_a_504_within_the_deadline(hanging_server):
+    policy = HttpPolicy(connect_timeout_s=0.2, read_timeout_s=0.3, retries=5, backoff_factor_s=0.01,
+                        backoff_jitter_s=0.0, deadline_s=0.8)
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout):
+        HttpClient("up", hanging_server, policy).get_json("/thing")
+    elapsed = time.monotonic() - started
+    # Without the deadline, 6 attempts x 0.3 s = 1.8 s.
+    assert 0.3 <= elapsed < 1.0
+
+
+def test_session_is_built_once_and_reused(mock):
+    mock.get(f"{BASE}/a", json={})
+    mock.get(f"{BASE}/b", json={})
+    client = HttpClient("up", BASE, FAST)
+    client.get_json("/a")
+    first = client.session
+    client.get_json("/b")
+    assert client.session is first
