@@ -22,6 +22,7 @@ $(VENV)/.installed-dev: setup.cfg pyproject.toml | $(BIN)/python
 ## run: install, migrate, seed bundled data, serve on 127.0.0.1:8000 with gunicorn
 run: $(VENV)/.installed-run
 	$(BIN)/flask db upgrade
+	$(BIN)/flask seed-venues
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 ## test: install dev extras and run the whole suite

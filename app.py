@@ -46,9 +46,29 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["courier"] = runtime
     runtime.readiness_checks["database"] = database_readiness(engine)
 
+    _init_estimate(app, runtime)
+
     register_request_hooks(app)
     register_error_handlers(app)
     register_blueprints(app)
     register_openapi(app)
     register_cli(app)
     return app
+
+
+def _init_estimate(app: Flask, runtime) -> None:
+    """Load the model (a failure makes /readyz 503, not the process die) and the prep-time cache."""
+    import logging
+
+    from services.estimate.model import ModelLoadError, load_model
+    from services.estimate.prep_times import PrepTimeCache
+
+    model, problem = None, None
+    try:
+        model = load_model(app.config["MODEL_PATH"])
+    except ModelLoadError as exc:
+        problem = str(exc)
+        logging.getLogger("courier.estimate").error("model not loaded", extra={"problem": problem})
+    runtime.services["estimate_model"] = model
+    runtime.services["prep_times"] = PrepTimeCache(runtime.session_factory, float(app.config["PREP_TIMES_RELOAD_S"]))
+    runtime.readiness_checks["model"] = lambda: problem

@@ -6,6 +6,7 @@ from flask import Flask
 
 
 def register_blueprints(app: Flask) -> None:
-    from blueprints import system
+    from blueprints import estimate, system
 
     app.register_blueprint(system.bp)
+    app.register_blueprint(estimate.bp)

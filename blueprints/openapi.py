@@ -15,7 +15,8 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask
 from marshmallow import Schema, fields
 
-DOCUMENTED_MODULES = ("blueprints.system_doc",)
+# Blueprint modules whose ``document(spec, app)`` adds their paths.
+DOCUMENTED_MODULES = ("blueprints.system", "blueprints.estimate")
 
 
 class ErrorSchema(Schema):
@@ -51,7 +52,7 @@ def build_spec(app: Flask) -> APISpec:
         plugins=[MarshmallowPlugin()],
     )
     spec.components.schema("Error", schema=ErrorSchema)
-    for module_name in app.extensions.get("courier_documented", DOCUMENTED_MODULES):
+    for module_name in DOCUMENTED_MODULES:
         importlib.import_module(module_name).document(spec, app)
     return spec
 
@@ -59,8 +60,3 @@ def build_spec(app: Flask) -> APISpec:
 def register_openapi(app: Flask) -> None:
     app.extensions["courier_openapi"] = json.dumps(build_spec(app).to_dict()).encode()
 
-
-def document_modules(app: Flask, *modules: str) -> None:
-    """Called by blueprint registration to add modules whose ``document`` feeds the spec."""
-    current = list(app.extensions.get("courier_documented", DOCUMENTED_MODULES))
-    app.extensions["courier_documented"] = tuple(current + [m for m in modules if m not in current])

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify, send_from_directory
+from apispec import APISpec
+from flask import Blueprint, Flask, Response, current_app, jsonify, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
 from blueprints.errors import envelope
+from blueprints.openapi import error_responses
 
 bp = Blueprint("system", __name__)
 
@@ -56,3 +58,16 @@ def docs():
 @bp.get("/docs/static/<path:filename>")
 def docs_static(filename: str):
     return send_from_directory(swagger_ui_path, filename, max_age=86400)
+
+
+def document(spec: APISpec, app: Flask) -> None:
+    ok = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
+    spec.path(path="/healthz", operations={"get": {"summary": "Liveness", "tags": ["system"], "responses": {"200": ok}}})
+    spec.path(
+        path="/readyz",
+        operations={"get": {"summary": "Readiness: database migrated, model loaded", "tags": ["system"],
+                            "responses": {"200": ok, **error_responses(503)}}},
+    )
+    spec.path(path="/openapi.json", operations={"get": {"summary": "This document", "tags": ["system"],
+                                                        "responses": {"200": ok}}})
+

@@ -65,3 +65,16 @@ def db_session(app):
     session = app.extensions["courier"].session()
     yield session
     session.close()
+
+
+@pytest.fixture
+def seeded_prep_times(app):
+    """The bundled venue preparation times, loaded the way `flask seed-venues` loads them."""
+    from config import DATA_DIR
+    from services.estimate.prep_times import parse_prep_times_csv, upsert_prep_times
+
+    times = parse_prep_times_csv(DATA_DIR / "venue_preparation.csv")
+    with app.extensions["courier"].session() as session, session.begin():
+        upsert_prep_times(session, times)
+    app.extensions["courier"].services["prep_times"].invalidate()
+    return times

@@ -1,0 +1,175 @@
+"""Shared benchmark plumbing: a migrated+seeded temporary database, gunicorn, and a load generator.
+
+Load comes from ``wrk`` when it is installed (``apt-get install wrk``: a C load generator costs
+the 2-core box far less CPU than a Python one), otherwise from a multi-process Python generator.
+Everything binds to 127.0.0.1.  Results are printed as a table and returned as dicts.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import multiprocessing as mp
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+WRK_LUA = Path(__file__).with_name("wrk_report.lua")
+
+
+@dataclass
+class LoadResult:
+    label: str
+    requests: int
+    seconds: float
+    failed: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    tool: str
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def row(self) -> str:
+        return (f"{self.label:<34} {self.rps:>9.0f} {self.p50_ms:>8.2f} {self.p95_ms:>8.2f} {self.p99_ms:>8.2f} "
+                f"{self.failed:>7} {self.failed / max(1, self.requests) * 100:>6.2f}%  ({self.tool})")
+
+
+HEADER = f"{'scenario':<34} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'failed':>7} {'fail%':>7}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def flask(env: dict, *args: str) -> str:
+    out = subprocess.run([str(BIN / "flask"), "--app", "wsgi", *args], cwd=ROOT, env=env, check=True,
+                         capture_output=True, text=True)
+    return out.stdout
+
+
+@contextmanager
+def prepared_env(extra: dict | None = None):
+    """A temporary SQLite database, migrated and seeded; yields the environment to run Courier with."""
+    tmp = Path(tempfile.mkdtemp(prefix="courier-bench-"))
+    env = {**os.environ, "COURIER_DATABASE_URL": f"sqlite:///{tmp / 'bench.db'}", "COURIER_LOG_LEVEL": "WARNING",
+           "COURIER_ACCESS_LOG": "false", **(extra or {})}
+    try:
+        flask(env, "db", "upgrade")
+        flask(env, "seed-venues")
+        yield env
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def wait_http(url: str, timeout: float = 30.0) -> None:
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection(host, int(port), timeout=1)
+            conn.request("GET", "/" + url.split("//")[1].split("/", 1)[1] if "/" in url.split("//")[1] else "/")
+            if conn.getresponse().status < 500:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up in {timeout} s")
+
+
+@contextmanager
+def gunicorn(env: dict, workers: int, port: int | None = None):
+    port = port or free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT, env={**env, "COURIER_BIND": f"127.0.0.1:{port}", "COURIER_WORKERS": str(workers),
+                       "COURIER_GUNICORN_LOG_LEVEL": "warning"},
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _wrk(label: str, url: str, path: str, method: str, body: str | None, seconds: int, connections: int) -> LoadResult:
+    env = {**os.environ, "WRK_METHOD": method, "WRK_BODY": body or ""}
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(WRK_LUA),
+                          url + path], env=env, capture_output=True, text=True, check=True).stdout
+    report = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
+    failed = sum(report[k] for k in ("errors_connect", "errors_read", "errors_write", "errors_status",
+                                     "errors_timeout"))
+    return LoadResult(label, report["requests"], report["duration_us"] / 1e6, failed, report["p50_us"] / 1000,
+                      report["p95_us"] / 1000, report["p99_us"] / 1000, "wrk")
+
+
+def _py_worker(args):
+    host, port, path, method, body, seconds, threads = args
+    import threading
+
+    latencies: list[float] = []
+    failures = [0]
+    stop_at = time.monotonic() + seconds
+    headers = {"Content-Type": "application/json"} if body else {}
+
+    def loop():
+        while time.monotonic() < stop_at:
+            started = time.perf_counter()
+            try:
+                conn = http.client.HTTPConnection(host, port, timeout=5)
+                conn.request(method, path, body=body, headers=headers)
+                resp = conn.getresponse()
+                resp.read()
+                conn.close()
+                ok = resp.status < 400
+            except OSError:
+                ok = False
+            latencies.append(time.perf_counter() - started)
+            if not ok:
+                failures[0] += 1
+
+    workers = [threading.Thread(target=loop) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return latencies, failures[0]
+
+
+def _python_load(label, url, path, method, body, seconds, connections) -> LoadResult:
+    host, port = url.split("//")[1].split(":")
+    procs = 2
+    started = time.monotonic()
+    with mp.Pool(procs) as pool:
+        parts = pool.map(_py_worker, [(host, int(port), path, method, body, seconds, max(1, connections // procs))] * procs)
+    elapsed = time.monotonic() - started
+    lat = sorted(x for part in parts for x in part[0])
+    failed = sum(part[1] for part in parts)
+    q = statistics.quantiles(lat, n=100) if len(lat) > 1 else [lat[0]] * 99
+    return LoadResult(label, len(lat), elapsed, failed, q[49] * 1000, q[94] * 1000, q[98] * 1000, "python")
+
+
+def load(label: str, url: str, path: str, *, method: str = "GET", body: str | None = None, seconds: int = 10,
+         connections: int = 8) -> LoadResult:
+    if shutil.which("wrk") and not os.environ.get("COURIER_BENCH_PYTHON_LOAD"):
+        return _wrk(label, url, path, method, body, seconds, connections)
+    return _python_load(label, url, path, method, body, seconds, connections)
+
+
+def machine() -> str:
+    return f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, {os.uname().sysname} {os.uname().machine}"

@@ -1,0 +1,124 @@
+"""Delivery-time estimate: ``POST /api/v1/delivery-estimate`` (and ``POST /`` for the original's clients)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from flask import Blueprint, current_app, jsonify
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+from werkzeug.exceptions import HTTPException
+
+from blueprints.common import json_body, load_or_400
+from blueprints.errors import courier_error_response, http_error_response, internal_error_response
+from services.errors import CourierError
+from services.estimate.estimator import EstimateQuery, estimate_delivery
+from services.estimate.prep_times import MAX_VENUE_ID_LENGTH
+
+bp = Blueprint("estimate", __name__)
+
+# "YYYY-MM-DD HH:MM:SS[.ffffff]" or ISO 8601 with "T", optionally with "Z" or an offset.
+_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:?\d{2})?$")
+
+
+class TimeReceived(fields.Field):
+    """A timestamp whose hour is used as written: an offset is accepted but not applied."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str) or not _TIME_RE.match(value.strip()):
+            raise ValidationError("must be 'YYYY-MM-DD HH:MM:SS[.ffffff]' or ISO 8601 with 'T', optional offset")
+        try:
+            return datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ValidationError(f"not a valid date and time: {exc}") from exc
+
+
+class RetailFlag(fields.Field):
+    """JSON true/false; 0 and 1 are accepted too, as the original service's clients send them."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ValidationError("must be a boolean (true/false; 0/1 accepted)")
+
+
+class EstimateRequestSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE  # clients of the original service may send more keys
+
+    venue_id = fields.String(required=True, validate=validate.Length(min=1, max=MAX_VENUE_ID_LENGTH),
+                             metadata={"example": "8a61b8c"})
+    time_received = TimeReceived(required=True, metadata={
+        "type": "string", "example": "2017-01-25 03:16:07.938113",
+        "description": "Order time. The model uses the hour as written: no timezone conversion."})
+    is_retail = RetailFlag(required=True, metadata={"type": "boolean", "example": True})
+
+    def load(self, data, *args, **kwargs):  # trim venue_id before validating its length
+        if isinstance(data, dict) and isinstance(data.get("venue_id"), str):
+            data = {**data, "venue_id": data["venue_id"].strip()}
+        return super().load(data, *args, **kwargs)
+
+
+class EstimateResponseSchema(Schema):
+    result = fields.Float(required=True, metadata={"description": "Predicted delivery time, minutes."})
+    error = fields.Raw(allow_none=True, metadata={"description": "Always null on success."})
+    venue_known = fields.Boolean(required=True)
+    model_version = fields.String(required=True)
+
+
+_request_schema = EstimateRequestSchema()
+_NULL_RESULT = {"result": None}
+
+
+@bp.post("/api/v1/delivery-estimate")
+@bp.post("/")
+def delivery_estimate():
+    data = load_or_400(_request_schema, json_body(), "Invalid estimate request.")
+    runtime = current_app.extensions["courier"]
+    estimate = estimate_delivery(
+        runtime.services["estimate_model"],
+        runtime.services["prep_times"].get(),
+        EstimateQuery(venue_id=data["venue_id"], hour_of_day=data["time_received"].hour,
+                      is_retail=data["is_retail"]),
+        current_app.config["ESTIMATE_UNKNOWN_VENUE"],
+    )
+    return jsonify(result=estimate.minutes, error=None, venue_known=estimate.venue_known,
+                   model_version=estimate.model_version)
+
+
+# Errors of this endpoint carry "result": null as well, like the original service's answers.
+@bp.errorhandler(CourierError)
+def _courier_error(exc):
+    return courier_error_response(exc, _NULL_RESULT)
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(exc):
+    return http_error_response(exc, _NULL_RESULT)
+
+
+@bp.errorhandler(Exception)
+def _internal_error(exc):
+    return internal_error_response(exc, _NULL_RESULT)
+
+
+def document(spec, app) -> None:
+    from blueprints.openapi import error_responses
+
+    spec.components.schema("EstimateRequest", schema=EstimateRequestSchema)
+    spec.components.schema("EstimateResponse", schema=EstimateResponseSchema)
+    operation = {
+        "summary": "Predict delivery time in minutes",
+        "tags": ["estimate"],
+        "description": ("`time_received`'s hour is used as written (no timezone conversion). Unknown venues "
+                        "use the median preparation time (`venue_known: false`) unless "
+                        "`COURIER_ESTIMATE_UNKNOWN_VENUE=reject` (404). Errors also carry `result: null`."),
+        "requestBody": {"required": True, "content": {"application/json": {"schema": "EstimateRequest"}}},
+        "responses": {"200": {"description": "Prediction", "content": {"application/json": {"schema": "EstimateResponse"}}},
+                      **error_responses(400, 404, 413, 503)},
+    }
+    spec.path(path="/api/v1/delivery-estimate", operations={"post": operation})
+    spec.path(path="/", operations={"post": {**operation, "operationId": "delivery_estimate_legacy",
+                                             "summary": "Same as /api/v1/delivery-estimate (original service's path)"}})

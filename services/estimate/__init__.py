@@ -1,0 +1,1 @@
+"""Delivery-time estimate: tree-ensemble model, venue preparation times, training and evaluation."""
