@@ -47,6 +47,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     runtime.readiness_checks["database"] = database_readiness(engine)
 
     _init_estimate(app, runtime)
+    _init_pricing(app, runtime)
 
     register_request_hooks(app)
     register_error_handlers(app)
@@ -72,3 +73,22 @@ def _init_estimate(app: Flask, runtime) -> None:
     runtime.services["estimate_model"] = model
     runtime.services["prep_times"] = PrepTimeCache(runtime.session_factory, float(app.config["PREP_TIMES_RELOAD_S"]))
     runtime.readiness_checks["model"] = lambda: problem
+
+
+def _init_pricing(app: Flask, runtime) -> None:
+    from services.pricing.venue_api import VenueApiClient, venue_api_policy
+    from services.pricing.venue_store import VenueCachePolicy, VenueStore
+
+    cfg = app.config
+    client = None
+    if cfg["VENUE_API_URL"]:
+        client = VenueApiClient(cfg["VENUE_API_URL"], venue_api_policy(
+            connect_timeout_s=float(cfg["VENUE_API_CONNECT_TIMEOUT_S"]), read_timeout_s=float(cfg["VENUE_API_READ_TIMEOUT_S"]),
+            retries=int(cfg["VENUE_API_RETRIES"]), deadline_s=float(cfg["VENUE_API_DEADLINE_S"]),
+            pool_maxsize=int(cfg["HTTP_POOL_MAXSIZE"])))
+    store = VenueStore(client, runtime.session_factory, VenueCachePolicy(
+        static_ttl_s=float(cfg["VENUE_STATIC_TTL_S"]), dynamic_ttl_s=float(cfg["VENUE_DYNAMIC_TTL_S"]),
+        max_stale_s=float(cfg["VENUE_MAX_STALE_S"]), failure_backoff_s=float(cfg["VENUE_FAILURE_BACKOFF_S"]),
+        enabled=bool(cfg["VENUE_CACHE_ENABLED"])))
+    runtime.services["venues"] = store
+    runtime.closers.append(store.close)

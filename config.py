@@ -40,7 +40,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Base URL of the upstream venue API. Empty string: offline, only stored venue data is used."),
     Setting("VENUE_API_CONNECT_TIMEOUT_S", 0.5, "Connect timeout of one venue API attempt."),
     Setting("VENUE_API_READ_TIMEOUT_S", 1.0, "Read timeout of one venue API attempt."),
-    Setting("VENUE_API_RETRIES", 3, "Retries of one venue API call (429, 5xx, connection errors)."),
+    Setting("VENUE_API_RETRIES", 5, "Retries of one venue API call (429, 5xx, connection errors)."),
     Setting("VENUE_API_DEADLINE_S", 2.5,
             "Total time budget of one venue lookup, retries and backoff included; no retry starts past it."),
     Setting("VENUE_STATIC_TTL_S", 3600, "Seconds a venue's static half (location) is fresh."),

@@ -6,7 +6,8 @@ from flask import Flask
 
 
 def register_blueprints(app: Flask) -> None:
-    from blueprints import estimate, system
+    from blueprints import estimate, pricing, system
 
     app.register_blueprint(system.bp)
     app.register_blueprint(estimate.bp)
+    app.register_blueprint(pricing.bp)

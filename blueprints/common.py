@@ -31,16 +31,26 @@ def load_or_400(schema: Schema, data: Any, message: str = "Invalid request.") ->
         raise InvalidRequest(message, details=messages) from exc
 
 
-def query_args(allowed: set[str]) -> dict[str, Any]:
-    """Query parameters as a flat dict; a parameter given twice is an error, not a silent pick."""
+def load_query(schema: Schema, message: str = "Invalid query parameters.") -> Any:
+    """Validate the query string with ``schema``; a parameter given twice is an error, not a silent pick.
+
+    Every problem is reported at once, one entry per field.
+    """
     details: dict[str, list[str]] = {}
     flat: dict[str, Any] = {}
     for key in request.args:
         values = request.args.getlist(key)
         if len(values) > 1:
             details[key] = [f"given {len(values)} times; give it once"]
-        elif key in allowed:
+        elif key in schema.fields:
             flat[key] = values[0]
+    try:
+        data = schema.load(flat)
+    except ValidationError as exc:
+        for key, problems in exc.messages.items():
+            if key not in details:  # "given twice" says it better than "missing"
+                details[key] = problems if isinstance(problems, list) else [str(problems)]
+        data = None
     if details:
-        raise InvalidRequest("Invalid query parameters.", details=details)
-    return flat
+        raise InvalidRequest(message, details=details)
+    return data

@@ -16,7 +16,7 @@ from flask import Flask
 from marshmallow import Schema, fields
 
 # Blueprint modules whose ``document(spec, app)`` adds their paths.
-DOCUMENTED_MODULES = ("blueprints.system", "blueprints.estimate")
+DOCUMENTED_MODULES = ("blueprints.system", "blueprints.estimate", "blueprints.pricing")
 
 
 class ErrorSchema(Schema):

@@ -9,6 +9,14 @@ from flask.cli import with_appcontext
 from services import migrations
 
 
+def require_migrated(engine) -> None:
+    """Stop a command early, with the fix, when the database schema is not at head."""
+    status = migrations.schema_status(engine)
+    if not status.at_head:
+        raise click.ClickException(
+            f"database schema is at {status.current or 'no revision'}, expected {status.head}: run `flask db upgrade`")
+
+
 def _engine():
     return current_app.extensions["courier"].engine
 

@@ -6,18 +6,31 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
+from cli.db import require_migrated
 from config import DATA_DIR
+from services.errors import CourierError
 from services.estimate.prep_times import PrepTimesFileError, parse_prep_times_csv, upsert_prep_times
+from services.pricing.snapshots import SnapshotError, load_snapshots
+from services.pricing.venue_repo import known_slugs, upsert_venue
 
 
-@click.command("seed-venues", help="Load venue preparation times (and venue pricing data) into the database. "
-                                   "Idempotent: re-running updates changed rows only.")
+@click.command("seed-venues", help="Load venue preparation times and venue pricing data into the database. "
+                                   "Idempotent: re-running updates rows in place. All or nothing: a bad file "
+                                   "is reported and nothing is written.")
 @click.option("--prep-times", "prep_times_path", type=click.Path(dir_okay=False),
               default=str(DATA_DIR / "venue_preparation.csv"), show_default=True,
               help="CSV of venue_id,avg_preparation_time (minutes).")
+@click.option("--venues-dir", type=click.Path(file_okay=False), default=str(DATA_DIR / "venues"),
+              show_default=True, help="Folder of <slug>.static.json / <slug>.dynamic.json venue API snapshots.")
+@click.option("--from-api", is_flag=True,
+              help="Refresh venue pricing data from the live venue API instead of the snapshots "
+                   "(the SLUGs given, or every venue already stored).")
+@click.argument("slugs", nargs=-1)
 @with_appcontext
-def seed_venues(prep_times_path: str) -> None:
+def seed_venues(prep_times_path: str, venues_dir: str, from_api: bool, slugs: tuple[str, ...]) -> None:
     runtime = current_app.extensions["courier"]
+    store = runtime.services["venues"]
+    require_migrated(runtime.engine)
     try:
         times = parse_prep_times_csv(prep_times_path)
     except PrepTimesFileError as exc:
@@ -25,8 +38,43 @@ def seed_venues(prep_times_path: str) -> None:
         for error in exc.errors:
             click.echo(f"  line {error.line}: {error.problem}", err=True)
         raise SystemExit(1) from exc
+
+    if from_api:
+        if store.client is None:
+            raise click.UsageError("--from-api needs COURIER_VENUE_API_URL (it is empty: offline mode)")
+        with runtime.session() as session:
+            targets = list(slugs) or known_slugs(session)
+        venues, failed = [], 0
+        for slug in targets:
+            try:
+                venues.append(store.fetch_fresh(slug))
+                click.echo(f"  {slug}: fetched")
+            except CourierError as exc:
+                failed += 1
+                click.echo(f"  {slug}: failed ({exc.code}: {exc.message})", err=True)
+        source = f"venue API {store.client.base_url}"
+    else:
+        if slugs:
+            raise click.UsageError("SLUGs are only used with --from-api")
+        try:
+            venues = load_snapshots(venues_dir)
+        except SnapshotError as exc:
+            click.echo(f"error: {len(exc.problems)} bad venue file(s), nothing written", err=True)
+            for problem in exc.problems:
+                click.echo(f"  {problem.file}: {problem.problem}", err=True)
+            raise SystemExit(1) from exc
+        failed = 0
+        source = venues_dir
+
     with runtime.session() as session, session.begin():
         counts = upsert_prep_times(session, times)
+        created = sum(upsert_venue(session, venue) for venue in venues)
     runtime.services["prep_times"].invalidate()
+    for venue in venues:
+        store.forget(venue.slug)
     click.echo(f"prep times ({prep_times_path}): {counts.inserted} inserted, {counts.updated} updated, "
                f"{counts.unchanged} unchanged")
+    click.echo(f"venues ({source}): {created} inserted, {len(venues) - created} updated"
+               + (f", {failed} failed" if failed else ""))
+    if failed:
+        raise SystemExit(1)

@@ -31,3 +31,76 @@ def test_bad_rows_are_reported_and_nothing_is_written(runner, db_session, tmp_pa
     assert "nothing written" in result.output
     db_session.expire_all()
     assert read_snapshot(db_session) == before
+
+
+def _venue_rows(db_session):
+    from sqlalchemy import select
+
+    from services.models import Venue
+
+    db_session.expire_all()
+    return {v.slug: (v.base_price, v.distance_ranges) for v in db_session.scalars(select(Venue))}
+
+
+def test_loads_all_five_bundled_venues_idempotently(runner, db_session):
+    first = runner.invoke(args=["seed-venues"])
+    assert "venues" in first.output and "5 inserted, 0 updated" in first.output
+    second = runner.invoke(args=["seed-venues"])
+    assert "0 inserted, 5 updated" in second.output
+    rows = _venue_rows(db_session)
+    assert sorted(rows) == [f"home-assignment-venue-{c}" for c in
+                            ("berlin", "helsinki", "stockholm", "tallinn", "tokyo")]
+    assert rows["home-assignment-venue-tokyo"][0] == 49
+
+
+def test_a_bad_venue_file_is_named_and_nothing_is_written(runner, db_session, tmp_path):
+    import shutil
+
+    from config import DATA_DIR
+
+    runner.invoke(args=["seed-venues"])
+    before = _venue_rows(db_session)
+    folder = tmp_path / "venues"
+    shutil.copytree(DATA_DIR / "venues", folder)
+    (folder / "home-assignment-venue-berlin.dynamic.json").write_text('{"venue_raw": {"delivery_specs": {}}}')
+    (folder / "home-assignment-venue-tokyo.static.json").write_text("{broken")
+    (folder / "new-venue.static.json").write_text((folder / "home-assignment-venue-tallinn.static.json").read_text())
+    result = runner.invoke(args=["seed-venues", "--venues-dir", str(folder)])
+    assert result.exit_code == 1
+    assert "berlin.dynamic.json: missing venue_raw.delivery_specs.order_minimum_no_surcharge" in result.output
+    assert "tokyo.static.json: not valid JSON" in result.output
+    assert "new-venue.dynamic.json: missing" in result.output
+    assert _venue_rows(db_session) == before
+
+
+def test_from_api_refreshes_stored_venues(runner, db_session):
+    import responses
+
+    from tests.conftest import VENUE_API
+    from tests.pricing_fixtures import SLUGS, doc, register_venue
+
+    runner.invoke(args=["seed-venues"])
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
+        for slug in SLUGS:
+            if slug != "tokyo":
+                register_venue(mock, VENUE_API, slug)
+        cheaper = doc("tokyo", "dynamic")
+        cheaper["venue_raw"]["delivery_specs"]["delivery_pricing"]["base_price"] = 39
+        mock.get(f"{VENUE_API}/venues/home-assignment-venue-tokyo/static", json=doc("tokyo", "static"))
+        mock.get(f"{VENUE_API}/venues/home-assignment-venue-tokyo/dynamic", json=cheaper)
+        result = runner.invoke(args=["seed-venues", "--from-api"])
+    assert result.exit_code == 0, result.output
+    assert "0 inserted, 5 updated" in result.output
+    assert _venue_rows(db_session)["home-assignment-venue-tokyo"][0] == 39
+
+
+def test_from_api_reports_failures_per_slug(runner, db_session):
+    import responses
+
+    from tests.conftest import VENUE_API
+
+    with responses.RequestsMock() as mock:
+        mock.get(f"{VENUE_API}/venues/ghost/static", status=404)
+        mock.get(f"{VENUE_API}/venues/ghost/dynamic", status=404)
+        result = runner.invoke(args=["seed-venues", "--from-api", "ghost"])
+    assert result.exit_code == 1 and "ghost: failed (venue_not_found" in result.output

@@ -1,0 +1,107 @@
+"""Delivery order price: ``GET /api/v1/delivery-order-price``."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from flask import Blueprint, current_app, jsonify
+from marshmallow import Schema, ValidationError, fields
+
+from blueprints.common import load_query
+from services.pricing.price import PriceQuery, price_order
+
+bp = Blueprint("pricing", __name__)
+
+SLUG_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_-]|\.(?!\.)){0,127}$")
+_INT_RE = re.compile(r"^[0-9]{1,18}$")
+_FLOAT_RE = re.compile(r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$")
+
+
+class Slug(fields.Field):
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str) or not SLUG_RE.match(value):
+            raise ValidationError("must be 1-128 characters: letters, digits, '-', '_', '.' (not '..'), "
+                                  "starting with a letter or digit")
+        return value
+
+
+class CartValue(fields.Field):
+    def _deserialize(self, value, attr, data, **kwargs):
+        cap = self.metadata["cap"]()
+        if not isinstance(value, str) or not _INT_RE.match(value):
+            raise ValidationError("must be a non-negative whole number (smallest currency unit)")
+        number = int(value)
+        if number > cap:
+            raise ValidationError(f"must be at most {cap}")
+        return number
+
+
+class Coordinate(fields.Field):
+    def _deserialize(self, value, attr, data, **kwargs):
+        limit = self.metadata["limit"]
+        if not isinstance(value, str) or not _FLOAT_RE.match(value):
+            raise ValidationError("must be a decimal number")
+        number = float(value)
+        if not math.isfinite(number) or not -limit <= number <= limit:
+            raise ValidationError(f"must be between {-limit} and {limit}")
+        return number
+
+
+def _cart_cap() -> int:
+    return int(current_app.config["PRICING_MAX_CART_VALUE"])
+
+
+class PriceQuerySchema(Schema):
+    venue_slug = Slug(required=True, metadata={"type": "string", "example": "home-assignment-venue-helsinki"})
+    cart_value = CartValue(required=True, metadata={"type": "integer", "minimum": 0, "cap": _cart_cap,
+                                                    "example": 1000})
+    user_lat = Coordinate(required=True, metadata={"type": "number", "limit": 90, "example": 60.17094})
+    user_lon = Coordinate(required=True, metadata={"type": "number", "limit": 180, "example": 24.93087})
+
+
+class DeliverySchema(Schema):
+    fee = fields.Integer(required=True)
+    distance = fields.Integer(required=True, metadata={"description": "Metres, straight line"})
+
+
+class PriceResponseSchema(Schema):
+    total_price = fields.Integer(required=True)
+    small_order_surcharge = fields.Integer(required=True)
+    cart_value = fields.Integer(required=True)
+    delivery = fields.Nested(DeliverySchema, required=True)
+
+
+_schema = PriceQuerySchema()
+
+
+@bp.get("/api/v1/delivery-order-price")
+def delivery_order_price():
+    args = load_query(_schema)
+    quote = price_order(current_app.extensions["courier"].services["venues"], PriceQuery(**args))
+    return jsonify(total_price=quote.total_price, small_order_surcharge=quote.small_order_surcharge,
+                   cart_value=quote.cart_value, delivery={"fee": quote.delivery_fee, "distance": quote.delivery_distance})
+
+
+def document(spec, app) -> None:
+    from blueprints.openapi import error_responses
+
+    spec.components.schema("DeliveryOrderPrice", schema=PriceResponseSchema)
+    params = [
+        {"name": "venue_slug", "in": "query", "required": True, "schema": {"type": "string", "maxLength": 128,
+                                                                           "pattern": SLUG_RE.pattern}},
+        {"name": "cart_value", "in": "query", "required": True,
+         "schema": {"type": "integer", "minimum": 0, "maximum": app.config["PRICING_MAX_CART_VALUE"]}},
+        {"name": "user_lat", "in": "query", "required": True, "schema": {"type": "number", "minimum": -90, "maximum": 90}},
+        {"name": "user_lon", "in": "query", "required": True,
+         "schema": {"type": "number", "minimum": -180, "maximum": 180}},
+    ]
+    spec.path(path="/api/v1/delivery-order-price", operations={"get": {
+        "summary": "Price a delivery order",
+        "tags": ["pricing"],
+        "description": ("Money in the currency's smallest unit, distance in metres. 400 `delivery_not_available` "
+                        "when the address is beyond the venue's last distance range."),
+        "parameters": params,
+        "responses": {"200": {"description": "Price", "content": {"application/json": {"schema": "DeliveryOrderPrice"}}},
+                      **error_responses(400, 404, 502, 503, 504)},
+    }})

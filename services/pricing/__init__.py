@@ -1,0 +1,1 @@
+"""Delivery order price calculator (DOPC): venue data, its cache, and the price rules."""

@@ -1,0 +1,192 @@
+"""Venue data cache: memory, database, upstream; TTLs, stale-if-error, backoff, offline mode."""
+
+import pytest
+import responses
+
+from services.errors import NotFound, UpstreamInvalid, UpstreamTimeout, UpstreamUnavailable
+from services.pricing.venue_api import VenueApiClient, venue_api_policy
+from services.pricing.venue_store import VenueCachePolicy, VenueStore
+from tests.pricing_fixtures import doc, register_venue
+
+BASE = "http://venue-api.test/v1"
+SLUG = "home-assignment-venue-helsinki"
+POLICY = VenueCachePolicy(static_ttl_s=3600, dynamic_ttl_s=60, max_stale_s=86400, failure_backoff_s=5)
+
+
+class Clock:
+    def __init__(self, now=1_800_000_000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def mock():
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as rsps:
+        yield rsps
+
+
+def make_store(app, clock, policy=POLICY, online=True, retries=1):
+    client = VenueApiClient(BASE, venue_api_policy(0.2, 0.5, retries, 2.0, 4)) if online else None
+    return VenueStore(client, app.extensions["courier"].session_factory, policy, clock=clock)
+
+
+def test_miss_fetches_both_halves_then_serves_from_memory(app, clock, mock):
+    register_venue(mock, BASE, "helsinki")
+    store = make_store(app, clock)
+    first = store.get(SLUG)
+    assert (first.static.latitude, first.dynamic.base_price) == (60.17012143, 190)
+    assert len(mock.calls) == 2
+    clock.now += 59
+    assert store.get(SLUG) is first
+    assert len(mock.calls) == 2  # warm: no network
+    assert store.stats["hits"] == 1
+
+
+def test_fetched_data_is_persisted_for_other_workers(app, clock, mock):
+    register_venue(mock, BASE, "helsinki")
+    make_store(app, clock).get(SLUG)
+    other_worker = make_store(app, clock)
+    assert other_worker.get(SLUG).dynamic.base_price == 190
+    assert len(mock.calls) == 2 and other_worker.stats["db_loads"] == 1
+
+
+def test_dynamic_half_refreshes_after_its_ttl(app, clock, mock):
+    register_venue(mock, BASE, "helsinki")
+    store = make_store(app, clock)
+    store.get(SLUG)
+    changed = doc("helsinki", "dynamic")
+    changed["venue_raw"]["delivery_specs"]["delivery_pricing"]["base_price"] = 250
+    mock.replace(responses.GET, f"{BASE}/venues/{SLUG}/dynamic", json=changed)
+    clock.now += 60
+    assert store.get(SLUG).dynamic.base_price == 250
+    assert [c.request.url.rsplit("/", 1)[1] for c in mock.calls][2:] == ["dynamic"]
+
+
+def test_static_half_refreshes_after_its_ttl(app, clock, mock):
+    register_venue(mock, BASE, "helsinki")
+    store = make_store(app, clock, VenueCachePolicy(static_ttl_s=100, dynamic_ttl_s=1000))
+    store.get(SLUG)
+    clock.now += 100
+    store.get(SLUG)
+    assert [c.request.url.rsplit("/", 1)[1] for c in mock.calls][2:] == ["static"]
+
+
+def test_stale_data_is_served_when_refresh_fails_and_failure_is_counted(app, clock, mock):
+    register_venue(mock, BASE, "helsinki")
+    store = make_store(app, clock)
+    good = store.get(SLUG)
+    mock.replace(responses.GET, f"{BASE}/venues/{SLUG}/dynamic", status=503)
+    clock.now += 61
+    assert store.get(SLUG) == good
+    assert store.stats["upstream_failures"] == 1 and store.stats["stale_served"] == 1
+
+
+def test_backoff_after_failure_means_no_upstream_call(app, clock, mock):
+    register_venue(mock, BASE, "helsinki")
+    store = make_store(app, clock)
+    store.get(SLUG)
+    mock.replace(responses.GET, f"{BASE}/venues/{SLUG}/dynamic", status=503)
+    clock.now += 61
+    store.get(SLUG)
+    calls = len(mock.calls)
+    clock.now += 4  # within the 5 s backoff
+    store.get(SLUG)
+    assert len(mock.calls) == calls and store.stats["backoff_skips"] == 1
+    clock.now += 2  # backoff over: try again
+    store.get(SLUG)
+    assert len(mock.calls) > calls
+
+
+def test_consecutive_failures_double_the_backoff(app, clock, mock):
+    register_venue(mock, BASE, "helsinki")
+    store = make_store(app, clock)
+    store.get(SLUG)
+    mock.replace(responses.GET, f"{BASE}/venues/{SLUG}/dynamic", status=503)
+    clock.now += 61
+    store.get(SLUG)  # failure 1: 5 s
+    clock.now += 5
+    store.get(SLUG)  # failure 2: 10 s
+    calls = len(mock.calls)
+    clock.now += 9
+    store.get(SLUG)
+    assert len(mock.calls) == calls
+    clock.now += 1
+    store.get(SLUG)
+    assert len(mock.calls) > calls
+
+
+def test_too_stale_data_is_not_served(app, clock, mock):
+    register_venue(mock, BASE, "helsinki")
+    store = make_store(app, clock, VenueCachePolicy(static_ttl_s=3600, dynamic_ttl_s=60, max_stale_s=300))
+    store.get(SLUG)
+    mock.replace(responses.GET, f"{BASE}/venues/{SLUG}/dynamic", status=503)
+    clock.now += 301
+    with pytest.raises(UpstreamUnavailable) as info:
+        store.get(SLUG)
+    assert int(info.value.headers["Retry-After"]) >= 1
+
+
+def test_no_data_and_upstream_down_is_503_with_retry_after(app, clock, mock):
+    mock.get(f"{BASE}/venues/{SLUG}/static", status=503)
+    mock.get(f"{BASE}/venues/{SLUG}/dynamic", status=503)
+    with pytest.raises(UpstreamUnavailable) as info:
+        make_store(app, clock).get(SLUG)
+    assert info.value.status == 503 and info.value.headers["Retry-After"] == "5"
+
+
+def test_timeout_is_504(app, clock, mock):
+    import requests
+
+    mock.get(f"{BASE}/venues/{SLUG}/static", body=requests.exceptions.ReadTimeout())
+    mock.get(f"{BASE}/venues/{SLUG}/dynamic", json=doc("helsinki", "dynamic"))
+    with pytest.raises(UpstreamTimeout):
+        make_store(app, clock).get(SLUG)
+
+
+def test_upstream_404_is_venue_not_found(app, clock, mock):
+    mock.get(f"{BASE}/venues/nowhere/static", status=404, json={"detail": "no"})
+    mock.get(f"{BASE}/venues/nowhere/dynamic", status=404, json={"detail": "no"})
+    with pytest.raises(NotFound) as info:
+        make_store(app, clock).get("nowhere")
+    assert info.value.code == "venue_not_found"
+
+
+def test_invalid_ranges_from_upstream_are_502(app, clock, mock):
+    bad = doc("helsinki", "dynamic")
+    bad["venue_raw"]["delivery_specs"]["delivery_pricing"]["distance_ranges"][1]["min"] = 600
+    mock.get(f"{BASE}/venues/{SLUG}/static", json=doc("helsinki", "static"))
+    mock.get(f"{BASE}/venues/{SLUG}/dynamic", json=bad)
+    with pytest.raises(UpstreamInvalid, match="not contiguous"):
+        make_store(app, clock).get(SLUG)
+
+
+def test_offline_serves_stored_data_regardless_of_age(app, clock, mock):
+    register_venue(mock, BASE, "helsinki")
+    make_store(app, clock).get(SLUG)  # stored by an online worker
+    clock.now += 10 * 86400
+    offline = make_store(app, clock, online=False)
+    assert offline.get(SLUG).dynamic.base_price == 190
+    with pytest.raises(NotFound, match="offline"):
+        offline.get("home-assignment-venue-unknown")
+
+
+def test_cache_off_fetches_every_time(app, clock, mock):
+    register_venue(mock, BASE, "helsinki")
+    store = make_store(app, clock, VenueCachePolicy(enabled=False))
+    store.get(SLUG)
+    store.get(SLUG)
+    assert len(mock.calls) == 4
+
+
+def test_slug_is_url_quoted(app, clock, mock):
+    mock.get(f"{BASE}/venues/a%20b/static", status=404)
+    mock.get(f"{BASE}/venues/a%20b/dynamic", status=404)
+    with pytest.raises(NotFound):
+        make_store(app, clock).get("a b")
