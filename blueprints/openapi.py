@@ -16,7 +16,8 @@ from flask import Flask
 from marshmallow import Schema, fields
 
 # Blueprint modules whose ``document(spec, app)`` adds their paths.
-DOCUMENTED_MODULES = ("blueprints.system", "blueprints.estimate", "blueprints.pricing")
+DOCUMENTED_MODULES = ("blueprints.system", "blueprints.estimate", "blueprints.pricing",
+                      "blueprints.partner_reference")
 
 
 class ErrorSchema(Schema):

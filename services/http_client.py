@@ -126,6 +126,9 @@ def build_session(policy: HttpPolicy, headers: dict[str, str] | None = None) -> 
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers.update({"Accept": "application/json", "User-Agent": "courier/0.1"})
+    # Upstreams are configured explicitly; consulting proxy variables and ~/.netrc on every call
+    # costs ~25% of a call's CPU (measured: 1.01 -> 0.75 ms per POST) and can leak credentials.
+    session.trust_env = False
     if headers:
         session.headers.update(headers)
     return session

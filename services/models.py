@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, Integer, String
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.db import Base
 
-__all__ = ["Base", "DataVersion", "Venue", "VenuePrepTime", "utcnow"]
+__all__ = ["Base", "DataVersion", "OfferResult", "OfferRun", "Venue", "VenuePrepTime", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -51,3 +63,61 @@ class Venue(Base):
     distance_ranges: Mapped[list] = mapped_column(JSON, nullable=False)
     dynamic_fetched_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+
+
+class OfferRun(Base):
+    """One `flask run-offers` execution: what went in, how it went, and step metrics."""
+
+    __tablename__ = "offer_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    partner: Mapped[str] = mapped_column(String(64), nullable=False)
+    input_path: Mapped[str] = mapped_column(Text, nullable=False)
+    input_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    as_of: Mapped[date] = mapped_column(Date, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, index=True)  # running/succeeded/failed/interrupted
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    concurrency: Mapped[int] = mapped_column(Integer, nullable=False)
+    rows_read: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    rows_rejected: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    members_total: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    members_scored: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    members_skipped: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    members_failed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    offers: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    rejected: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)  # counts by reason + sample rows
+    step_metrics: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class OfferResult(Base):
+    """One member's outcome in one run: features, predictions, offer, per-call latency."""
+
+    __tablename__ = "offer_results"
+    __table_args__ = (
+        UniqueConstraint("run_id", "member_id", name="uq_offer_results_run_member"),
+        Index("ix_offer_results_run_status", "run_id", "status"),
+        Index("ix_offer_results_run_offer", "run_id", "offer"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("offer_runs.id", ondelete="CASCADE"), nullable=False)
+    member_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    avg_points_bought: Mapped[float | None] = mapped_column(Float)
+    avg_revenue_usd: Mapped[float | None] = mapped_column(Float)
+    last_3_transactions_avg_points_bought: Mapped[float | None] = mapped_column(Float)
+    last_3_transactions_avg_revenue_usd: Mapped[float | None] = mapped_column(Float)
+    pct_buy_transactions: Mapped[float | None] = mapped_column(Float)
+    pct_gift_transactions: Mapped[float | None] = mapped_column(Float)
+    pct_redeem_transactions: Mapped[float | None] = mapped_column(Float)
+    days_since_last_transaction: Mapped[int | None] = mapped_column(Integer)
+    extra_features: Mapped[dict | None] = mapped_column(JSON)  # registry features beyond the standard 8
+    ats_prediction: Mapped[float | None] = mapped_column(Float)
+    resp_prediction: Mapped[float | None] = mapped_column(Float)
+    offer: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), nullable=False)  # scored/skipped/failed
+    error: Mapped[str | None] = mapped_column(Text)
+    ats_ms: Mapped[float | None] = mapped_column(Float)
+    resp_ms: Mapped[float | None] = mapped_column(Float)
+    offer_ms: Mapped[float | None] = mapped_column(Float)

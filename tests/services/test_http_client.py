@@ -205,3 +205,9 @@ def test_session_is_built_once_and_reused(mock):
     first = client.session
     client.get_json("/b")
     assert client.session is first
+
+
+def test_environment_proxies_are_not_consulted(monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    session = HttpClient("up", BASE, FAST).session
+    assert session.trust_env is False

@@ -1,0 +1,65 @@
+"""The reference partner's ML endpoints, served by Courier for development, tests and benchmarks."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request
+
+from services.errors import Unprocessable
+from services.offers import reference_models
+
+bp = Blueprint("partner_reference", __name__)
+
+
+def _body():
+    body = request.get_json(silent=True)
+    if body is None:
+        raise Unprocessable("Body must be a JSON object.", details={"body": ["not valid JSON"]})
+    return body
+
+
+@bp.get("/")
+def ping():
+    return jsonify(msg="pong")
+
+
+@bp.post("/ml/ats/predict")
+def ats_predict():
+    return jsonify(prediction=reference_models.predict_ats(_body()))
+
+
+@bp.post("/ml/resp/predict")
+def resp_predict():
+    return jsonify(prediction=reference_models.predict_resp(_body()))
+
+
+@bp.post("/offer/assign")
+def offer_assign():
+    return jsonify(offer=reference_models.offer_for(_body()))
+
+
+def document(spec, app) -> None:
+    from blueprints.openapi import error_responses
+
+    if not app.config["REFERENCE_PARTNER_ENABLED"]:
+        return
+    prefix = app.config["REFERENCE_PARTNER_PREFIX"].rstrip("/")
+    features = {"type": "object", "additionalProperties": True,
+                "properties": {name: {"type": "number"} for name in
+                               sorted(set(reference_models.ATS_INPUTS) | set(reference_models.RESP_INPUTS))}}
+    prediction = {"description": "Prediction", "content": {"application/json": {"schema": {
+        "type": "object", "properties": {"prediction": {"type": "number"}}}}}}
+    for path, summary in (("/ml/ats/predict", "ATS model"), ("/ml/resp/predict", "RESP model")):
+        spec.path(path=prefix + path, operations={"post": {
+            "summary": f"Reference partner: {summary}", "tags": ["reference partner"],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": features}}},
+            "responses": {"200": prediction, **error_responses(422)}}})
+    spec.path(path=prefix + "/offer/assign", operations={"post": {
+        "summary": "Reference partner: offer for predictions", "tags": ["reference partner"],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["ats_prediction", "resp_prediction"],
+            "properties": {"ats_prediction": {"type": "number"}, "resp_prediction": {"type": "number"}}}}}},
+        "responses": {"200": {"description": "Offer", "content": {"application/json": {"schema": {
+            "type": "object", "properties": {"offer": {"type": "string", "enum": ["OFFER_1", "OFFER_2"]}}}}}},
+            **error_responses(422)}}})
+    spec.path(path=prefix + "/", operations={"get": {"summary": "Reference partner: ping", "tags": ["reference partner"],
+                                                     "responses": {"200": {"description": "pong"}}}})

@@ -1,0 +1,202 @@
+"""The partner registry (TOML) and one client per partner."""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.errors import NotFound, UpstreamInvalid
+from services.http_client import HttpClient, HttpPolicy
+from services.offers.features import REGISTRY
+
+_PATH_KEYS = ("ping_path", "ats_path", "resp_path", "offer_path")
+_FIELD_DEFAULTS = {"prediction": "prediction", "ats": "ats_prediction", "resp": "resp_prediction", "offer": "offer"}
+
+
+class PartnerConfigError(Exception):
+    """The registry file is unusable; ``problems`` lists each, prefixed by partner and key."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__(f"{path}: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class PartnerConfig:
+    name: str
+    base_url: str
+    ping_path: str
+    ats_path: str
+    resp_path: str
+    offer_path: str
+    features: dict[str, str]  # JSON name -> registry feature name
+    fields: dict[str, str]
+    header_env: dict[str, str]  # header -> environment variable name
+    connect_timeout_s: float = 1.0
+    read_timeout_s: float = 5.0
+    retries: int = 3
+    max_concurrency: int = 16
+
+    def headers(self) -> dict[str, str]:
+        """Header values from the environment; a missing variable is a configuration error."""
+        missing = [env for env in self.header_env.values() if env not in os.environ]
+        if missing:
+            raise PartnerConfigError(self.name, [f"partners.{self.name}.headers: environment variable(s) "
+                                                 f"{', '.join(missing)} not set"])
+        return {header: os.environ[env] for header, env in self.header_env.items()}
+
+
+@dataclass
+class PartnerRegistry:
+    path: str
+    partners: dict[str, PartnerConfig] = field(default_factory=dict)
+
+    def get(self, name: str) -> PartnerConfig:
+        try:
+            return self.partners[name]
+        except KeyError:
+            raise NotFound(f"Unknown partner {name!r}.", code="partner_not_found",
+                           details={"partner": name, "known": sorted(self.partners)}) from None
+
+
+def _positive(raw: dict, key: str, default: float, problems: list[str], where: str, integer: bool = False):
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or not math.isfinite(value) or (
+            integer and int(value) != value):
+        problems.append(f"{where}.{key}: must be a positive {'integer' if integer else 'number'}, got {value!r}")
+        return default
+    return int(value) if integer else float(value)
+
+
+def _retries(raw: dict, problems: list[str], where: str) -> int:
+    value = raw.get("retries", 3)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10:
+        problems.append(f"{where}.retries: must be a whole number from 0 to 10, got {value!r}")
+        return 3
+    return value
+
+
+def parse_registry(doc: dict[str, Any], path: str) -> PartnerRegistry:
+    problems: list[str] = []
+    partners_raw = doc.get("partners")
+    if not isinstance(partners_raw, dict) or not partners_raw:
+        raise PartnerConfigError(path, ["no [partners.<name>] tables"])
+    registry = PartnerRegistry(path=path)
+    for name, raw in partners_raw.items():
+        where = f"partners.{name}"
+        if not isinstance(raw, dict):
+            problems.append(f"{where}: must be a table")
+            continue
+        base_url = raw.get("base_url")
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            problems.append(f"{where}.base_url: must be an http(s) URL, got {base_url!r}")
+        paths = {}
+        for key in _PATH_KEYS:
+            value = raw.get(key, "/" if key == "ping_path" else None)
+            if not isinstance(value, str) or not value.startswith("/"):
+                problems.append(f"{where}.{key}: must be a path starting with '/', got {value!r}")
+            paths[key] = value
+        features = raw.get("features")
+        if not isinstance(features, dict) or not features:
+            problems.append(f"{where}.features: must map JSON names to feature names")
+            features = {}
+        for json_name, feature_name in features.items():
+            if feature_name not in REGISTRY:
+                problems.append(f"{where}.features.{json_name}: unknown feature {feature_name!r} "
+                                f"(known: {', '.join(REGISTRY)})")
+        fields_raw = raw.get("fields", {})
+        unknown_fields = set(fields_raw) - set(_FIELD_DEFAULTS) if isinstance(fields_raw, dict) else {"?"}
+        if unknown_fields:
+            problems.append(f"{where}.fields: unknown key(s) {sorted(unknown_fields)}")
+            fields_raw = {}
+        headers = raw.get("headers", {})
+        if not isinstance(headers, dict) or not all(isinstance(v, str) and v for v in headers.values()):
+            problems.append(f"{where}.headers: must map header names to environment variable names")
+            headers = {}
+        known = {"base_url", "features", "fields", "headers", "connect_timeout_s", "read_timeout_s", "retries",
+                 "max_concurrency", *_PATH_KEYS}
+        for key in set(raw) - known:
+            problems.append(f"{where}.{key}: unknown key")
+        config = PartnerConfig(
+            name=name, base_url=base_url if isinstance(base_url, str) else "", **paths,
+            features=dict(features), fields={**_FIELD_DEFAULTS, **fields_raw}, header_env=dict(headers),
+            connect_timeout_s=_positive(raw, "connect_timeout_s", 1.0, problems, where),
+            read_timeout_s=_positive(raw, "read_timeout_s", 5.0, problems, where),
+            retries=_retries(raw, problems, where),
+            max_concurrency=_positive(raw, "max_concurrency", 16, problems, where, integer=True),
+        )
+        registry.partners[name] = config
+    if problems:
+        raise PartnerConfigError(path, problems)
+    return registry
+
+
+def load_registry(path: str | Path) -> PartnerRegistry:
+    path = str(path)
+    try:
+        with open(path, "rb") as handle:
+            doc = tomllib.load(handle)
+    except OSError as exc:
+        raise PartnerConfigError(path, [f"cannot read ({exc.strerror or exc})"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise PartnerConfigError(path, [f"not valid TOML ({exc})"]) from exc
+    return parse_registry(doc, path)
+
+
+def _finite(value: Any, what: str, upstream: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UpstreamInvalid(f"{upstream} sent an unusable {what}: {value!r}", upstream=upstream)
+    return float(value)
+
+
+class PartnerClient:
+    """Calls one partner's endpoints.  Its POSTs are idempotent (pure scoring), so they are retried."""
+
+    def __init__(self, config: PartnerConfig, pool_maxsize: int | None = None) -> None:
+        self.config = config
+        self.upstream = f"partner:{config.name}"
+        policy = HttpPolicy(
+            connect_timeout_s=config.connect_timeout_s, read_timeout_s=config.read_timeout_s,
+            retries=config.retries,
+            # Batch scoring can afford to wait a little longer for a rate-limited partner than an
+            # interactive request: up to 2 s per Retry-After, 1 s max backoff.
+            backoff_factor_s=0.05, backoff_jitter_s=0.05, backoff_max_s=1.0, retry_after_max_s=2.0,
+            deadline_s=(config.connect_timeout_s + config.read_timeout_s) * (config.retries + 1),
+            # ATS and RESP of one member are in flight together: two connections per member slot.
+            retry_post=True, pool_maxsize=2 * (pool_maxsize or config.max_concurrency),
+        )
+        self.http = HttpClient(self.upstream, config.base_url, policy, headers=config.headers())
+
+    def payload(self, features: dict[str, Any]) -> dict[str, Any]:
+        return {json_name: features[name] for json_name, name in self.config.features.items()}
+
+    def _prediction(self, path: str, features: dict[str, Any]) -> float:
+        body = self.http.post_json(path, self.payload(features))
+        if not isinstance(body, dict):
+            raise UpstreamInvalid(f"{self.upstream} answered with a non-object", upstream=self.upstream)
+        return _finite(body.get(self.config.fields["prediction"]), "prediction", self.upstream)
+
+    def predict_ats(self, features: dict[str, Any]) -> float:
+        return self._prediction(self.config.ats_path, features)
+
+    def predict_resp(self, features: dict[str, Any]) -> float:
+        return self._prediction(self.config.resp_path, features)
+
+    def assign_offer(self, ats: float, resp: float) -> str:
+        f = self.config.fields
+        body = self.http.post_json(self.config.offer_path, {f["ats"]: ats, f["resp"]: resp})
+        offer = body.get(f["offer"]) if isinstance(body, dict) else None
+        if not isinstance(offer, str) or not offer or len(offer) > 64:
+            raise UpstreamInvalid(f"{self.upstream} sent an unusable offer: {offer!r}", upstream=self.upstream)
+        return offer
+
+    def ping(self) -> Any:
+        return self.http.get_json(self.config.ping_path)
+
+    def close(self) -> None:
+        self.http.close()

@@ -1,0 +1,316 @@
+"""The offers pipeline: features -> (ATS || RESP) -> offer -> record, streamed with bounded concurrency.
+
+No barrier between stages: each member goes through its three calls as soon as a slot is free,
+while other members are at other stages.  At most ``concurrency`` members are in flight; each uses
+two threads (its own for ATS and the offer, one from a second pool for RESP), so the two pools
+can never wait on each other.  Results flow through a queue to one writer thread that inserts them
+in batches, so the database sees few, large transactions and memory stays bounded by the queue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import queue
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import sessionmaker
+
+from services.errors import CourierError, NotFound
+from services.models import OfferRun
+from services.offers.features import FeatureTable, InputError, compute_features, read_header
+from services.offers.partners import PartnerClient
+from services.offers.recording import (
+    MemberOutcome,
+    create_run,
+    finalise_run,
+    insert_outcomes,
+    recorded_members,
+)
+
+log = logging.getLogger("courier.offers")
+
+BATCH_SIZE = 500
+BATCH_SECONDS = 0.5
+MAX_REJECTED_SAMPLE = 1000
+
+
+class ResumeError(Exception):
+    """``--resume`` cannot continue that run; the message says why."""
+
+
+@dataclass
+class StepStats:
+    """Items, wall-clock span and per-call latencies of one step."""
+
+    name: str
+    items: int = 0
+    seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    _first: float | None = None
+    _last: float | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, started: float, ended: float) -> float:
+        ms = (ended - started) * 1000
+        with self._lock:
+            self.items += 1
+            self.latencies_ms.append(ms)
+            self._first = started if self._first is None else min(self._first, started)
+            self._last = ended if self._last is None else max(self._last, ended)
+            self.seconds = self._last - self._first
+        return ms
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"items": self.items, "seconds": round(self.seconds, 4),
+                               "items_per_s": round(self.items / self.seconds, 1) if self.seconds > 0 else None}
+        if self.latencies_ms:
+            lat = sorted(self.latencies_ms)
+            out.update({f"p{q}_ms": round(_percentile(lat, q), 3) for q in (50, 95, 99)})
+        return out
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    return statistics.quantiles(sorted_values, n=100, method="inclusive")[int(q) - 1]
+
+
+@dataclass
+class RunOptions:
+    input_path: str
+    partner: str
+    as_of: date
+    concurrency: int
+    resume_run_id: int | None = None
+
+
+@dataclass
+class RunReport:
+    run: OfferRun
+    table: FeatureTable
+    steps: dict[str, StepStats]
+    elapsed_s: float
+    interrupted: bool
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    return digest.hexdigest()
+
+
+def score_member(client: PartnerClient, resp_pool: ThreadPoolExecutor, member_id: str, features: dict[str, Any],
+                 steps: dict[str, StepStats]) -> MemberOutcome:
+    """ATS and RESP in parallel, then the offer. A partner failure is the member's, not the run's."""
+    outcome = MemberOutcome(member_id=member_id, status="failed", features=features)
+
+    def timed(step: str, fn: Callable, *args):
+        started = time.perf_counter()
+        value = fn(*args)
+        return value, steps[step].record(started, time.perf_counter())
+
+    resp_future = resp_pool.submit(timed, "resp", client.predict_resp, features)
+    try:
+        outcome.ats_prediction, outcome.ats_ms = timed("ats", client.predict_ats, features)
+    except CourierError as exc:
+        outcome.error = f"ats: {exc.code}: {exc.message}"
+    try:
+        outcome.resp_prediction, outcome.resp_ms = resp_future.result()
+    except CourierError as exc:
+        outcome.error = outcome.error or f"resp: {exc.code}: {exc.message}"
+    if outcome.error:
+        return outcome
+    try:
+        outcome.offer, outcome.offer_ms = timed("offer", client.assign_offer, outcome.ats_prediction,
+                                                outcome.resp_prediction)
+    except CourierError as exc:
+        outcome.error = f"offer: {exc.code}: {exc.message}"
+        return outcome
+    outcome.status = "scored"
+    return outcome
+
+
+class _Writer(threading.Thread):
+    """Drains outcomes into the database in batches; reports progress as it goes."""
+
+    def __init__(self, sessions: sessionmaker, run_id: int, step: StepStats,
+                 progress: Callable[[int], None] | None) -> None:
+        super().__init__(name="offers-writer", daemon=True)
+        self.queue: queue.Queue[MemberOutcome | None] = queue.Queue(maxsize=BATCH_SIZE * 8)
+        self.sessions = sessions
+        self.run_id = run_id
+        self.step = step
+        self.progress = progress
+        self.error: BaseException | None = None
+        self.written = 0
+
+    def _flush(self, batch: list[MemberOutcome]) -> None:
+        if not batch:
+            return
+        started = time.perf_counter()
+        with self.sessions() as session, session.begin():
+            insert_outcomes(session, self.run_id, batch)
+        ended = time.perf_counter()
+        per_item = (ended - started) / len(batch)
+        for i in range(len(batch)):  # one latency per member: the share of its batch's write
+            self.step.record(started + i * per_item, started + (i + 1) * per_item)
+        self.written += len(batch)
+        if self.progress:
+            self.progress(len(batch))
+
+    def run(self) -> None:
+        batch: list[MemberOutcome] = []
+        deadline = time.monotonic() + BATCH_SECONDS
+        try:
+            while True:
+                try:
+                    item = self.queue.get(timeout=max(0.01, deadline - time.monotonic()))
+                except queue.Empty:
+                    item = ...
+                if item is None:
+                    self._flush(batch)
+                    return
+                if item is not ...:
+                    batch.append(item)
+                if len(batch) >= BATCH_SIZE or time.monotonic() >= deadline:
+                    self._flush(batch)
+                    batch = []
+                    deadline = time.monotonic() + BATCH_SECONDS
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the pipeline after join()
+            self.error = exc
+            log.exception("offer results writer failed")
+
+
+def _rejected_summary(table: FeatureTable) -> dict[str, Any]:
+    return {
+        "total": len(table.rejected),
+        "by_reason": table.rejected_by_reason,
+        "rows": [{"line": r.line, "member_id": r.member_id, "reason": r.reason}
+                 for r in table.rejected[:MAX_REJECTED_SAMPLE]],
+        "rows_truncated": len(table.rejected) > MAX_REJECTED_SAMPLE,
+    }
+
+
+def run_offers(
+    sessions: sessionmaker,
+    client: PartnerClient,
+    options: RunOptions,
+    *,
+    progress_start: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
+) -> RunReport:
+    """Score every member of ``options.input_path`` on ``client``'s partner and record the run.
+
+    Ctrl-C (KeyboardInterrupt) or ``stop`` ends submission; members in flight finish, everything
+    finished is stored, and the run is marked ``interrupted`` so ``resume_run_id`` can continue it.
+    """
+    stop = stop or threading.Event()
+    steps = {name: StepStats(name) for name in ("read", "features", "ats", "resp", "offer", "record")}
+    started = time.perf_counter()
+
+    read_header(options.input_path)  # fail fast, naming the file, before any work
+    t0 = time.perf_counter()
+    sha = file_sha256(options.input_path)
+    t1 = time.perf_counter()
+    table = compute_features(options.input_path, options.as_of)
+    t2 = time.perf_counter()
+    steps["read"].items, steps["read"].seconds = table.rows_read, t1 - t0
+    steps["features"].items, steps["features"].seconds = table.rows_read, t2 - t1
+
+    with sessions() as session, session.begin():
+        if options.resume_run_id is not None:
+            run = session.get(OfferRun, options.resume_run_id)
+            if run is None:
+                raise ResumeError(f"run {options.resume_run_id} does not exist")
+            if run.status == "succeeded":
+                raise ResumeError(f"run {run.id} already succeeded; nothing to resume")
+            if run.input_sha256 != sha:
+                raise ResumeError(f"run {run.id} read a different input (sha256 {run.input_sha256[:12]}..., "
+                                  f"this file {sha[:12]}...)")
+            done = recorded_members(session, run.id)
+            run.status = "running"
+        else:
+            run = create_run(session, partner=options.partner, input_path=str(options.input_path),
+                             input_sha256=sha, as_of=options.as_of, concurrency=options.concurrency)
+            done = set()
+        run_id = run.id
+
+    skipped = [MemberOutcome(member_id=m, status="skipped", error=reason)
+               for m, reason in sorted(table.skipped.items()) if m not in done]
+    pending = [row for row in table.features.iter_rows(named=True) if row["member_id"] not in done]
+    if progress_start:
+        progress_start(len(skipped) + len(pending))
+
+    writer = _Writer(sessions, run_id, steps["record"], progress)
+    writer.start()
+    for outcome in skipped:
+        writer.queue.put(outcome)
+
+    slots = threading.BoundedSemaphore(options.concurrency)
+    interrupted = False
+    error: str | None = None
+
+    def work(row: dict[str, Any]) -> None:
+        member_id = row.pop("member_id")
+        try:
+            writer.queue.put(score_member(client, resp_pool, member_id, row, steps))
+        except BaseException as exc:  # noqa: BLE001 - never lose a member silently
+            writer.queue.put(MemberOutcome(member_id=member_id, status="failed", features=row,
+                                           error=f"internal: {type(exc).__name__}: {exc}"))
+        finally:
+            slots.release()
+
+    # The member pool is the inner context, so it drains (members in flight finish) before the
+    # RESP pool they submit to is shut down.
+    with ThreadPoolExecutor(options.concurrency, thread_name_prefix="offers-resp") as resp_pool, \
+            ThreadPoolExecutor(options.concurrency, thread_name_prefix="offers") as member_pool:
+        try:
+            for row in pending:
+                while not slots.acquire(timeout=0.2):
+                    if stop.is_set():
+                        break
+                if stop.is_set():
+                    interrupted = True
+                    break
+                member_pool.submit(work, row)
+        except KeyboardInterrupt:
+            interrupted = True
+            stop.set()
+        # leaving the with-block waits for members in flight: their results are kept
+    writer.queue.put(None)
+    writer.join()
+    if writer.error is not None:
+        error = f"writing results failed: {writer.error}"
+
+    steps_out = {name: s.as_dict() for name, s in steps.items()}
+    status = "failed" if error else ("interrupted" if interrupted else "succeeded")
+    with sessions() as session, session.begin():
+        run = session.get(OfferRun, run_id)
+        finalise_run(session, run, status=status, rows_read=table.rows_read, rejected=_rejected_summary(table),
+                     step_metrics=steps_out, error=error)
+    return RunReport(run=run, table=table, steps=steps, elapsed_s=time.perf_counter() - started,
+                     interrupted=interrupted)
+
+
+def end_to_end_rate(report: RunReport) -> float:
+    members = report.run.members_total
+    return members / report.elapsed_s if report.elapsed_s > 0 and not math.isnan(report.elapsed_s) else 0.0
+
+
+__all__ = ["NotFound", "ResumeError", "RunOptions", "RunReport", "run_offers", "file_sha256", "score_member"]

@@ -1,0 +1,176 @@
+"""Run records: create, resume, write results in batches, finalise, and read back for export."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session
+
+from services.models import OfferResult, OfferRun, utcnow
+from services.offers.features import STANDARD_FEATURES
+
+# UPPER_CASE feature name -> column of offer_results
+FEATURE_COLUMNS = {name: name.lower() for name in STANDARD_FEATURES}
+EXPORT_COLUMNS = ["member_id", *STANDARD_FEATURES, "ats_prediction", "resp_prediction", "offer", "status", "error",
+                  "ats_ms", "resp_ms", "offer_ms"]
+
+
+@dataclass
+class MemberOutcome:
+    member_id: str
+    status: str  # scored / skipped / failed
+    features: dict[str, Any] | None = None
+    ats_prediction: float | None = None
+    resp_prediction: float | None = None
+    offer: str | None = None
+    error: str | None = None
+    ats_ms: float | None = None
+    resp_ms: float | None = None
+    offer_ms: float | None = None
+
+    def row(self, run_id: int) -> dict[str, Any]:
+        features = self.features or {}
+        extra = {k: v for k, v in features.items() if k not in FEATURE_COLUMNS}
+        return {
+            "run_id": run_id, "member_id": self.member_id,
+            **{column: features.get(name) for name, column in FEATURE_COLUMNS.items()},
+            "extra_features": extra or None,
+            "ats_prediction": self.ats_prediction, "resp_prediction": self.resp_prediction, "offer": self.offer,
+            "status": self.status, "error": self.error,
+            "ats_ms": self.ats_ms, "resp_ms": self.resp_ms, "offer_ms": self.offer_ms,
+        }
+
+
+def create_run(session: Session, *, partner: str, input_path: str, input_sha256: str, as_of: date,
+               concurrency: int) -> OfferRun:
+    run = OfferRun(partner=partner, input_path=input_path, input_sha256=input_sha256, as_of=as_of,
+                   status="running", concurrency=concurrency, offers={}, rejected={}, step_metrics={})
+    session.add(run)
+    session.flush()
+    return run
+
+
+def recorded_members(session: Session, run_id: int) -> set[str]:
+    return set(session.scalars(select(OfferResult.member_id).where(OfferResult.run_id == run_id)))
+
+
+def insert_outcomes(session: Session, run_id: int, outcomes: list[MemberOutcome]) -> None:
+    if outcomes:
+        session.execute(insert(OfferResult), [o.row(run_id) for o in outcomes])
+
+
+def finalise_run(session: Session, run: OfferRun, *, status: str, rows_read: int, rejected: dict,
+                 step_metrics: dict, error: str | None = None) -> OfferRun:
+    """Counts come from the stored results, so a resumed run counts every member exactly once."""
+    by_status = dict(session.execute(select(OfferResult.status, func.count()).where(OfferResult.run_id == run.id)
+                                     .group_by(OfferResult.status)).all())
+    offers = dict(session.execute(select(OfferResult.offer, func.count()).where(
+        OfferResult.run_id == run.id, OfferResult.offer.is_not(None)).group_by(OfferResult.offer)).all())
+    run.status = status
+    run.finished_at = utcnow()
+    run.rows_read = rows_read
+    run.rows_rejected = int(rejected.get("total", 0))
+    run.rejected = rejected
+    run.members_scored = by_status.get("scored", 0)
+    run.members_skipped = by_status.get("skipped", 0)
+    run.members_failed = by_status.get("failed", 0)
+    run.members_total = sum(by_status.values())
+    run.offers = dict(sorted(offers.items()))
+    run.step_metrics = step_metrics
+    run.error = error
+    session.flush()
+    return run
+
+
+def run_record(run: OfferRun) -> dict[str, Any]:
+    return {
+        "id": run.id, "partner": run.partner, "input_path": run.input_path, "input_sha256": run.input_sha256,
+        "as_of": run.as_of.isoformat(), "status": run.status,
+        "started_at": run.started_at.isoformat() if run.started_at else None,
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "concurrency": run.concurrency, "rows_read": run.rows_read, "rows_rejected": run.rows_rejected,
+        "members_total": run.members_total, "members_scored": run.members_scored,
+        "members_skipped": run.members_skipped, "members_failed": run.members_failed,
+        "offers": run.offers, "rejected": run.rejected, "step_metrics": run.step_metrics, "error": run.error,
+    }
+
+
+def result_record(result: OfferResult) -> dict[str, Any]:
+    record: dict[str, Any] = {"member_id": result.member_id}
+    for name, column in FEATURE_COLUMNS.items():
+        record[name] = getattr(result, column)
+    if result.extra_features:
+        record.update(result.extra_features)
+    for key in EXPORT_COLUMNS[len(STANDARD_FEATURES) + 1:]:
+        record[key] = getattr(result, key)
+    return record
+
+
+def iter_results(session: Session, run_id: int, batch: int = 1000) -> Iterator[dict[str, Any]]:
+    """Every result of a run in member order, fetched in batches (never the whole run in memory)."""
+    stmt = (select(OfferResult).where(OfferResult.run_id == run_id).order_by(OfferResult.member_id)
+            .execution_options(yield_per=batch))
+    for result in session.scalars(stmt):
+        yield result_record(result)
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(value)
+    return value
+
+
+def iter_csv(records: Iterator[dict[str, Any]]) -> Iterator[str]:
+    """CSV text chunk by chunk (header first) with exactly EXPORT_COLUMNS."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(EXPORT_COLUMNS)
+    count = 0
+    for record in records:
+        writer.writerow([_csv_value(record.get(c)) for c in EXPORT_COLUMNS])
+        count += 1
+        if count % 500 == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
+def write_output(session: Session, run: OfferRun, path: str | Path) -> Path:
+    """Per-member results as CSV (default), JSON lines (.jsonl) or Parquet (.parquet), plus a summary."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import polars as pl
+
+        frame = pl.DataFrame(
+            [{c: r.get(c) for c in EXPORT_COLUMNS} for r in iter_results(session, run.id)],
+            schema={"member_id": pl.String, **{n: pl.Float64 for n in STANDARD_FEATURES},
+                    "DAYS_SINCE_LAST_TRANSACTION": pl.Int64, "ats_prediction": pl.Float64,
+                    "resp_prediction": pl.Float64, "offer": pl.String, "status": pl.String, "error": pl.String,
+                    "ats_ms": pl.Float64, "resp_ms": pl.Float64, "offer_ms": pl.Float64},
+        )
+        frame.write_parquet(path)
+    elif suffix == ".jsonl":
+        with open(path, "w", encoding="utf-8") as handle:
+            for record in iter_results(session, run.id):
+                handle.write(json.dumps({c: record.get(c) for c in EXPORT_COLUMNS}) + "\n")
+    else:
+        with open(path, "w", encoding="utf-8", newline="") as handle:
+            for chunk in iter_csv(iter_results(session, run.id)):
+                handle.write(chunk)
+    summary = Path(str(path) + ".summary.json")
+    summary.write_text(json.dumps(run_record(run), indent=2))
+    return summary

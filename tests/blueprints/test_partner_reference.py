@@ -1,0 +1,92 @@
+"""The reference partner's endpoints: the public formulas and 422s naming the field."""
+
+import pytest
+
+from app import create_app
+
+PREFIX = "/partners/reference"
+FEATURES = {
+    "AVG_POINTS_BOUGHT": 2000.0, "AVG_REVENUE_USD": 20.0, "LAST_3_TRANSACTIONS_AVG_POINTS_BOUGHT": 1000.0,
+    "LAST_3_TRANSACTIONS_AVG_REVENUE_USD": 10.0, "PCT_BUY_TRANSACTIONS": 0.5, "PCT_GIFT_TRANSACTIONS": 0.3,
+    "PCT_REDEEM_TRANSACTIONS": 0.2, "DAYS_SINCE_LAST_TRANSACTION": 4,
+}
+
+
+def test_ping(client):
+    assert client.get(PREFIX + "/").get_json() == {"msg": "pong"}
+
+
+def test_ats_formula(client):
+    # |(0.7*1000 + 0.3*2000) * max(0, 0.5 + 0.3 - 0.2)| = 1300 * 0.6 = 780
+    body = client.post(PREFIX + "/ml/ats/predict", json=FEATURES).get_json()
+    assert body["prediction"] == pytest.approx(780.0)
+
+
+def test_ats_activity_is_floored_at_zero(client):
+    body = client.post(PREFIX + "/ml/ats/predict", json={**FEATURES, "PCT_BUY_TRANSACTIONS": 0.0,
+                                                         "PCT_GIFT_TRANSACTIONS": 0.0,
+                                                         "PCT_REDEEM_TRANSACTIONS": 1.0}).get_json()
+    assert body["prediction"] == 0.0
+
+
+def test_ats_is_absolute(client):
+    body = client.post(PREFIX + "/ml/ats/predict", json={**FEATURES, "AVG_POINTS_BOUGHT": -5000.0,
+                                                         "LAST_3_TRANSACTIONS_AVG_POINTS_BOUGHT": -1000.0}).get_json()
+    assert body["prediction"] == pytest.approx(abs((0.7 * -1000 + 0.3 * -5000) * 0.6))
+
+
+def test_resp_formula(client):
+    # 1000 * (0.4*0.5 + 0.3*0.3 + 0.3*0.2) * ((0.3*20 + 0.7*10)/100) / (4+1) = 1000*0.35*0.13/5 = 9.1 -> capped 0.9
+    assert client.post(PREFIX + "/ml/resp/predict", json=FEATURES).get_json()["prediction"] == 0.9
+    small = {**FEATURES, "AVG_REVENUE_USD": 0.01, "LAST_3_TRANSACTIONS_AVG_REVENUE_USD": 0.01,
+             "DAYS_SINCE_LAST_TRANSACTION": 999}
+    expected = 1000 * 0.35 * ((0.3 * 0.01 + 0.7 * 0.01) / 100) / 1000
+    assert client.post(PREFIX + "/ml/resp/predict", json=small).get_json()["prediction"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("ats", "resp", "offer"), [(1000, 0.2, "OFFER_2"), (400, 0.5, "OFFER_2"),
+                                                     (399.9, 0.5, "OFFER_1"), (0, 0.9, "OFFER_1")])
+def test_offer_threshold(client, ats, resp, offer):
+    body = client.post(PREFIX + "/offer/assign", json={"ats_prediction": ats, "resp_prediction": resp}).get_json()
+    assert body == {"offer": offer}
+
+
+def test_extra_keys_are_ignored(client):
+    assert client.post(PREFIX + "/ml/ats/predict", json={**FEATURES, "MEMBER": "x"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "change", "field"),
+    [
+        ("/ml/ats/predict", {"AVG_POINTS_BOUGHT": None}, "AVG_POINTS_BOUGHT"),
+        ("/ml/ats/predict", {"PCT_BUY_TRANSACTIONS": "0.5"}, "PCT_BUY_TRANSACTIONS"),
+        ("/ml/ats/predict", {"PCT_GIFT_TRANSACTIONS": True}, "PCT_GIFT_TRANSACTIONS"),
+        ("/ml/resp/predict", {"DAYS_SINCE_LAST_TRANSACTION": -1}, "DAYS_SINCE_LAST_TRANSACTION"),
+        ("/ml/resp/predict", {"AVG_REVENUE_USD": [1]}, "AVG_REVENUE_USD"),
+    ],
+)
+def test_bad_features_are_422_naming_the_field(client, path, change, field):
+    response = client.post(PREFIX + path, json={**FEATURES, **change})
+    assert response.status_code == 422
+    assert field in response.get_json()["details"] and response.get_json()["code"] == "unprocessable"
+
+
+def test_missing_feature_and_non_finite_are_422(client):
+    body = {k: v for k, v in FEATURES.items() if k != "AVG_REVENUE_USD"}
+    response = client.post(PREFIX + "/ml/resp/predict", json=body)
+    assert response.status_code == 422 and response.get_json()["details"] == {"AVG_REVENUE_USD": ["missing"]}
+    nan = client.post(PREFIX + "/ml/ats/predict", data='{"AVG_POINTS_BOUGHT": NaN}', content_type="application/json")
+    assert nan.status_code == 422
+
+
+def test_non_object_bodies_are_422(client):
+    assert client.post(PREFIX + "/ml/ats/predict", json=[1, 2]).status_code == 422
+    assert client.post(PREFIX + "/offer/assign", data="nope", content_type="application/json").status_code == 422
+    assert client.post(PREFIX + "/offer/assign", json={"ats_prediction": 1}).status_code == 422
+
+
+def test_prefix_is_configurable_and_can_be_switched_off(app_config):
+    moved = create_app({**app_config, "REFERENCE_PARTNER_PREFIX": "/ref"}).test_client()
+    assert moved.get("/ref/").get_json() == {"msg": "pong"}
+    off = create_app({**app_config, "REFERENCE_PARTNER_ENABLED": False}).test_client()
+    assert off.get(PREFIX + "/").status_code == 404

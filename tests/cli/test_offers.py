@@ -1,0 +1,137 @@
+"""`flask run-offers` and `flask partners check`: outputs, summary, exit codes."""
+
+import csv
+import json
+
+import polars as pl
+import pytest
+import responses
+
+from config import DATA_DIR
+from services.offers.recording import EXPORT_COLUMNS
+from tests.offers_fixtures import route_to_app
+
+SAMPLE = str(DATA_DIR / "member_data.csv")
+ARGS = ["run-offers", "--input", SAMPLE, "--as-of", "2024-01-05"]
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory, migrated_template):
+    """One CLI run on the bundled sample writing all three formats (shared by the export tests)."""
+    import shutil
+
+    from app import create_app
+
+    folder = tmp_path_factory.mktemp("offers")
+    shutil.copy(migrated_template, folder / "db.sqlite")
+    app = create_app({"DATABASE_URL": f"sqlite:///{folder / 'db.sqlite'}", "ACCESS_LOG": False, "TESTING": True})
+    runner = app.test_cli_runner()
+    results = {}
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        route_to_app(mock, app)
+        results["csv"] = runner.invoke(args=[*ARGS, "--output", str(folder / "out.csv")])
+        for fmt in ("jsonl", "parquet"):
+            results[fmt] = runner.invoke(args=[*ARGS, "--output", str(folder / f"out.{fmt}")])
+    return folder, results
+
+
+def test_exit_0_and_summary_table(sample_run):
+    _, results = sample_run
+    result = results["csv"]
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "4335 read, 10 rejected (missing member id: 10)" in out
+    assert "890 scored, 100 skipped, 0 failed" in out
+    for step in ("read", "features", "ats", "resp", "offer", "record"):
+        assert f"\n  {step} " in out
+    assert "members/s" in out
+
+
+def test_csv_output_has_exactly_the_documented_columns(sample_run):
+    folder, _ = sample_run
+    with open(folder / "out.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == EXPORT_COLUMNS == [
+        "member_id", "AVG_POINTS_BOUGHT", "AVG_REVENUE_USD", "LAST_3_TRANSACTIONS_AVG_POINTS_BOUGHT",
+        "LAST_3_TRANSACTIONS_AVG_REVENUE_USD", "PCT_BUY_TRANSACTIONS", "PCT_GIFT_TRANSACTIONS",
+        "PCT_REDEEM_TRANSACTIONS", "DAYS_SINCE_LAST_TRANSACTION", "ats_prediction", "resp_prediction", "offer",
+        "status", "error", "ats_ms", "resp_ms", "offer_ms"]
+    assert len(rows) == 990
+    assert sum(r["status"] == "scored" for r in rows) == 890
+    skipped = [r for r in rows if r["status"] == "skipped"]
+    assert len(skipped) == 100 and all(r["error"] == "no_transactions" and r["offer"] == "" for r in skipped)
+
+
+def test_summary_json_next_to_the_output(sample_run):
+    folder, _ = sample_run
+    summary = json.loads((folder / "out.csv.summary.json").read_text())
+    assert summary["status"] == "succeeded" and summary["members_scored"] == 890
+    assert summary["rejected"]["by_reason"] == {"missing member id": 10}
+    assert summary["step_metrics"]["offer"]["items"] == 890
+
+
+def test_jsonl_and_parquet_hold_the_same_results(sample_run):
+    folder, results = sample_run
+    assert results["jsonl"].exit_code == 0 and results["parquet"].exit_code == 0
+    with open(folder / "out.csv", newline="") as handle:
+        from_csv = {r["member_id"]: r for r in csv.DictReader(handle)}
+    lines = [json.loads(line) for line in (folder / "out.jsonl").read_text().splitlines()]
+    frame = pl.read_parquet(folder / "out.parquet")
+    assert len(lines) == frame.height == 990 and frame.columns == EXPORT_COLUMNS
+    by_member = {r["member_id"]: r for r in frame.to_dicts()}
+    for line in lines[:50]:
+        assert by_member[line["member_id"]]["offer"] == line["offer"]
+        assert from_csv[line["member_id"]]["offer"] == (line["offer"] or "")
+        if line["status"] == "scored":
+            assert by_member[line["member_id"]]["ats_prediction"] == line["ats_prediction"]
+
+
+def test_failed_members_exit_1(app, runner):
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        route_to_app(mock, app, fail={"/offer/assign": lambda body: 500})
+        result = runner.invoke(args=ARGS)
+    assert result.exit_code == 1 and "0 scored, 100 skipped, 890 failed" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run-offers", "--input", "/no/such/file.csv"], "/no/such/file.csv: cannot read"),
+        (["run-offers", "--input", SAMPLE, "--partner", "nobody"], "Unknown partner 'nobody'"),
+        (["run-offers", "--input", SAMPLE, "--as-of", "05/01/2024"], "expected YYYY-MM-DD"),
+        (["run-offers", "--input", SAMPLE, "--resume", "999"], "no such run"),
+    ],
+)
+def test_bad_usage_or_unreadable_input_exit_2(runner, args, message):
+    result = runner.invoke(args=args)
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_wrong_header_exits_2_naming_the_file(runner, tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("a,b,c\n1,2,3\n")
+    result = runner.invoke(args=["run-offers", "--input", str(path)])
+    assert result.exit_code == 2 and "bad.csv: unexpected header" in result.output
+
+
+def test_partners_check_pings_each_partner(app, runner):
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        route_to_app(mock, app, ping=True)
+        result = runner.invoke(args=["partners", "check"])
+    assert result.exit_code == 0 and "reference: ok" in result.output
+
+
+def test_partners_check_fails_when_a_partner_is_down(runner):
+    with responses.RequestsMock() as mock:
+        mock.get("http://127.0.0.1:8000/partners/reference/", status=503)
+        result = runner.invoke(args=["partners", "check", "reference"])
+    assert result.exit_code == 1 and "reference: FAILED" in result.output
+
+
+def test_partners_check_reports_an_invalid_registry(app_config, tmp_path):
+    from app import create_app
+
+    bad = tmp_path / "p.toml"
+    bad.write_text("[partners.x]\nbase_url = 'nope'\n")
+    result = create_app({**app_config, "PARTNERS_FILE": str(bad)}).test_cli_runner().invoke(args=["partners", "check"])
+    assert result.exit_code == 2 and "partners.x.base_url" in result.output

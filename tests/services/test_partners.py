@@ -1,0 +1,107 @@
+"""The partner registry: TOML validation, secrets from the environment, and the partner client."""
+
+import pytest
+import responses
+
+from config import DATA_DIR
+from services.errors import NotFound, UpstreamInvalid
+from services.offers.partners import PartnerClient, PartnerConfigError, load_registry
+
+SECOND = """
+[partners.acme]
+base_url = "https://acme.test/api"
+ping_path = "/health"
+ats_path = "/v2/ats"
+resp_path = "/v2/resp"
+offer_path = "/v2/offer"
+retries = 0
+max_concurrency = 4
+
+[partners.acme.features]
+avg_points = "AVG_POINTS_BOUGHT"
+days = "DAYS_SINCE_LAST_TRANSACTION"
+
+[partners.acme.fields]
+prediction = "score"
+ats = "ats"
+resp = "resp"
+offer = "offer_code"
+
+[partners.acme.headers]
+Authorization = "ACME_TOKEN"
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "partners.toml"
+    path.write_text(text)
+    return path
+
+
+def test_bundled_registry_defines_the_reference_partner():
+    registry = load_registry(DATA_DIR / "partners.toml")
+    ref = registry.get("reference")
+    assert ref.base_url == "http://127.0.0.1:8000/partners/reference"
+    assert len(ref.features) == 8
+
+
+def test_unknown_partner_is_404_partner_not_found():
+    with pytest.raises(NotFound) as info:
+        load_registry(DATA_DIR / "partners.toml").get("nobody")
+    assert info.value.code == "partner_not_found"
+
+
+def test_every_problem_is_reported_with_partner_and_key(tmp_path):
+    text = SECOND.replace('"https://acme.test/api"', '"ftp://x"').replace('"/v2/ats"', '"v2/ats"')
+    text = text.replace('days = "DAYS_SINCE_LAST_TRANSACTION"', 'days = "DAYS_UNTIL_CHRISTMAS"')
+    text += "\ncolour = 'blue'\n"
+    with pytest.raises(PartnerConfigError) as info:
+        load_registry(write(tmp_path, text))
+    problems = "\n".join(info.value.problems)
+    assert "partners.acme.base_url" in problems and "partners.acme.ats_path" in problems
+    assert "DAYS_UNTIL_CHRISTMAS" in problems
+
+
+def test_invalid_toml_is_reported(tmp_path):
+    with pytest.raises(PartnerConfigError, match="not valid TOML"):
+        load_registry(write(tmp_path, "[partners\n"))
+
+
+def test_header_secrets_come_from_the_environment(tmp_path, monkeypatch):
+    registry = load_registry(write(tmp_path, SECOND))
+    assert "secret" not in (tmp_path / "partners.toml").read_text()
+    monkeypatch.delenv("ACME_TOKEN", raising=False)
+    with pytest.raises(PartnerConfigError, match="ACME_TOKEN"):
+        PartnerClient(registry.get("acme"))
+    monkeypatch.setenv("ACME_TOKEN", "Bearer secret")
+    client = PartnerClient(registry.get("acme"))
+    with responses.RequestsMock() as mock:
+        mock.get("https://acme.test/api/health", json={"ok": True})
+        client.ping()
+        assert mock.calls[0].request.headers["Authorization"] == "Bearer secret"
+
+
+def test_second_partner_gets_its_own_paths_and_field_names(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACME_TOKEN", "t")
+    client = PartnerClient(load_registry(write(tmp_path, SECOND)).get("acme"))
+    features = {"AVG_POINTS_BOUGHT": 10.0, "DAYS_SINCE_LAST_TRANSACTION": 3, "AVG_REVENUE_USD": 1.0}
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
+        mock.post("https://acme.test/api/v2/ats", json={"score": 5.0},
+                  match=[responses.matchers.json_params_matcher({"avg_points": 10.0, "days": 3})])
+        mock.post("https://acme.test/api/v2/offer", json={"offer_code": "GOLD"},
+                  match=[responses.matchers.json_params_matcher({"ats": 5.0, "resp": 0.5})])
+        assert client.predict_ats(features) == 5.0
+        assert client.assign_offer(5.0, 0.5) == "GOLD"
+
+
+@pytest.mark.parametrize("body", [{"score": "high"}, {"score": None}, {}, [1], {"score": float("inf")}])
+def test_unusable_partner_answers_are_upstream_invalid(tmp_path, monkeypatch, body):
+    import json
+
+    monkeypatch.setenv("ACME_TOKEN", "t")
+    client = PartnerClient(load_registry(write(tmp_path, SECOND)).get("acme"))
+    with responses.RequestsMock() as mock:
+        mock.post("https://acme.test/api/v2/ats", body=json.dumps(body) if body != {"score": float("inf")}
+                  else '{"score": Infinity}', content_type="application/json")
+        with pytest.raises(UpstreamInvalid):
+            client.predict_ats({"AVG_POINTS_BOUGHT": 1.0, "DAYS_SINCE_LAST_TRANSACTION": 1})
