@@ -48,6 +48,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     _init_estimate(app, runtime)
     _init_pricing(app, runtime)
+    _init_offers(app, runtime)
 
     register_request_hooks(app)
     register_error_handlers(app)
@@ -92,3 +93,11 @@ def _init_pricing(app: Flask, runtime) -> None:
         enabled=bool(cfg["VENUE_CACHE_ENABLED"])))
     runtime.services["venues"] = store
     runtime.closers.append(store.close)
+
+
+def _init_offers(app: Flask, runtime) -> None:
+    from services.offers.realtime import RealtimeOffers
+
+    realtime = RealtimeOffers(app.config["PARTNERS_FILE"], float(app.config["OFFERS_REALTIME_DEADLINE_S"]))
+    runtime.services["realtime_offers"] = realtime
+    runtime.closers.append(realtime.close)

@@ -65,6 +65,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("REFERENCE_PARTNER_PREFIX", "/partners/reference", "URL prefix of the reference partner."),
     Setting("OFFERS_MAX_TRANSACTIONS", 10_000, "Most transactions accepted in one real-time offer request."),
     Setting("OFFERS_DEFAULT_PARTNER", "reference", "Partner used when a request or command names none."),
+    Setting("OFFERS_REALTIME_DEADLINE_S", 5.0,
+            "Time budget of each partner call of a real-time offer, retries included (at most 2 retries)."),
 )
 
 DEFAULTS: dict[str, Any] = {s.key: s.default for s in SETTINGS}

@@ -17,7 +17,7 @@ from marshmallow import Schema, fields
 
 # Blueprint modules whose ``document(spec, app)`` adds their paths.
 DOCUMENTED_MODULES = ("blueprints.system", "blueprints.estimate", "blueprints.pricing",
-                      "blueprints.partner_reference")
+                      "blueprints.partner_reference", "blueprints.offers")
 
 
 class ErrorSchema(Schema):

@@ -157,7 +157,8 @@ def _finite(value: Any, what: str, upstream: str) -> float:
 class PartnerClient:
     """Calls one partner's endpoints.  Its POSTs are idempotent (pure scoring), so they are retried."""
 
-    def __init__(self, config: PartnerConfig, pool_maxsize: int | None = None) -> None:
+    def __init__(self, config: PartnerConfig, pool_maxsize: int | None = None,
+                 deadline_s: float | None = None) -> None:
         self.config = config
         self.upstream = f"partner:{config.name}"
         policy = HttpPolicy(
@@ -166,7 +167,7 @@ class PartnerClient:
             # Batch scoring can afford to wait a little longer for a rate-limited partner than an
             # interactive request: up to 2 s per Retry-After, 1 s max backoff.
             backoff_factor_s=0.05, backoff_jitter_s=0.05, backoff_max_s=1.0, retry_after_max_s=2.0,
-            deadline_s=(config.connect_timeout_s + config.read_timeout_s) * (config.retries + 1),
+            deadline_s=deadline_s or (config.connect_timeout_s + config.read_timeout_s) * (config.retries + 1),
             # ATS and RESP of one member are in flight together: two connections per member slot.
             retry_post=True, pool_maxsize=2 * (pool_maxsize or config.max_concurrency),
         )

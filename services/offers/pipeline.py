@@ -114,34 +114,64 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def score_member(client: PartnerClient, resp_pool: ThreadPoolExecutor, member_id: str, features: dict[str, Any],
-                 steps: dict[str, StepStats]) -> MemberOutcome:
-    """ATS and RESP in parallel, then the offer. A partner failure is the member's, not the run's."""
-    outcome = MemberOutcome(member_id=member_id, status="failed", features=features)
+@dataclass(frozen=True)
+class Scores:
+    ats_prediction: float
+    resp_prediction: float
+    offer: str
+    ats_ms: float
+    resp_ms: float
+    offer_ms: float
+
+
+class PartnerStepError(Exception):
+    """A partner call failed; ``step`` says which (ats, resp, offer), ``error`` is our upstream error."""
+
+    def __init__(self, step: str, error: CourierError) -> None:
+        super().__init__(f"{step}: {error.code}: {error.message}")
+        self.step = step
+        self.error = error
+
+
+def score_features(client: PartnerClient, resp_pool: ThreadPoolExecutor, features: dict[str, Any],
+                   steps: dict[str, StepStats] | None = None) -> Scores:
+    """ATS and RESP in parallel (RESP on ``resp_pool``), then the offer. Used by batch and real time."""
 
     def timed(step: str, fn: Callable, *args):
         started = time.perf_counter()
-        value = fn(*args)
-        return value, steps[step].record(started, time.perf_counter())
+        try:
+            value = fn(*args)
+        except CourierError as exc:
+            raise PartnerStepError(step, exc) from exc
+        ended = time.perf_counter()
+        ms = steps[step].record(started, ended) if steps else (ended - started) * 1000
+        return value, ms
 
     resp_future = resp_pool.submit(timed, "resp", client.predict_resp, features)
     try:
-        outcome.ats_prediction, outcome.ats_ms = timed("ats", client.predict_ats, features)
-    except CourierError as exc:
-        outcome.error = f"ats: {exc.code}: {exc.message}"
+        ats, ats_ms = timed("ats", client.predict_ats, features)
+    finally:
+        resp_outcome = resp_future.exception() or resp_future.result()  # wait for RESP either way
+    if isinstance(resp_outcome, BaseException):
+        raise resp_outcome
+    resp, resp_ms = resp_outcome
+    offer, offer_ms = timed("offer", client.assign_offer, ats, resp)
+    return Scores(ats, resp, offer, ats_ms, resp_ms, offer_ms)
+
+
+def score_member(client: PartnerClient, resp_pool: ThreadPoolExecutor, member_id: str, features: dict[str, Any],
+                 steps: dict[str, StepStats]) -> MemberOutcome:
+    """A member's outcome: a partner failure is the member's, recorded with its step, not the run's."""
+    outcome = MemberOutcome(member_id=member_id, status="failed", features=features)
     try:
-        outcome.resp_prediction, outcome.resp_ms = resp_future.result()
-    except CourierError as exc:
-        outcome.error = outcome.error or f"resp: {exc.code}: {exc.message}"
-    if outcome.error:
-        return outcome
-    try:
-        outcome.offer, outcome.offer_ms = timed("offer", client.assign_offer, outcome.ats_prediction,
-                                                outcome.resp_prediction)
-    except CourierError as exc:
-        outcome.error = f"offer: {exc.code}: {exc.message}"
+        scores = score_features(client, resp_pool, features, steps)
+    except PartnerStepError as exc:
+        outcome.error = str(exc)
         return outcome
     outcome.status = "scored"
+    outcome.ats_prediction, outcome.resp_prediction, outcome.offer = (
+        scores.ats_prediction, scores.resp_prediction, scores.offer)
+    outcome.ats_ms, outcome.resp_ms, outcome.offer_ms = scores.ats_ms, scores.resp_ms, scores.offer_ms
     return outcome
 
 
@@ -313,4 +343,5 @@ def end_to_end_rate(report: RunReport) -> float:
     return members / report.elapsed_s if report.elapsed_s > 0 and not math.isnan(report.elapsed_s) else 0.0
 
 
-__all__ = ["NotFound", "ResumeError", "RunOptions", "RunReport", "run_offers", "file_sha256", "score_member"]
+__all__ = ["NotFound", "PartnerStepError", "ResumeError", "RunOptions", "RunReport", "Scores", "file_sha256",
+           "run_offers", "score_features", "score_member"]

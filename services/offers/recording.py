@@ -8,7 +8,7 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date
 from pathlib import Path
 from typing import Any
 
@@ -91,12 +91,19 @@ def finalise_run(session: Session, run: OfferRun, *, status: str, rows_read: int
     return run
 
 
+def _iso(dt) -> str | None:
+    if dt is None:
+        return None
+    # SQLite returns naive datetimes for timezone-aware columns; they were written as UTC.
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).isoformat()
+
+
 def run_record(run: OfferRun) -> dict[str, Any]:
     return {
         "id": run.id, "partner": run.partner, "input_path": run.input_path, "input_sha256": run.input_sha256,
         "as_of": run.as_of.isoformat(), "status": run.status,
-        "started_at": run.started_at.isoformat() if run.started_at else None,
-        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "started_at": _iso(run.started_at),
+        "finished_at": _iso(run.finished_at),
         "concurrency": run.concurrency, "rows_read": run.rows_read, "rows_rejected": run.rows_rejected,
         "members_total": run.members_total, "members_scored": run.members_scored,
         "members_skipped": run.members_skipped, "members_failed": run.members_failed,

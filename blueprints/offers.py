@@ -1,0 +1,262 @@
+"""Offers over REST: a real-time offer for one member, and browsing recorded runs."""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import UTC, datetime
+
+from flask import Blueprint, Response, current_app, jsonify, stream_with_context
+from marshmallow import Schema, ValidationError, fields, validate
+
+from blueprints.common import json_body, load_or_400, load_query
+from blueprints.hooks import db_session
+from services.errors import InvalidRequest, Unprocessable
+from services.offers import runs as run_service
+from services.offers.features import STANDARD_FEATURES, TRANSACTION_TYPES
+from services.offers.recording import EXPORT_COLUMNS
+
+bp = Blueprint("offers", __name__)
+
+_TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d{1,6})?$")
+
+
+class Timestamp(fields.String):
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs).strip()
+        if not _TS_RE.match(text):
+            raise ValidationError("must be 'YYYY-MM-DD HH:MM:SS[.ffffff]' (UTC; 'T' also accepted)")
+        try:
+            datetime.fromisoformat(text)
+        except ValueError as exc:
+            raise ValidationError(f"not a valid date and time: {exc}") from exc
+        return text
+
+
+class FiniteNumber(fields.Field):
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValidationError("must be a finite number")
+        return value
+
+
+class TransactionSchema(Schema):
+    ts = Timestamp(required=True, metadata={"example": "2023-12-10 11:24:18"})
+    type = fields.String(required=True, validate=validate.OneOf(TRANSACTION_TYPES),
+                         metadata={"example": "gift"})
+    points = FiniteNumber(required=True, metadata={"type": "number", "example": 9600})
+    revenue_usd = FiniteNumber(required=True, metadata={"type": "number", "example": 32.0})
+
+    def load(self, data, *args, **kwargs):  # types in any case, like the CSV input
+        if isinstance(data, dict) and isinstance(data.get("type"), str):
+            data = {**data, "type": data["type"].strip().lower()}
+        return super().load(data, *args, **kwargs)
+
+
+class OfferRequestSchema(Schema):
+    member_id = fields.String(required=True, validate=validate.Length(min=1, max=128),
+                              metadata={"example": "F44DBBBC"})
+    transactions = fields.List(fields.Nested(TransactionSchema), required=True)
+    partner = fields.String(load_default=None, validate=validate.Length(min=1, max=64),
+                            metadata={"example": "reference"})
+    as_of = fields.Date(load_default=None, metadata={"example": "2024-01-05",
+                                                     "description": "Default: today (UTC)."})
+
+
+class FeaturesSchema(Schema):
+    pass
+
+
+for _name in STANDARD_FEATURES:
+    FeaturesSchema._declared_fields[_name] = (fields.Integer() if _name == "DAYS_SINCE_LAST_TRANSACTION"
+                                              else fields.Float())
+
+
+class LatencySchema(Schema):
+    ats = fields.Float()
+    resp = fields.Float()
+    offer = fields.Float()
+    total = fields.Float()
+
+
+class OfferResponseSchema(Schema):
+    member_id = fields.String()
+    features = fields.Nested(FeaturesSchema)
+    ats_prediction = fields.Float()
+    resp_prediction = fields.Float()
+    offer = fields.String()
+    partner = fields.String()
+    latency_ms = fields.Nested(LatencySchema)
+
+
+class ListQuerySchema(Schema):
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+    cursor = fields.String(load_default=None)
+
+
+class ResultsQuerySchema(ListQuerySchema):
+    status = fields.String(load_default=None, validate=validate.OneOf(["scored", "skipped", "failed"]))
+    offer = fields.String(load_default=None, validate=validate.Length(min=1, max=64))
+
+
+class RunSchema(Schema):
+    id = fields.Integer()
+    partner = fields.String()
+    input_path = fields.String()
+    input_sha256 = fields.String()
+    as_of = fields.String()
+    status = fields.String(metadata={"enum": ["running", "succeeded", "failed", "interrupted"]})
+    started_at = fields.String()
+    finished_at = fields.String(allow_none=True)
+    concurrency = fields.Integer()
+    rows_read = fields.Integer()
+    rows_rejected = fields.Integer()
+    members_total = fields.Integer()
+    members_scored = fields.Integer()
+    members_skipped = fields.Integer()
+    members_failed = fields.Integer()
+    offers = fields.Dict(keys=fields.String(), values=fields.Integer())
+    rejected = fields.Dict()
+    step_metrics = fields.Dict()
+    error = fields.String(allow_none=True)
+
+
+class ResultSchema(Schema):
+    member_id = fields.String()
+    status = fields.String(metadata={"enum": ["scored", "skipped", "failed"]})
+
+
+for _name in EXPORT_COLUMNS[1:]:
+    if _name not in ResultSchema._declared_fields:
+        ResultSchema._declared_fields[_name] = (fields.String(allow_none=True) if _name in ("offer", "error")
+                                                else fields.Float(allow_none=True))
+
+
+class RunPageSchema(Schema):
+    items = fields.List(fields.Nested(RunSchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+class ResultPageSchema(Schema):
+    items = fields.List(fields.Nested(ResultSchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+_offer_schema = OfferRequestSchema()
+_list_schema = ListQuerySchema()
+_results_schema = ResultsQuerySchema()
+
+
+@bp.post("/api/v1/offers")
+def realtime_offer():
+    body = json_body()
+    cap = int(current_app.config["OFFERS_MAX_TRANSACTIONS"])
+    if isinstance(body, dict) and isinstance(body.get("transactions"), list) and len(body["transactions"]) > cap:
+        raise InvalidRequest("Too many transactions.", details={"transactions": [f"at most {cap} per request"]})
+    data = load_or_400(_offer_schema, body, "Invalid offer request.")
+    if not data["transactions"]:
+        raise Unprocessable("The member has no transactions to score.", code="no_transactions",
+                            details={"member_id": data["member_id"]})
+    offer = current_app.extensions["courier"].services["realtime_offers"].offer(
+        data["partner"] or current_app.config["OFFERS_DEFAULT_PARTNER"],
+        data["member_id"],
+        data["transactions"],
+        data["as_of"] or datetime.now(UTC).date(),
+    )
+    return jsonify(member_id=offer.member_id, features=offer.features, ats_prediction=offer.ats_prediction,
+                   resp_prediction=offer.resp_prediction, offer=offer.offer, partner=offer.partner,
+                   latency_ms=offer.latency_ms)
+
+
+@bp.get("/api/v1/offer-runs")
+def list_runs():
+    args = load_query(_list_schema)
+    items, cursor = run_service.list_runs(db_session(), args["limit"], args["cursor"])
+    return jsonify(items=items, next_cursor=cursor)
+
+
+@bp.get("/api/v1/offer-runs/<int:run_id>")
+def run_detail(run_id: int):
+    return jsonify(run_service.run_record(run_service.get_run(db_session(), run_id)))
+
+
+@bp.get("/api/v1/offer-runs/<int:run_id>/results")
+def run_results(run_id: int):
+    args = load_query(_results_schema)
+    items, cursor = run_service.list_results(db_session(), run_id, status=args["status"], offer=args["offer"],
+                                             limit=args["limit"], cursor=args["cursor"])
+    return jsonify(items=items, next_cursor=cursor)
+
+
+@bp.get("/api/v1/offer-runs/<int:run_id>/results/<path:member_id>")
+def run_result(run_id: int, member_id: str):
+    return jsonify(run_service.get_result(db_session(), run_id, member_id))
+
+
+@bp.get("/api/v1/offer-runs/<int:run_id>/export.csv")
+def run_export(run_id: int):
+    # A session of its own: it must outlive the view, until the last chunk is sent.
+    session = current_app.extensions["courier"].session()
+    try:
+        chunks = run_service.export_csv(session, run_id)
+    except Exception:
+        session.close()
+        raise
+
+    def stream():
+        try:
+            yield from chunks
+        finally:
+            session.close()
+
+    return Response(stream_with_context(stream()), mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="offer-run-{run_id}.csv"'})
+
+
+def document(spec, app) -> None:
+    from blueprints.openapi import error_responses
+
+    for name, schema in (("OfferRequest", OfferRequestSchema), ("OfferResponse", OfferResponseSchema),
+                         ("OfferRun", RunSchema), ("OfferResult", ResultSchema), ("OfferRunPage", RunPageSchema),
+                         ("OfferResultPage", ResultPageSchema)):
+        spec.components.schema(name, schema=schema)
+
+    def ok(schema, description="OK"):
+        return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+    def query(name, schema, description):
+        return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+    paging = [query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "Page size."),
+              query("cursor", {"type": "string"}, "next_cursor of the previous page.")]
+    run_id = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+    spec.path(path="/api/v1/offers", operations={"post": {
+        "summary": "Real-time offer for one member", "tags": ["offers"],
+        "description": ("Computes the member's features, calls the partner's ATS and RESP endpoints in parallel, "
+                        "then its offer endpoint. 400 names each bad field and transaction index; 422 "
+                        "`no_transactions`; 404 `partner_not_found`; partner failures 502/503/504."),
+        "requestBody": {"required": True, "content": {"application/json": {"schema": "OfferRequest"}}},
+        "responses": {"200": ok("OfferResponse"), **error_responses(400, 404, 413, 422, 502, 503, 504)}}})
+    spec.path(path="/api/v1/offer-runs", operations={"get": {
+        "summary": "Recorded offer runs, newest first", "tags": ["offers"], "parameters": paging,
+        "responses": {"200": ok("OfferRunPage"), **error_responses(400)}}})
+    spec.path(path="/api/v1/offer-runs/{run_id}", operations={"get": {
+        "summary": "One run with its step metrics", "tags": ["offers"], "parameters": [run_id],
+        "responses": {"200": ok("OfferRun"), **error_responses(404)}}})
+    spec.path(path="/api/v1/offer-runs/{run_id}/results", operations={"get": {
+        "summary": "A run's per-member results, in member order", "tags": ["offers"],
+        "parameters": [run_id, *paging,
+                       query("status", {"type": "string", "enum": ["scored", "skipped", "failed"]}, "Filter."),
+                       query("offer", {"type": "string"}, "Filter, e.g. OFFER_2.")],
+        "responses": {"200": ok("OfferResultPage"), **error_responses(400, 404)}}})
+    spec.path(path="/api/v1/offer-runs/{run_id}/results/{member_id}", operations={"get": {
+        "summary": "One member's result in a run", "tags": ["offers"],
+        "parameters": [run_id, {"name": "member_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {"200": ok("OfferResult"), **error_responses(404)}}})
+    spec.path(path="/api/v1/offer-runs/{run_id}/export.csv", operations={"get": {
+        "summary": "A run's results as CSV (streamed)", "tags": ["offers"], "parameters": [run_id],
+        "responses": {"200": {"description": "CSV with columns " + ",".join(EXPORT_COLUMNS),
+                              "content": {"text/csv": {"schema": {"type": "string"}}}}, **error_responses(404)}}})
+
+
+__all__ = ["bp", "document"]

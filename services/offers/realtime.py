@@ -1,0 +1,112 @@
+"""A real-time offer for one member: the pipeline's own features and scoring, for one request."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import date
+from typing import Any
+
+from services.errors import CourierError, Unprocessable
+from services.offers.features import compute_features_frame, transactions_frame
+from services.offers.partners import PartnerClient, PartnerConfigError, PartnerRegistry, load_registry
+from services.offers.pipeline import PartnerStepError, score_features
+
+
+class PartnersUnavailable(CourierError):
+    status = 503
+    code = "partners_unavailable"
+
+
+@dataclass(frozen=True)
+class RealtimeOffer:
+    member_id: str
+    partner: str
+    features: dict[str, Any]
+    ats_prediction: float
+    resp_prediction: float
+    offer: str
+    latency_ms: dict[str, float]
+
+
+class RealtimeOffers:
+    """Per-process state: the registry, one pooled client per partner, and a small RESP pool.
+
+    Everything is built on first use in the process that uses it (after gunicorn's fork).
+    """
+
+    def __init__(self, partners_file: str, deadline_s: float) -> None:
+        self.partners_file = partners_file
+        self.deadline_s = deadline_s
+        self._registry: PartnerRegistry | None = None
+        self._clients: dict[str, PartnerClient] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def _state(self) -> tuple[PartnerRegistry, ThreadPoolExecutor]:
+        if self._pid != os.getpid() or self._registry is None:
+            with self._lock:
+                if self._pid != os.getpid() or self._registry is None:
+                    try:
+                        self._registry = load_registry(self.partners_file)
+                    except PartnerConfigError as exc:
+                        raise PartnersUnavailable("The partner registry is unusable.",
+                                                  details={"problems": exc.problems}) from exc
+                    self._clients = {}
+                    self._pool = ThreadPoolExecutor(8, thread_name_prefix="offers-rt")
+                    self._pid = os.getpid()
+        return self._registry, self._pool
+
+    def client(self, partner: str) -> PartnerClient:
+        registry, _ = self._state()
+        config = registry.get(partner)  # 404 partner_not_found
+        client = self._clients.get(partner)
+        if client is None:
+            # A client is waiting: bound the whole call (retries included) by the real-time deadline.
+            per_call = replace(config, retries=min(config.retries, 2))
+            try:
+                client = PartnerClient(per_call, deadline_s=self.deadline_s)
+            except PartnerConfigError as exc:
+                raise PartnersUnavailable(f"Partner {partner!r} is misconfigured.",
+                                          details={"problems": exc.problems}) from exc
+            self._clients[partner] = client
+        return client
+
+    def offer(self, partner: str, member_id: str, transactions: list[dict[str, Any]], as_of: date) -> RealtimeOffer:
+        started = time.perf_counter()
+        client = self.client(partner)
+        _, pool = self._state()
+        table = compute_features_frame(transactions_frame(member_id, transactions), as_of)
+        if member_id in table.skipped:
+            reason = table.skipped[member_id]
+            raise Unprocessable(f"Member {member_id!r} cannot be scored: {reason}.", code=reason,
+                                details={"member_id": member_id, "as_of": as_of.isoformat()})
+        if table.rejected or table.features.height != 1:
+            problems = {str(r.line - 1): [r.reason] for r in table.rejected}  # line 1 is transaction 0
+            raise Unprocessable("Some transactions are not usable.", code="invalid_transactions",
+                                details={"transactions": problems})
+        features = table.features.row(0, named=True)
+        features.pop("member_id")
+        try:
+            scores = score_features(client, pool, features)
+        except PartnerStepError as exc:
+            raise exc.error from exc
+        return RealtimeOffer(
+            member_id=member_id, partner=partner, features=features, ats_prediction=scores.ats_prediction,
+            resp_prediction=scores.resp_prediction, offer=scores.offer,
+            latency_ms={"ats": round(scores.ats_ms, 3), "resp": round(scores.resp_ms, 3),
+                        "offer": round(scores.offer_ms, 3),
+                        "total": round((time.perf_counter() - started) * 1000, 3)},
+        )
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            for client in self._clients.values():
+                client.close()
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+        self._clients = {}

@@ -1,0 +1,213 @@
+"""Offers over REST: the real-time offer, browsing runs with stable pagination, streamed CSV export."""
+
+import csv
+import time
+from datetime import date
+
+import pytest
+import requests
+import responses
+from openapi_spec_validator import validate
+
+from config import DATA_DIR
+from services.models import OfferRun
+from services.offers.partners import PartnerClient, load_registry
+from services.offers.pipeline import RunOptions, run_offers
+from tests.offers_fixtures import REFERENCE_BASE, route_to_app
+
+SAMPLE = DATA_DIR / "member_data.csv"
+URL = "/api/v1/offers"
+
+
+def sample_transactions(member_id):
+    with open(SAMPLE, newline="") as handle:
+        return [{"ts": r["lastTransactionUtcTs"], "type": r["lastTransactionType"],
+                 "points": float(r["lastTransactionPointsBought"]), "revenue_usd": float(r["lastTransactionRevenueUSD"])}
+                for r in csv.DictReader(handle) if r["memberId"] == member_id and r["lastTransactionType"]]
+
+
+@pytest.fixture
+def mock():
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        yield rsps
+
+
+@pytest.fixture
+def recorded_run(app):
+    """The bundled sample scored by the batch pipeline (as `flask run-offers` does)."""
+    client = PartnerClient(load_registry(DATA_DIR / "partners.toml").get("reference"))
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        route_to_app(rsps, app)
+        report = run_offers(app.extensions["courier"].session_factory, client,
+                            RunOptions(str(SAMPLE), "reference", date(2024, 1, 5), 8))
+    return report.run.id
+
+
+def test_realtime_offer_equals_what_the_batch_run_recorded(client, app, mock, recorded_run):
+    route_to_app(mock, app)
+    for member_id in ("F44DBBBC", "B9EF12A3", "353ACD20", "007C2541"):
+        response = client.post(URL, json={"member_id": member_id, "transactions": sample_transactions(member_id),
+                                          "as_of": "2024-01-05"})
+        assert response.status_code == 200, response.get_json()
+        body = response.get_json()
+        recorded = client.get(f"/api/v1/offer-runs/{recorded_run}/results/{member_id}").get_json()
+        assert body["member_id"] == member_id and body["partner"] == "reference"
+        assert list(body["features"]) == [k for k in recorded if k.isupper()]
+        for name, value in body["features"].items():
+            assert value == pytest.approx(recorded[name], rel=1e-12, abs=1e-12)
+        assert body["ats_prediction"] == pytest.approx(recorded["ats_prediction"], rel=1e-12)
+        assert body["resp_prediction"] == pytest.approx(recorded["resp_prediction"], rel=1e-12)
+        assert body["offer"] == recorded["offer"]
+        assert set(body["latency_ms"]) == {"ats", "resp", "offer", "total"}
+
+
+def test_ats_and_resp_are_called_in_parallel(client, app, mock):
+    def slow(body):
+        time.sleep(0.3)
+
+    route_to_app(mock, app, fail={"/ml/ats/predict": slow, "/ml/resp/predict": slow})
+    started = time.monotonic()
+    response = client.post(URL, json={"member_id": "F44DBBBC", "transactions": sample_transactions("F44DBBBC"),
+                                      "as_of": "2024-01-05"})
+    assert response.status_code == 200
+    assert time.monotonic() - started < 0.55  # sequential would take >= 0.6 s
+
+
+def test_validation_names_each_field_and_transaction_index(client):
+    response = client.post(URL, json={"member_id": "", "transactions": [
+        {"ts": "2023-12-10 11:24:18", "type": "gift", "points": 100, "revenue_usd": 1.0},
+        {"ts": "2023-12-32 11:24:18", "type": "steal", "points": "many", "revenue_usd": float("nan")},
+        {"type": "buy", "points": True, "revenue_usd": 1}], "as_of": "05/01/2024"})
+    assert response.status_code == 400
+    details = response.get_json()["details"]
+    assert set(details) == {"member_id", "transactions", "as_of"}
+    assert set(details["transactions"]) == {"1", "2"}
+    assert set(details["transactions"]["1"]) == {"ts", "type", "points", "revenue_usd"}
+    assert set(details["transactions"]["2"]) == {"ts", "points"}
+
+
+def test_missing_body_fields_and_bad_json(client):
+    assert set(client.post(URL, json={}).get_json()["details"]) == {"member_id", "transactions"}
+    assert client.post(URL, data="{", content_type="application/json").status_code == 400
+    assert client.post(URL, json={"member_id": "A", "transactions": "none"}).status_code == 400
+
+
+def test_no_transactions_is_422(client):
+    response = client.post(URL, json={"member_id": "A", "transactions": []})
+    assert response.status_code == 422 and response.get_json()["code"] == "no_transactions"
+
+
+def test_transactions_after_as_of_are_422(client, app, mock):
+    route_to_app(mock, app)
+    response = client.post(URL, json={"member_id": "A", "as_of": "2020-01-01", "transactions": [
+        {"ts": "2023-12-10 11:24:18", "type": "gift", "points": 100, "revenue_usd": 1.0}]})
+    assert response.status_code == 422 and response.get_json()["code"] == "last_transaction_after_as_of"
+
+
+def test_too_many_transactions_is_400(client, app):
+    app.config["OFFERS_MAX_TRANSACTIONS"] = 3
+    tx = {"ts": "2023-12-10 11:24:18", "type": "gift", "points": 100, "revenue_usd": 1.0}
+    response = client.post(URL, json={"member_id": "A", "transactions": [tx] * 4})
+    assert response.status_code == 400 and "at most 3" in response.get_json()["details"]["transactions"][0]
+
+
+def test_unknown_partner_is_404(client):
+    response = client.post(URL, json={"member_id": "A", "partner": "acme", "transactions": sample_transactions("F44DBBBC")})
+    assert response.status_code == 404 and response.get_json()["code"] == "partner_not_found"
+
+
+def test_partner_down_after_retries_is_503(client, app, mock):
+    calls = route_to_app(mock, app, fail={"/ml/ats/predict": lambda body: 503})
+    response = client.post(URL, json={"member_id": "F44DBBBC", "transactions": sample_transactions("F44DBBBC"),
+                                      "as_of": "2024-01-05"})
+    assert response.status_code == 503 and response.get_json()["code"] == "upstream_unavailable"
+    assert "Retry-After" in response.headers
+    assert len([c for c in calls if c[0] == "/ml/ats/predict"]) == 3  # 1 + 2 retries
+
+
+@pytest.mark.parametrize(
+    ("register", "status", "code"),
+    [
+        (lambda m: m.post(REFERENCE_BASE + "/ml/resp/predict", body=requests.exceptions.ReadTimeout()), 504,
+         "upstream_timeout"),
+        (lambda m: m.post(REFERENCE_BASE + "/offer/assign", body="{oops", content_type="application/json"), 502,
+         "upstream_invalid"),
+    ],
+)
+def test_partner_failures_map_to_5xx(client, app, mock, register, status, code):
+    register(mock)
+    route_to_app(mock, app)  # the other endpoints answer normally
+    response = client.post(URL, json={"member_id": "F44DBBBC", "transactions": sample_transactions("F44DBBBC"),
+                                      "as_of": "2024-01-05"})
+    assert response.status_code == status and response.get_json()["code"] == code
+
+
+def _add_runs(app, n):
+    with app.extensions["courier"].session() as session, session.begin():
+        for i in range(n):
+            session.add(OfferRun(partner="reference", input_path=f"in{i}.csv", input_sha256="0" * 64,
+                                 as_of=date(2024, 1, 5), status="succeeded", concurrency=1, offers={}, rejected={},
+                                 step_metrics={}))
+
+
+def test_runs_are_listed_newest_first_with_stable_cursors(client, app):
+    _add_runs(app, 5)
+    first = client.get("/api/v1/offer-runs?limit=2").get_json()
+    ids = [r["id"] for r in first["items"]]
+    _add_runs(app, 1)  # a new run arriving between pages must not shift the pages
+    second = client.get(f"/api/v1/offer-runs?limit=2&cursor={first['next_cursor']}").get_json()
+    third = client.get(f"/api/v1/offer-runs?limit=2&cursor={second['next_cursor']}").get_json()
+    ids += [r["id"] for r in second["items"]] + [r["id"] for r in third["items"]]
+    assert ids == [5, 4, 3, 2, 1] and third["next_cursor"] is None
+
+
+def test_run_detail_and_unknown_ids(client, recorded_run):
+    run = client.get(f"/api/v1/offer-runs/{recorded_run}").get_json()
+    assert run["members_scored"] == 890 and set(run["step_metrics"]) >= {"ats", "resp", "offer"}
+    assert client.get("/api/v1/offer-runs/424242").status_code == 404
+    assert client.get("/api/v1/offer-runs/424242/results").status_code == 404
+    assert client.get("/api/v1/offer-runs/424242/export.csv").status_code == 404
+    missing = client.get(f"/api/v1/offer-runs/{recorded_run}/results/NOBODY")
+    assert missing.status_code == 404 and missing.get_json()["code"] == "result_not_found"
+
+
+def test_results_pages_cover_every_member_once_with_filters(client, recorded_run):
+    seen, cursor = [], None
+    while True:
+        query = "?limit=97&status=scored&offer=OFFER_2" + (f"&cursor={cursor}" if cursor else "")
+        page = client.get(f"/api/v1/offer-runs/{recorded_run}/results{query}").get_json()
+        seen += [r["member_id"] for r in page["items"]]
+        assert all(r["offer"] == "OFFER_2" and r["status"] == "scored" for r in page["items"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    run = client.get(f"/api/v1/offer-runs/{recorded_run}").get_json()
+    assert len(seen) == len(set(seen)) == run["offers"]["OFFER_2"] and seen == sorted(seen)
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=501", "limit=x", "cursor=%%%", "status=great", "limit=1&limit=2"])
+def test_bad_list_parameters_are_400(client, app, query):
+    _add_runs(app, 1)
+    response = client.get(f"/api/v1/offer-runs/1/results?{query}")
+    assert response.status_code == 400 and response.get_json()["code"] == "invalid_request"
+
+
+def test_export_csv_is_streamed_and_complete(client, recorded_run):
+    response = client.get(f"/api/v1/offer-runs/{recorded_run}/export.csv")
+    assert response.status_code == 200 and response.mimetype == "text/csv"
+    assert response.is_streamed
+    rows = list(csv.DictReader(response.get_data(as_text=True).splitlines()))
+    assert len(rows) == 990 and sum(r["status"] == "scored" for r in rows) == 890
+    assert rows[0]["member_id"] < rows[-1]["member_id"]
+
+
+def test_openapi_documents_every_offers_route(client):
+    spec = client.get("/openapi.json").get_json()
+    validate(spec)
+    for path in ("/api/v1/offers", "/api/v1/offer-runs", "/api/v1/offer-runs/{run_id}",
+                 "/api/v1/offer-runs/{run_id}/results", "/api/v1/offer-runs/{run_id}/results/{member_id}",
+                 "/api/v1/offer-runs/{run_id}/export.csv"):
+        assert path in spec["paths"]
+    post = spec["paths"]["/api/v1/offers"]["post"]
+    assert {"200", "400", "404", "422", "502", "503", "504"} <= set(post["responses"])
+    assert "OfferRequest" in spec["components"]["schemas"]
