@@ -109,7 +109,7 @@ def gunicorn(env: dict, workers: int, port: int | None = None):
 
 def _wrk(label: str, url: str, path: str, method: str, body: str | None, seconds: int, connections: int) -> LoadResult:
     env = {**os.environ, "WRK_METHOD": method, "WRK_BODY": body or ""}
-    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(WRK_LUA),
+    out = subprocess.run(["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(WRK_LUA),
                           url + path], env=env, capture_output=True, text=True, check=True).stdout
     report = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
     failed = sum(report[k] for k in ("errors_connect", "errors_read", "errors_write", "errors_status",

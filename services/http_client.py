@@ -18,7 +18,13 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ReadTimeoutError, ResponseError
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    MaxRetryError,
+    NewConnectionError,
+    ReadTimeoutError,
+    ResponseError,
+)
 from urllib3.util.retry import Retry
 
 from services.errors import (
@@ -51,6 +57,7 @@ class HttpPolicy:
     connect_timeout_s: float = 1.0
     read_timeout_s: float = 5.0
     retries: int = 3
+    connect_retries: int | None = None  # None: same as retries
     backoff_factor_s: float = 0.05
     backoff_jitter_s: float = 0.05
     backoff_max_s: float = 1.0
@@ -106,7 +113,7 @@ def build_session(policy: HttpPolicy, headers: dict[str, str] | None = None) -> 
         methods.add("POST")
     retry = DeadlineRetry(
         total=policy.retries,
-        connect=policy.retries,
+        connect=policy.retries if policy.connect_retries is None else min(policy.connect_retries, policy.retries),
         read=policy.retries,
         status=policy.retries,
         other=0,
@@ -215,6 +222,9 @@ class HttpClient:
     def _convert(self, exc: requests.exceptions.RequestException, url: str) -> UpstreamError:
         if isinstance(exc, requests.exceptions.RetryError):
             return UpstreamUnavailable(f"{self.upstream} kept failing after retries", upstream=self.upstream)
+        # NewConnectionError (refused, DNS failure) subclasses ConnectTimeoutError in urllib3: test it first.
+        if _has_cause(exc, (NewConnectionError,)) and not isinstance(exc, requests.exceptions.Timeout):
+            return UpstreamUnavailable(f"{self.upstream} is unreachable", upstream=self.upstream)
         if isinstance(exc, (requests.exceptions.Timeout,)) or _has_cause(exc, (ReadTimeoutError, ConnectTimeoutError)):
             return UpstreamTimeout(f"{self.upstream} did not answer in time", upstream=self.upstream)
         if isinstance(exc, requests.exceptions.ConnectionError):

@@ -253,7 +253,8 @@ def evaluate_registry(state: tuple[pl.DataFrame, pl.DataFrame], as_of: date) -> 
 CHUNK_ROWS = 500_000
 
 
-def compute_features_frame(raw: pl.LazyFrame, as_of: date, chunk_rows: int = CHUNK_ROWS) -> FeatureTable:
+def compute_features_frame(raw: pl.LazyFrame | pl.DataFrame, as_of: date,
+                           chunk_rows: int = CHUNK_ROWS) -> FeatureTable:
     """Features of ``raw`` (the CANONICAL string columns plus ``line``), chunk by chunk.
 
     Each chunk is classified and reduced to per-member partial aggregates, then merged into the
@@ -264,7 +265,9 @@ def compute_features_frame(raw: pl.LazyFrame, as_of: date, chunk_rows: int = CHU
     rejected: list[RejectedRow] = []
     others: dict[str, bool] = {}  # member ids seen on non-transaction rows -> has an id-only row
     rows = 0
-    for chunk in raw.collect_batches(chunk_size=chunk_rows):
+    # An in-memory frame (a real-time request) is one chunk: no streaming engine to start.
+    chunks = [raw] if isinstance(raw, pl.DataFrame) else raw.collect_batches(chunk_size=chunk_rows)
+    for chunk in chunks:
         rows += chunk.height
         classified = _classified(chunk.lazy()).collect()
         transactions = classified.filter(pl.col("kind") == "transaction")
@@ -303,9 +306,9 @@ def compute_features(path: str | Path, as_of: date) -> FeatureTable:
         raise InputError(f"{path}: cannot parse as CSV ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
 
 
-def transactions_frame(member_id: str, transactions: list[dict]) -> pl.LazyFrame:
+def transactions_frame(member_id: str, transactions: list[dict]) -> pl.DataFrame:
     """A one-member frame in the CSV's shape, from already-validated transaction dicts (REST path)."""
-    return pl.LazyFrame(
+    return pl.DataFrame(
         {
             "member_id": [member_id] * len(transactions),
             "ts": [t["ts"] for t in transactions],

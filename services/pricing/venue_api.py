@@ -18,6 +18,8 @@ def venue_api_policy(connect_timeout_s: float, read_timeout_s: float, retries: i
     - retries (default 5): at 20% independent 429s, a half still failing after 6 attempts has
       probability 0.2^6 = 6e-5; with 3 retries it would be 1.6e-3 per half, about 1 request in 300.
       The public peers fail 20-35% of requests at 20% upstream 429s because they do not retry.
+    - connect retries 1: a refused connection or a failed DNS lookup is rarely fixed 100 ms later;
+      measured offline, 5 connect retries made each stale-serving refresh cost 1.3 s instead of 0.1 s.
     - backoff 50 ms x 2^n with up to 50 ms jitter: short, since a client is waiting, and jittered
       so our workers do not retry in lock-step.
     - Retry-After capped at 0.2 s: we honour the upstream's wish to wait, but a sync worker that
@@ -25,6 +27,7 @@ def venue_api_policy(connect_timeout_s: float, read_timeout_s: float, retries: i
       gave 9 req/s on the cache-off path.  The deadline (default 2.5 s) bounds the whole call.
     """
     return HttpPolicy(connect_timeout_s=connect_timeout_s, read_timeout_s=read_timeout_s, retries=retries,
+                      connect_retries=1,
                       backoff_factor_s=0.05, backoff_jitter_s=0.05, backoff_max_s=0.5, retry_after_max_s=0.2,
                       deadline_s=deadline_s, retry_post=False, pool_maxsize=pool_maxsize)
 

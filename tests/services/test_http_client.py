@@ -211,3 +211,21 @@ def test_environment_proxies_are_not_consulted(monkeypatch):
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
     session = HttpClient("up", BASE, FAST).session
     assert session.trust_env is False
+
+
+def test_connect_retries_can_be_fewer_than_status_retries():
+    from services.http_client import build_session
+
+    retry = build_session(HttpPolicy(retries=5, connect_retries=1)).get_adapter("http://x").max_retries
+    assert (retry.total, retry.connect, retry.status) == (5, 1, 5)
+
+
+def test_refused_connection_is_retried_only_connect_retries_times():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: connections to it are refused
+    policy = HttpPolicy(retries=5, connect_retries=1, backoff_factor_s=0.2, backoff_jitter_s=0.0)
+    started = time.monotonic()
+    with pytest.raises(UpstreamUnavailable):
+        HttpClient("up", f"http://127.0.0.1:{port}", policy).get_json("/x")
+    assert time.monotonic() - started < 0.5  # one backoff (0 s, then 0.2 s would be the third try)
