@@ -16,7 +16,7 @@ $(VENV)/.installed-run: setup.cfg pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: setup.cfg pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev,train]'
+	$(BIN)/pip install --quiet -e '.[dev,train,postgres]'
 	touch $@ $(VENV)/.installed-run
 
 ## run: install, migrate, seed bundled data, serve on 127.0.0.1:8000 with gunicorn

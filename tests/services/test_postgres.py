@@ -1,0 +1,75 @@
+"""The same code on PostgreSQL: only the database URL changes.
+
+Runs when COURIER_TEST_POSTGRES_URL points at an empty database (`.ci/run` starts a local
+PostgreSQL and sets it); skipped otherwise.
+"""
+
+import os
+from datetime import date
+
+import pytest
+import responses
+from sqlalchemy import create_engine, text
+
+from app import create_app
+from config import DATA_DIR
+from services import migrations
+from services.offers.partners import PartnerClient, load_registry
+from services.offers.pipeline import RunOptions, run_offers
+from tests.offers_fixtures import route_to_app
+
+PG_URL = os.environ.get("COURIER_TEST_POSTGRES_URL")
+pytestmark = pytest.mark.skipif(not PG_URL, reason="COURIER_TEST_POSTGRES_URL not set")
+
+
+@pytest.fixture(scope="module")
+def pg_app():
+    engine = create_engine(PG_URL)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    migrations.upgrade(engine)
+    engine.dispose()
+    app = create_app({"DATABASE_URL": PG_URL, "ACCESS_LOG": False, "TESTING": True, "VENUE_API_URL": ""})
+    yield app
+    app.extensions["courier"].close()
+
+
+def test_migrations_match_the_models_on_postgres(pg_app):
+    engine = pg_app.extensions["courier"].engine
+    assert migrations.schema_drift(engine) == []
+    assert pg_app.test_client().get("/readyz").status_code == 200
+
+
+def test_seed_price_and_estimate_on_postgres(pg_app):
+    runner = pg_app.test_cli_runner()
+    assert runner.invoke(args=["seed-venues"]).exit_code == 0
+    again = runner.invoke(args=["seed-venues"])
+    assert "0 inserted, 5 updated" in again.output
+    client = pg_app.test_client()
+    price = client.get("/api/v1/delivery-order-price?venue_slug=home-assignment-venue-helsinki&cart_value=1000"
+                       "&user_lat=60.17094&user_lon=24.93087").get_json()
+    assert price == {"total_price": 1190, "small_order_surcharge": 0, "cart_value": 1000,
+                     "delivery": {"fee": 190, "distance": 177}}
+    estimate = client.post("/", json={"venue_id": "8a61b8c", "time_received": "2017-01-25 03:16:07",
+                                      "is_retail": True}).get_json()
+    assert estimate["venue_known"] is True
+
+
+def test_offer_run_and_pagination_on_postgres(pg_app):
+    client = PartnerClient(load_registry(DATA_DIR / "partners.toml").get("reference"))
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        route_to_app(mock, pg_app)
+        report = run_offers(pg_app.extensions["courier"].session_factory, client,
+                            RunOptions(str(DATA_DIR / "member_data.csv"), "reference", date(2024, 1, 5), 8))
+    assert (report.run.members_scored, report.run.members_skipped) == (890, 100)
+    http = pg_app.test_client()
+    seen, cursor = [], None
+    while True:
+        page = http.get(f"/api/v1/offer-runs/{report.run.id}/results?limit=200"
+                        + (f"&cursor={cursor}" if cursor else "")).get_json()
+        seen += [r["member_id"] for r in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert len(seen) == len(set(seen)) == 990
