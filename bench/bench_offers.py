@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--processes", default="1,2", help="Comma-separated scoring process counts to run.")
     args = parser.parse_args()
     print(f"machine: {machine()}; partner: gunicorn {args.workers} sync workers")
     tmp = Path(tempfile.mkdtemp(prefix="courier-offers-bench-"))
@@ -88,27 +89,31 @@ def main() -> None:
 
         partners = tmp / "partners.toml"
         partners.write_text((ROOT / "data/partners.toml").read_text().replace("http://127.0.0.1:8000", url))
-        output = tmp / "results.csv"
         run_env = {**env, "COURIER_PARTNERS_FILE": str(partners)}
-        started = time.perf_counter()
-        proc = subprocess.run(
-            ["/usr/bin/env", "python3", "-c",
-             "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]).returncode; "
-             "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
-             "sys.exit(r)",
-             str(BIN / "flask"), "--app", "wsgi", "run-offers", "--input", str(run_file), "--as-of", "2024-01-05",
-             "--concurrency", str(args.concurrency), "--output", str(output)],
-            cwd=ROOT, env=run_env, capture_output=True, text=True)
-        wall = time.perf_counter() - started
-    print(proc.stdout)
-    peak = next((line.split()[1] for line in proc.stderr.splitlines() if line.startswith("PEAK_RSS_KB")), "0")
-    summary = json.loads(Path(str(output) + ".summary.json").read_text())
-    sent = summary["members_scored"] + summary["members_failed"]
-    rate = sent / summary["step_metrics"]["offer"]["seconds"] if summary["step_metrics"]["offer"]["seconds"] else 0
-    print(f"run-offers: {run_rows} rows, {summary['members_total']} members ({sent} sent to the partner) in "
-          f"{wall:.2f} s wall (process start included), exit {proc.returncode}, peak RSS {int(peak) / 1024:.0f} MiB")
-    print(f"scoring rate {rate:.0f} members/s = {rate / capacity * 100:.0f}% of the partner's capacity "
-          f"({capacity:.0f} members/s); concurrency {args.concurrency}")
+        runs = []
+        for processes in [int(p) for p in args.processes.split(",")]:
+            output = tmp / f"results-{processes}.csv"
+            started = time.perf_counter()
+            proc = subprocess.run(
+                [sys.executable, "-c",
+                 "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]).returncode; "
+                 "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+                 "sys.exit(r)",
+                 str(BIN / "flask"), "--app", "wsgi", "run-offers", "--input", str(run_file), "--as-of",
+                 "2024-01-05", "--concurrency", str(args.concurrency), "--processes", str(processes),
+                 "--output", str(output)],
+                cwd=ROOT, env=run_env, capture_output=True, text=True)
+            wall = time.perf_counter() - started
+            print(proc.stdout)
+            peak = next((line.split()[1] for line in proc.stderr.splitlines() if line.startswith("PEAK_RSS_KB")), "0")
+            runs.append((processes, wall, proc.returncode, int(peak), json.loads(Path(str(output) + ".summary.json").read_text())))
+    for processes, wall, code, peak, summary in runs:
+        sent = summary["members_scored"] + summary["members_failed"]
+        seconds = summary["step_metrics"]["offer"]["seconds"]
+        rate = sent / seconds if seconds else 0
+        print(f"run-offers --processes {processes}: {run_rows} rows, {summary['members_total']} members ({sent} sent) "
+              f"in {wall:.2f} s wall incl. start-up, exit {code}, peak RSS {peak / 1024:.0f} MiB (largest process); "
+              f"scoring {rate:.0f} members/s = {rate / capacity * 100:.0f}% of the partner's {capacity:.0f} members/s")
 
 
 if __name__ == "__main__":

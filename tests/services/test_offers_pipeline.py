@@ -105,3 +105,35 @@ def test_resume_refuses_a_different_input(app, sessions, client, tmp_path):
         run_id = run.id
     with pytest.raises(ResumeError, match="different input"):
         run_offers(sessions, client, options(resume_run_id=run_id))
+
+
+@pytest.fixture
+def live_partner(app):
+    """The app's reference partner on a real loopback port (spawned scoring processes cannot see mocks)."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/partners/reference"
+    server.shutdown()
+    server.server_close()
+
+
+def test_several_scoring_processes_record_the_same_results(app, sessions, live_partner, tmp_path):
+    registry = tmp_path / "partners.toml"
+    registry.write_text((DATA_DIR / "partners.toml").read_text().replace(
+        "http://127.0.0.1:8000/partners/reference", live_partner))
+    live = PartnerClient(load_registry(registry).get("reference"))
+    single = run_offers(sessions, live, options(concurrency=4))
+    multi = run_offers(sessions, live, options(concurrency=4, processes=2))
+    assert (multi.run.members_scored, multi.run.members_skipped, multi.run.members_failed) == (890, 100, 0)
+    assert multi.run.offers == single.run.offers
+    with sessions() as session:
+        def results(run_id):
+            rows = session.execute(select(OfferResult.member_id, OfferResult.ats_prediction, OfferResult.offer)
+                                   .where(OfferResult.run_id == run_id).order_by(OfferResult.member_id)).all()
+            return [tuple(r) for r in rows]
+
+        assert results(multi.run.id) == results(single.run.id)
+    assert multi.run.step_metrics["ats"]["items"] == 890
