@@ -80,6 +80,9 @@ class VenueStore:
         self._clock = clock
         self._mem: dict[str, _Entry] = {}
         self._failures: dict[str, _Failure] = {}
+        # Slugs known not to exist, until when: a client asking for one again and again must not
+        # turn each request into an upstream call (or a database read, offline).
+        self._missing: dict[str, float] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
@@ -104,9 +107,11 @@ class VenueStore:
         if slug is None:
             self._mem.clear()
             self._failures.clear()
+            self._missing.clear()
         else:
             self._mem.pop(slug, None)
             self._failures.pop(slug, None)
+            self._missing.pop(slug, None)
 
     def fetch_fresh(self, slug: str) -> VenueData:
         """Both halves straight from upstream (admin refresh); raises our upstream errors."""
@@ -142,6 +147,13 @@ class VenueStore:
         return _Entry(data, data.static_fetched_at.timestamp(), data.dynamic_fetched_at.timestamp())
 
     def _slow_get(self, slug: str) -> VenueData:
+        missing_until = self._missing.get(slug)
+        if missing_until is not None:
+            if self._clock() < missing_until:
+                self.stats["missing_hits"] += 1
+                raise venue_not_found(slug, "the venue API does not know it" if self.client else
+                                      "no stored data and the venue API is off (offline mode)")
+            self._missing.pop(slug, None)
         with self._lock_for(slug):
             now = self._clock()
             entry = self._mem.get(slug)
@@ -151,6 +163,7 @@ class VenueStore:
                 self.stats["hits"] += 1
                 return entry.data
             if self.client is None:
+                self._remember_missing(slug, now)
                 raise venue_not_found(slug, "no stored data and the venue API is off (offline mode)")
             static_due = entry is None or now - entry.static_at >= self.policy.static_ttl_s
             dynamic_due = entry is None or now - entry.dynamic_at >= self.policy.dynamic_ttl_s
@@ -166,6 +179,7 @@ class VenueStore:
                 data = self._refresh(slug, entry.data if entry else None, static_due, dynamic_due)
             except UpstreamNotFound as exc:
                 self._mem.pop(slug, None)
+                self._remember_missing(slug, now)
                 raise venue_not_found(slug, "the venue API does not know it") from exc
             except UpstreamError as exc:
                 self.stats["upstream_failures"] += 1
@@ -180,6 +194,11 @@ class VenueStore:
             self._persist(data)
             self._mem[slug] = self._entry(data)
             return data
+
+    def _remember_missing(self, slug: str, now: float) -> None:
+        if len(self._missing) > 10_000:  # bounded: a scan of random slugs cannot grow it forever
+            self._missing.clear()
+        self._missing[slug] = now + min(self.policy.dynamic_ttl_s, self.policy.failure_backoff_s)
 
     def _stale_or_raise(self, slug: str, entry: _Entry | None, now: float, error: UpstreamError,
                         until: float) -> VenueData:

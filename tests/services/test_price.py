@@ -60,10 +60,10 @@ def test_round_half_up():
 @pytest.mark.parametrize(("metres", "expected"), [(176.5, 177), (176.49, 176), (0.4, 0), (1999.5, 2000)])
 def test_distance_rounds_half_up(monkeypatch, metres, expected):
     class FakeGeodesic:
-        def __init__(self, *points):
-            self.meters = metres
+        def measure(self, a, b):
+            return metres / 1000  # geopy measures in kilometres
 
-    monkeypatch.setattr(price, "geodesic", FakeGeodesic)
+    monkeypatch.setattr(price, "_GEODESIC", FakeGeodesic())
     assert delivery_distance(0.0, 0.0, StaticVenue(0.0, 0.0)) == expected
 
 

@@ -190,3 +190,25 @@ def test_slug_is_url_quoted(app, clock, mock):
     mock.get(f"{BASE}/venues/a%20b/dynamic", status=404)
     with pytest.raises(NotFound):
         make_store(app, clock).get("a b")
+
+
+def test_unknown_slug_is_remembered_briefly(app, clock, mock):
+    mock.get(f"{BASE}/venues/nowhere/static", status=404)
+    mock.get(f"{BASE}/venues/nowhere/dynamic", status=404)
+    store = make_store(app, clock)
+    for _ in range(3):
+        with pytest.raises(NotFound):
+            store.get("nowhere")
+    assert len(mock.calls) == 2 and store.stats["missing_hits"] == 2
+    clock.now += 5  # min(dynamic TTL, failure backoff)
+    with pytest.raises(NotFound):
+        store.get("nowhere")
+    assert len(mock.calls) == 4
+
+
+def test_offline_unknown_slug_is_not_read_from_the_database_each_time(app, clock):
+    store = make_store(app, clock, online=False)
+    for _ in range(3):
+        with pytest.raises(NotFound):
+            store.get("nowhere")
+    assert store.stats["missing_hits"] == 2
