@@ -40,6 +40,10 @@ class VenueCachePolicy:
     max_stale_s: float = 86400
     failure_backoff_s: float = 5.0
     enabled: bool = True
+    # Refresh ahead: a request seeing data in the last 20% of its TTL starts a background refresh
+    # and is answered at once, so steady traffic never waits on upstream; data past its TTL is still
+    # refreshed before it is served (never older than the TTL while upstream answers).
+    refresh_ahead: float = 0.8
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ class VenueStore:
         # Slugs known not to exist, until when: a client asking for one again and again must not
         # turn each request into an upstream call (or a database read, offline).
         self._missing: dict[str, float] = {}
+        self._ahead: dict[str, Future] = {}  # background refreshes in flight, one per slug
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
@@ -95,9 +100,16 @@ class VenueStore:
             return self._fetch_uncached(slug)
         entry = self._mem.get(slug)
         if entry is not None:
+            if self.client is None:
+                self.stats["hits"] += 1
+                return entry.data
             now = self._clock()
-            if self.client is None or (now - entry.static_at < self.policy.static_ttl_s
-                                       and now - entry.dynamic_at < self.policy.dynamic_ttl_s):
+            static_age, dynamic_age = now - entry.static_at, now - entry.dynamic_at
+            policy = self.policy
+            if static_age < policy.static_ttl_s and dynamic_age < policy.dynamic_ttl_s:
+                if (static_age >= policy.static_ttl_s * policy.refresh_ahead
+                        or dynamic_age >= policy.dynamic_ttl_s * policy.refresh_ahead):
+                    self._refresh_ahead(slug, now)
                 self.stats["hits"] += 1
                 return entry.data
         return self._slow_get(slug)
@@ -112,6 +124,47 @@ class VenueStore:
             self._mem.pop(slug, None)
             self._failures.pop(slug, None)
             self._missing.pop(slug, None)
+
+    def _refresh_ahead(self, slug: str, now: float) -> None:
+        if slug in self._ahead:
+            return
+        failure = self._failures.get(slug)
+        if failure is not None and now < failure.until:
+            return
+        with self._locks_guard:
+            if slug in self._ahead:
+                return
+            self._ahead[slug] = self._pool().submit(self._background_refresh, slug)
+
+    def _background_refresh(self, slug: str) -> None:
+        try:
+            with self._lock_for(slug):
+                entry = self._mem.get(slug)
+                if entry is None:
+                    return
+                now = self._clock()
+                policy = self.policy
+                static_due = now - entry.static_at >= policy.static_ttl_s * policy.refresh_ahead
+                dynamic_due = now - entry.dynamic_at >= policy.dynamic_ttl_s * policy.refresh_ahead
+                if not (static_due or dynamic_due):
+                    return
+                self.stats["refreshes_ahead"] += 1
+                try:
+                    data = self._refresh(slug, entry.data, static_due, dynamic_due)
+                except UpstreamError as exc:
+                    # Not fatal: the data is still fresh. Back off; past the TTL, stale-if-error applies.
+                    self._record_failure(slug, exc, now, has_stale=True)
+                    return
+                self._failures.pop(slug, None)
+                self._persist(data)
+                self._mem[slug] = self._entry(data)
+        finally:
+            self._ahead.pop(slug, None)
+
+    def wait_for_refreshes(self, timeout: float = 5.0) -> None:
+        """Block until background refreshes started so far are done (tests, shutdown)."""
+        for future in list(self._ahead.values()):
+            future.result(timeout=timeout)
 
     def fetch_fresh(self, slug: str) -> VenueData:
         """Both halves straight from upstream (admin refresh); raises our upstream errors."""
@@ -182,18 +235,23 @@ class VenueStore:
                 self._remember_missing(slug, now)
                 raise venue_not_found(slug, "the venue API does not know it") from exc
             except UpstreamError as exc:
-                self.stats["upstream_failures"] += 1
-                consecutive = failure.consecutive + 1 if failure is not None else 1
-                factor = min(2 ** (consecutive - 1), MAX_BACKOFF_FACTOR)
-                until = now + self.policy.failure_backoff_s * factor
-                self._failures[slug] = _Failure(until, exc, consecutive)
-                log.warning("venue refresh failed", extra={"venue_slug": slug, "code": exc.code,
-                                                           "problem": exc.message, "has_stale": entry is not None})
+                until = self._record_failure(slug, exc, now, has_stale=entry is not None)
                 return self._stale_or_raise(slug, entry, now, exc, until)
             self._failures.pop(slug, None)
             self._persist(data)
             self._mem[slug] = self._entry(data)
             return data
+
+    def _record_failure(self, slug: str, exc: UpstreamError, now: float, has_stale: bool) -> float:
+        """Count and log a failed refresh; return when upstream may be tried again for this slug."""
+        self.stats["upstream_failures"] += 1
+        failure = self._failures.get(slug)
+        consecutive = failure.consecutive + 1 if failure is not None else 1
+        until = now + self.policy.failure_backoff_s * min(2 ** (consecutive - 1), MAX_BACKOFF_FACTOR)
+        self._failures[slug] = _Failure(until, exc, consecutive)
+        log.warning("venue refresh failed", extra={"venue_slug": slug, "code": exc.code, "problem": exc.message,
+                                                   "has_stale": has_stale})
+        return until
 
     def _remember_missing(self, slug: str, now: float) -> None:
         if len(self._missing) > 10_000:  # bounded: a scan of random slugs cannot grow it forever

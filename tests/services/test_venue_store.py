@@ -43,7 +43,7 @@ def test_miss_fetches_both_halves_then_serves_from_memory(app, clock, mock):
     first = store.get(SLUG)
     assert (first.static.latitude, first.dynamic.base_price) == (60.17012143, 190)
     assert len(mock.calls) == 2
-    clock.now += 59
+    clock.now += 40  # fresh and not yet in the refresh-ahead window (last 20% of the 60 s TTL)
     assert store.get(SLUG) is first
     assert len(mock.calls) == 2  # warm: no network
     assert store.stats["hits"] == 1
@@ -212,3 +212,32 @@ def test_offline_unknown_slug_is_not_read_from_the_database_each_time(app, clock
         with pytest.raises(NotFound):
             store.get("nowhere")
     assert store.stats["missing_hits"] == 2
+
+
+def test_refresh_ahead_answers_at_once_and_refreshes_in_the_background(app, clock, mock):
+    register_venue(mock, BASE, "helsinki")
+    store = make_store(app, clock)
+    first = store.get(SLUG)
+    changed = doc("helsinki", "dynamic")
+    changed["venue_raw"]["delivery_specs"]["delivery_pricing"]["base_price"] = 250
+    mock.replace(responses.GET, f"{BASE}/venues/{SLUG}/dynamic", json=changed)
+    clock.now += 50  # in the last 20% of the dynamic TTL
+    assert store.get(SLUG) is first  # answered with the current (still fresh) data
+    store.wait_for_refreshes()
+    assert store.get(SLUG).dynamic.base_price == 250
+    assert [c.request.url.rsplit("/", 1)[1] for c in mock.calls][2:] == ["dynamic"]
+    assert store.stats["refreshes_ahead"] == 1
+
+
+def test_failed_refresh_ahead_backs_off_and_keeps_serving(app, clock, mock):
+    register_venue(mock, BASE, "helsinki")
+    store = make_store(app, clock, VenueCachePolicy(dynamic_ttl_s=60, failure_backoff_s=30))
+    first = store.get(SLUG)
+    mock.replace(responses.GET, f"{BASE}/venues/{SLUG}/dynamic", status=503)
+    clock.now += 50
+    assert store.get(SLUG) is first
+    store.wait_for_refreshes()
+    calls = len(mock.calls)
+    clock.now += 11  # past the TTL, within the 30 s failure backoff: stale-if-error, no upstream call
+    assert store.get(SLUG) == first
+    assert len(mock.calls) == calls and store.stats["upstream_failures"] == 1
