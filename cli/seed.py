@@ -14,6 +14,14 @@ from services.pricing.snapshots import SnapshotError, load_snapshots
 from services.pricing.venue_repo import known_slugs, upsert_venue
 
 
+def _refuse(summary: str, problems: list[str]) -> None:
+    """Report every problem of an input and stop before anything is written."""
+    click.echo(f"error: {summary}, nothing written", err=True)
+    for problem in problems:
+        click.echo(f"  {problem}", err=True)
+    raise SystemExit(1)
+
+
 @click.command("seed-venues", help="Load venue preparation times and venue pricing data into the database. "
                                    "Idempotent: re-running updates rows in place. All or nothing: a bad file "
                                    "is reported and nothing is written.")
@@ -34,10 +42,7 @@ def seed_venues(prep_times_path: str, venues_dir: str, from_api: bool, slugs: tu
     try:
         times = parse_prep_times_csv(prep_times_path)
     except PrepTimesFileError as exc:
-        click.echo(f"error: {exc.path}: {len(exc.errors)} bad row(s), nothing written", err=True)
-        for error in exc.errors:
-            click.echo(f"  line {error.line}: {error.problem}", err=True)
-        raise SystemExit(1) from exc
+        _refuse(f"{exc.path}: {len(exc.errors)} bad row(s)", [f"line {e.line}: {e.problem}" for e in exc.errors])
 
     if from_api:
         if store.client is None:
@@ -59,10 +64,7 @@ def seed_venues(prep_times_path: str, venues_dir: str, from_api: bool, slugs: tu
         try:
             venues = load_snapshots(venues_dir)
         except SnapshotError as exc:
-            click.echo(f"error: {len(exc.problems)} bad venue file(s), nothing written", err=True)
-            for problem in exc.problems:
-                click.echo(f"  {problem.file}: {problem.problem}", err=True)
-            raise SystemExit(1) from exc
+            _refuse(f"{len(exc.problems)} bad venue file(s)", [f"{p.file}: {p.problem}" for p in exc.problems])
         failed = 0
         source = venues_dir
 

@@ -40,25 +40,20 @@ class VenueApiClient:
     def base_url(self) -> str:
         return self.http.base_url
 
-    def _path(self, slug: str, half: str) -> str:
+    def _fetch(self, slug: str, half: str, parse):
         # The slug is validated by the caller; quoting is belt and braces against path tricks.
-        return f"/venues/{quote(slug, safe='')}/{half}"
+        doc = self.http.get_json(f"/venues/{quote(slug, safe='')}/{half}")
+        try:
+            return parse(doc)
+        except VenueDataError as exc:
+            raise UpstreamInvalid(f"venue API sent unusable {half} data for {slug!r}: {exc}",
+                                  upstream=UPSTREAM) from exc
 
     def fetch_static(self, slug: str) -> StaticVenue:
-        doc = self.http.get_json(self._path(slug, "static"))
-        try:
-            return parse_static(doc)
-        except VenueDataError as exc:
-            raise UpstreamInvalid(f"venue API sent unusable static data for {slug!r}: {exc}",
-                                  upstream=UPSTREAM) from exc
+        return self._fetch(slug, "static", parse_static)
 
     def fetch_dynamic(self, slug: str) -> DynamicVenue:
-        doc = self.http.get_json(self._path(slug, "dynamic"))
-        try:
-            return parse_dynamic(doc)
-        except VenueDataError as exc:
-            raise UpstreamInvalid(f"venue API sent unusable dynamic data for {slug!r}: {exc}",
-                                  upstream=UPSTREAM) from exc
+        return self._fetch(slug, "dynamic", parse_dynamic)
 
     def close(self) -> None:
         self.http.close()
