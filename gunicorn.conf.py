@@ -37,3 +37,14 @@ def worker_exit(server, worker):
     runtime = getattr(app, "extensions", {}).get("courier") if app is not None else None
     if runtime is not None:
         runtime.close()
+
+# gunicorn's own lines (boot, worker start/exit, timeouts) as JSON too, like the app's.
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "services.logs.JsonFormatter"}},
+    "handlers": {"error_console": {"class": "logging.StreamHandler", "formatter": "json",
+                                   "stream": "ext://sys.stderr"}},
+    "root": {"level": "WARNING", "handlers": []},
+    "loggers": {"gunicorn.error": {"level": loglevel.upper(), "handlers": ["error_console"], "propagate": False}},
+}

@@ -79,12 +79,12 @@ class DeadlineRetry(Retry):
     maps to 503 with the upstream's ``Retry-After``.
     """
 
-    def __init__(self, *args: Any, read_timeout_s: float = 0.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, attempt_s: float = 0.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.read_timeout_s = read_timeout_s
+        self.attempt_s = attempt_s  # longest one attempt can take: connect + read timeouts
 
     def new(self, **kw: Any) -> DeadlineRetry:
-        kw.setdefault("read_timeout_s", self.read_timeout_s)
+        kw.setdefault("attempt_s", self.attempt_s)
         return super().new(**kw)
 
     def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
@@ -97,9 +97,9 @@ class DeadlineRetry(Retry):
             wait = new_retry.get_retry_after(response)
         if wait is None:
             wait = new_retry.get_backoff_time()
-        # A timed-out attempt suggests the next one may hang too: only retry if a whole
-        # attempt still fits.  A fast 429/5xx suggests the next attempt is fast as well.
-        needed = wait + (self.read_timeout_s if error is not None else 0.0)
+        # Only retry if the wait plus a whole attempt (connect + read timeouts) still fits, so the
+        # call never outlives its deadline, even when a fast 429 is followed by a hanging attempt.
+        needed = wait + self.attempt_s
         if time.monotonic() + needed > deadline:
             reason = error or ResponseError(f"deadline reached after status {getattr(response, 'status', '?')}")
             raise MaxRetryError(_pool, url, reason) from reason
@@ -126,7 +126,7 @@ def build_session(policy: HttpPolicy, headers: dict[str, str] | None = None) -> 
         retry_after_max=policy.retry_after_max_s,
         respect_retry_after_header=True,
         raise_on_status=False,
-        read_timeout_s=policy.read_timeout_s,
+        attempt_s=policy.connect_timeout_s + policy.read_timeout_s,
     )
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=policy.pool_maxsize, max_retries=retry, pool_block=False)
     session = requests.Session()

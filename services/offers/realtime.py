@@ -67,7 +67,10 @@ class RealtimeOffers:
         client = self._clients.get(partner)
         if client is None:
             # A client is waiting: bound the whole call (retries included) by the real-time deadline.
-            per_call = replace(config, retries=min(config.retries, 2))
+            # Timeouts sized so that a retry still fits in the deadline (an attempt may take connect + read).
+            per_call = replace(config, retries=min(config.retries, 2),
+                               connect_timeout_s=min(config.connect_timeout_s, self.deadline_s / 6),
+                               read_timeout_s=min(config.read_timeout_s, self.deadline_s / 3))
             try:
                 client = PartnerClient(per_call, deadline_s=self.deadline_s)
             except PartnerConfigError as exc:
