@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export FLASK_APP := wsgi
 
-.PHONY: run test lint bench-pricing bench-estimate bench-offers venue-standin clean
+.PHONY: run test lint bench-pricing bench-estimate bench-offers bench-offers-realtime venue-standin clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,3 +47,6 @@ bench-offers: $(VENV)/.installed-dev
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache
+
+bench-offers-realtime: $(VENV)/.installed-dev
+	$(BIN)/python bench/bench_offers_realtime.py
