@@ -42,7 +42,11 @@ def readyz():
     if failures:
         return envelope(503, "not_ready", "Not ready: " + "; ".join(f"{k}: {v}" for k, v in failures.items()),
                         details=failures, headers={"Retry-After": "5"})
-    return jsonify(status="ready", checks=sorted(checks))
+    # This process's counters (e.g. venue refresh failures, stale answers served): cheap to read,
+    # and where an operator looks first when answers are stale.
+    counters = {name: dict(service.stats) for name, service in current_app.extensions["courier"].services.items()
+                if hasattr(service, "stats")}
+    return jsonify(status="ready", checks=sorted(checks), counters=counters)
 
 
 @bp.get("/openapi.json")

@@ -71,3 +71,18 @@ def test_one_access_record_per_request_with_request_id(app_config, caplog):
     assert line["method"] == "GET" and line["path"] == "/healthz" and line["status"] == 200
     assert line["request_id"] == "rid-1" and line["duration_ms"] >= 0
     assert line["level"] == "INFO" and line["logger"] == "courier.access"
+
+
+def test_readyz_shows_this_process_counters(client):
+    import responses
+
+    from tests.conftest import VENUE_API
+    from tests.pricing_fixtures import register_venue
+
+    with responses.RequestsMock() as mock:
+        register_venue(mock, VENUE_API, "helsinki")
+        query = "venue_slug=home-assignment-venue-helsinki&cart_value=1&user_lat=60.17&user_lon=24.93"
+        client.get(f"/api/v1/delivery-order-price?{query}")
+        client.get(f"/api/v1/delivery-order-price?{query}")
+    counters = client.get("/readyz").get_json()["counters"]["venues"]
+    assert counters["misses"] == 1 and counters["hits"] == 1

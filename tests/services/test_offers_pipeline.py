@@ -137,3 +137,26 @@ def test_several_scoring_processes_record_the_same_results(app, sessions, live_p
 
         assert results(multi.run.id) == results(single.run.id)
     assert multi.run.step_metrics["ats"]["items"] == 890
+
+
+def test_interrupted_multi_process_run_resumes_without_duplicates(app, sessions, live_partner, tmp_path):
+    registry = tmp_path / "partners.toml"
+    registry.write_text((DATA_DIR / "partners.toml").read_text().replace(
+        "http://127.0.0.1:8000/partners/reference", live_partner))
+    live = PartnerClient(load_registry(registry).get("reference"))
+    stop = threading.Event()
+    seen = [0]
+
+    def progress(n):
+        seen[0] += n
+        if seen[0] >= 300:
+            stop.set()
+
+    first = run_offers(sessions, live, options(concurrency=4, processes=2), progress=progress, stop=stop)
+    assert first.run.status == "interrupted" and first.run.members_total < 990
+    second = run_offers(sessions, live, options(concurrency=4, processes=2, resume_run_id=first.run.id))
+    assert second.run.status == "succeeded"
+    assert (second.run.members_scored, second.run.members_skipped, second.run.members_failed) == (890, 100, 0)
+    with sessions() as session:
+        rows = session.scalars(select(OfferResult.member_id).where(OfferResult.run_id == first.run.id)).all()
+    assert len(rows) == len(set(rows)) == 990
