@@ -63,14 +63,14 @@ def test_realtime_offer_equals_what_the_batch_run_recorded(client, app, mock, re
 
 def test_ats_and_resp_are_called_in_parallel(client, app, mock):
     def slow(body):
-        time.sleep(0.3)
+        time.sleep(0.4)
 
     route_to_app(mock, app, fail={"/ml/ats/predict": slow, "/ml/resp/predict": slow})
     started = time.monotonic()
     response = client.post(URL, json={"member_id": "F44DBBBC", "transactions": sample_transactions("F44DBBBC"),
                                       "as_of": "2024-01-05"})
     assert response.status_code == 200
-    assert time.monotonic() - started < 0.55  # sequential would take >= 0.6 s
+    assert time.monotonic() - started < 0.75  # sequential would take >= 0.8 s
 
 
 def test_validation_names_each_field_and_transaction_index(client):
