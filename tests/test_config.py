@@ -40,7 +40,17 @@ def test_default_database_is_sqlite_in_instance_folder(monkeypatch):
     assert app.config["DATABASE_URL"] == "sqlite:///" + str(Path(app.instance_path) / "courier.db")
 
 
-def test_every_setting_is_documented_in_the_readme():
+def test_every_setting_is_documented_in_the_readme_with_its_default():
+    import json
+
+    from config import PROJECT_ROOT
+
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     missing = [s.key for s in SETTINGS if f"`COURIER_{s.key}`" not in readme]
     assert missing == []
+    for s in SETTINGS:
+        if s.default is None:
+            continue
+        default = json.dumps(s.default) if isinstance(s.default, bool) else str(s.default)
+        default = default.replace(str(PROJECT_ROOT) + "/", "")
+        assert f"| `COURIER_{s.key}` | `{default}` |" in readme, s.key
