@@ -43,6 +43,8 @@ def load_query(schema: Schema, message: str = "Invalid query parameters.") -> An
         if len(values) > 1:
             details[key] = [f"given {len(values)} times; give it once"]
         elif key in schema.fields:
+            if values[0] == "" and not schema.fields[key].required:
+                continue  # "?offer=" means no filter, as clients building query strings send it
             flat[key] = values[0]
     try:
         data = schema.load(flat)

@@ -51,9 +51,10 @@ class EstimateRequestSchema(Schema):
     venue_id = fields.String(required=True, validate=validate.Length(min=1, max=MAX_VENUE_ID_LENGTH),
                              metadata={"example": "8a61b8c"})
     time_received = TimeReceived(required=True, metadata={
-        "type": "string", "example": "2017-01-25 03:16:07.938113",
+        "type": "string", "example": "2017-01-25 03:16:07.938113", "pattern": _TIME_RE.pattern,
         "description": "Order time. The model uses the hour as written: no timezone conversion."})
-    is_retail = RetailFlag(required=True, metadata={"type": "boolean", "example": True})
+    is_retail = RetailFlag(required=True, metadata={
+        "type": "boolean", "example": True, "description": "0 and 1 are accepted too (original service's clients)."})
 
     def load(self, data, *args, **kwargs):  # trim venue_id before validating its length
         if isinstance(data, dict) and isinstance(data.get("venue_id"), str):
@@ -105,8 +106,12 @@ def _internal_error(exc):
 
 
 def document(spec, app) -> None:
-    from blueprints.openapi import error_responses
+    from blueprints.openapi import ErrorSchema, error_responses
 
+    class EstimateErrorSchema(ErrorSchema):
+        result = fields.Raw(allow_none=True, metadata={"description": "Always null on errors.", "nullable": True})
+
+    spec.components.schema("EstimateError", schema=EstimateErrorSchema)
     spec.components.schema("EstimateRequest", schema=EstimateRequestSchema)
     spec.components.schema("EstimateResponse", schema=EstimateResponseSchema)
     operation = {
@@ -117,7 +122,7 @@ def document(spec, app) -> None:
                         "`COURIER_ESTIMATE_UNKNOWN_VENUE=reject` (404). Errors also carry `result: null`."),
         "requestBody": {"required": True, "content": {"application/json": {"schema": "EstimateRequest"}}},
         "responses": {"200": {"description": "Prediction", "content": {"application/json": {"schema": "EstimateResponse"}}},
-                      **error_responses(400, 404, 413, 503)},
+                      **error_responses(400, 404, 413, 503, schema="EstimateError")},
     }
     spec.path(path="/api/v1/delivery-estimate", operations={"post": operation})
     spec.path(path="/", operations={"post": {**operation, "operationId": "delivery_estimate_legacy",

@@ -41,7 +41,7 @@ class FiniteNumber(fields.Field):
 
 
 class TransactionSchema(Schema):
-    ts = Timestamp(required=True, metadata={"example": "2023-12-10 11:24:18"})
+    ts = Timestamp(required=True, metadata={"example": "2023-12-10 11:24:18", "pattern": _TS_RE.pattern})
     type = fields.String(required=True, validate=validate.OneOf(TRANSACTION_TYPES),
                          metadata={"example": "gift"})
     points = FiniteNumber(required=True, metadata={"type": "number", "example": 9600})
@@ -56,7 +56,8 @@ class TransactionSchema(Schema):
 class OfferRequestSchema(Schema):
     member_id = fields.String(required=True, validate=validate.Length(min=1, max=128),
                               metadata={"example": "F44DBBBC"})
-    transactions = fields.List(fields.Nested(TransactionSchema), required=True)
+    transactions = fields.List(fields.Nested(TransactionSchema), required=True,
+                               metadata={"minItems": 1, "description": "Empty: 422 no_transactions."})
     partner = fields.String(load_default=None, validate=validate.Length(min=1, max=64),
                             metadata={"example": "reference"})
     as_of = fields.Date(load_default=None, metadata={"example": "2024-01-05",

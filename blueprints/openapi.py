@@ -26,8 +26,8 @@ class ErrorSchema(Schema):
     details = fields.Dict(required=True, metadata={"description": "Per-field problems or context."})
 
 
-def error_responses(*statuses: int) -> dict:
-    """Response objects for ``statuses``, all using the shared error envelope."""
+def error_responses(*statuses: int, schema: str = "Error") -> dict:
+    """Response objects for ``statuses``, all using the shared error envelope (or ``schema``)."""
     reasons = {
         400: "Invalid request (details name each bad field)",
         404: "Not found",
@@ -39,7 +39,7 @@ def error_responses(*statuses: int) -> dict:
         504: "Upstream timed out",
     }
     return {
-        str(s): {"description": reasons.get(s, "Error"), "content": {"application/json": {"schema": "Error"}}}
+        str(s): {"description": reasons.get(s, "Error"), "content": {"application/json": {"schema": schema}}}
         for s in statuses
     }
 

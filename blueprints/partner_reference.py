@@ -43,15 +43,19 @@ def document(spec, app) -> None:
     if not app.config["REFERENCE_PARTNER_ENABLED"]:
         return
     prefix = app.config["REFERENCE_PARTNER_PREFIX"].rstrip("/")
-    features = {"type": "object", "additionalProperties": True,
-                "properties": {name: {"type": "number"} for name in
-                               sorted(set(reference_models.ATS_INPUTS) | set(reference_models.RESP_INPUTS))}}
+    def features(names):
+        # Only the inputs of that model are read (and required); other keys are ignored.
+        return {"type": "object", "additionalProperties": True, "required": list(names),
+                "properties": {name: {"type": "number", "minimum": 0} if name == "DAYS_SINCE_LAST_TRANSACTION"
+                               else {"type": "number"} for name in names}}
+
     prediction = {"description": "Prediction", "content": {"application/json": {"schema": {
         "type": "object", "properties": {"prediction": {"type": "number"}}}}}}
-    for path, summary in (("/ml/ats/predict", "ATS model"), ("/ml/resp/predict", "RESP model")):
+    for path, summary, names in (("/ml/ats/predict", "ATS model", reference_models.ATS_INPUTS),
+                                 ("/ml/resp/predict", "RESP model", reference_models.RESP_INPUTS)):
         spec.path(path=prefix + path, operations={"post": {
             "summary": f"Reference partner: {summary}", "tags": ["reference partner"],
-            "requestBody": {"required": True, "content": {"application/json": {"schema": features}}},
+            "requestBody": {"required": True, "content": {"application/json": {"schema": features(names)}}},
             "responses": {"200": prediction, **error_responses(422)}}})
     spec.path(path=prefix + "/offer/assign", operations={"post": {
         "summary": "Reference partner: offer for predictions", "tags": ["reference partner"],

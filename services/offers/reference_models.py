@@ -58,12 +58,21 @@ def assign_offer(ats_prediction: float, resp_prediction: float) -> str:
     return "OFFER_2" if ats_prediction * resp_prediction >= OFFER_THRESHOLD else "OFFER_1"
 
 
+def _finite(value: float, names: tuple[str, ...]) -> float:
+    # Finite inputs can still overflow (1e300 * 1e300); JSON has no infinity, so say so instead.
+    if not math.isfinite(value):
+        raise Unprocessable("The features are too large: the prediction is not a finite number.",
+                            details={name: ["too large for this model"] for name in names})
+    return value
+
+
 def predict_ats(body: Any) -> float:
-    return ats(validated_numbers(body, ATS_INPUTS))
+    return _finite(ats(validated_numbers(body, ATS_INPUTS)), ATS_INPUTS)
 
 
 def predict_resp(body: Any) -> float:
-    return resp(validated_numbers(body, RESP_INPUTS, non_negative=("DAYS_SINCE_LAST_TRANSACTION",)))
+    return _finite(resp(validated_numbers(body, RESP_INPUTS, non_negative=("DAYS_SINCE_LAST_TRANSACTION",))),
+                   RESP_INPUTS)
 
 
 def offer_for(body: Any) -> str:

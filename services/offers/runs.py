@@ -31,8 +31,11 @@ def decode_cursor(cursor: str | None, kind: type) -> Any:
     return value
 
 
+MAX_ID = 2**63 - 1  # largest id any supported database can hold; larger ones cannot exist
+
+
 def get_run(session: Session, run_id: int) -> OfferRun:
-    run = session.get(OfferRun, run_id)
+    run = session.get(OfferRun, run_id) if 0 < run_id <= MAX_ID else None
     if run is None:
         raise NotFound(f"No offer run {run_id}.", code="run_not_found", details={"run_id": run_id})
     return run

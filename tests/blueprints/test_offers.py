@@ -167,6 +167,8 @@ def test_run_detail_and_unknown_ids(client, recorded_run):
     assert client.get("/api/v1/offer-runs/424242").status_code == 404
     assert client.get("/api/v1/offer-runs/424242/results").status_code == 404
     assert client.get("/api/v1/offer-runs/424242/export.csv").status_code == 404
+    assert client.get(f"/api/v1/offer-runs/{2**64}").status_code == 404  # beyond any database integer
+    assert client.get(f"/api/v1/offer-runs/{2**70}/export.csv").status_code == 404
     missing = client.get(f"/api/v1/offer-runs/{recorded_run}/results/NOBODY")
     assert missing.status_code == 404 and missing.get_json()["code"] == "result_not_found"
 

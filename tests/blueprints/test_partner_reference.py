@@ -90,3 +90,14 @@ def test_prefix_is_configurable_and_can_be_switched_off(app_config):
     assert moved.get("/ref/").get_json() == {"msg": "pong"}
     off = create_app({**app_config, "REFERENCE_PARTNER_ENABLED": False}).test_client()
     assert off.get(PREFIX + "/").status_code == 404
+
+
+def test_overflowing_features_are_422_not_infinity(client):
+    huge = {**FEATURES, "AVG_POINTS_BOUGHT": 1e308, "LAST_3_TRANSACTIONS_AVG_POINTS_BOUGHT": 1e308,
+            "PCT_BUY_TRANSACTIONS": 1e308}
+    response = client.post(PREFIX + "/ml/ats/predict", json=huge)
+    assert response.status_code == 422 and "Infinity" not in response.get_data(as_text=True)
+    resp = client.post(PREFIX + "/ml/resp/predict", json={**FEATURES, "PCT_BUY_TRANSACTIONS": -1e308,
+                                                          "AVG_REVENUE_USD": 1e308,
+                                                          "LAST_3_TRANSACTIONS_AVG_REVENUE_USD": 1e308})
+    assert resp.status_code == 422
