@@ -213,3 +213,9 @@ def test_openapi_documents_every_offers_route(client):
     post = spec["paths"]["/api/v1/offers"]["post"]
     assert {"200", "400", "404", "422", "502", "503", "504"} <= set(post["responses"])
     assert "OfferRequest" in spec["components"]["schemas"]
+
+
+def test_empty_optional_query_values_mean_not_given(client, app):
+    _add_runs(app, 1)
+    response = client.get("/api/v1/offer-runs/1/results?offer=&cursor=&status=")
+    assert response.status_code == 200 and response.get_json() == {"items": [], "next_cursor": None}
