@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import HEADER, ROOT, gunicorn, load, machine, prepared_env  # noqa: E402
+from bench.harness import HEADER, ROOT, free_port, gunicorn, load, machine, prepared_env  # noqa: E402
 
 BODY = json.dumps({"member_id": "F44DBBBC", "as_of": "2024-01-05", "transactions": [
     {"ts": "2023-12-10 11:24:18", "type": "gift", "points": 9600, "revenue_usd": 32.0},
@@ -33,8 +33,6 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     args = parser.parse_args()
     print(f"machine: {machine()}; gunicorn sync workers: {args.workers}")
-    from bench.harness import free_port
-
     port = free_port()
     partners = Path(f"/tmp/courier-bench-partners-{port}.toml")
     partners.write_text((ROOT / "data/partners.toml").read_text().replace("127.0.0.1:8000", f"127.0.0.1:{port}"))

@@ -16,7 +16,7 @@ from services.errors import CourierError
 from services.offers.features import InputError
 from services.offers.partners import PartnerClient, PartnerConfigError, load_registry
 from services.offers.pipeline import ResumeError, RunOptions, run_offers
-from services.offers.recording import run_record, write_output
+from services.offers.recording import write_output
 
 
 def _registry():
@@ -220,4 +220,4 @@ def partners_check(name: str | None) -> None:
         raise SystemExit(1)
 
 
-__all__ = ["partners_group", "run_offers_command", "run_record"]
+__all__ = ["partners_group", "run_offers_command"]

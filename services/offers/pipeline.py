@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import queue
 import statistics
 import threading
@@ -25,7 +24,7 @@ from typing import Any
 
 from sqlalchemy.orm import sessionmaker
 
-from services.errors import CourierError, NotFound
+from services.errors import CourierError
 from services.models import OfferRun
 from services.offers.features import FeatureTable, InputError, compute_features, read_header
 from services.offers.partners import PartnerClient
@@ -56,22 +55,10 @@ class StepStats:
     items: int = 0
     seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
-    _first: float | None = None
-    _last: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def record(self, started: float, ended: float) -> float:
-        ms = (ended - started) * 1000
-        with self._lock:
-            self.items += 1
-            self.latencies_ms.append(ms)
-            self._first = started if self._first is None else min(self._first, started)
-            self._last = ended if self._last is None else max(self._last, ended)
-            self.seconds = self._last - self._first
-        return ms
-
     def add(self, ms: float) -> None:
-        """A latency measured elsewhere (another thread or process); the span is set by ``span``."""
+        """One item's latency (measured in any thread or process); the wall-clock span is set by ``span``."""
         with self._lock:
             self.items += 1
             self.latencies_ms.append(ms)
@@ -143,8 +130,7 @@ class PartnerStepError(Exception):
         self.error = error
 
 
-def score_features(client: PartnerClient, resp_pool: ThreadPoolExecutor, features: dict[str, Any],
-                   steps: dict[str, StepStats] | None = None) -> Scores:
+def score_features(client: PartnerClient, resp_pool: ThreadPoolExecutor, features: dict[str, Any]) -> Scores:
     """ATS and RESP in parallel (RESP on ``resp_pool``), then the offer. Used by batch and real time."""
 
     def timed(step: str, fn: Callable, *args):
@@ -153,9 +139,7 @@ def score_features(client: PartnerClient, resp_pool: ThreadPoolExecutor, feature
             value = fn(*args)
         except CourierError as exc:
             raise PartnerStepError(step, exc) from exc
-        ended = time.perf_counter()
-        ms = steps[step].record(started, ended) if steps else (ended - started) * 1000
-        return value, ms
+        return value, (time.perf_counter() - started) * 1000
 
     resp_future = resp_pool.submit(timed, "resp", client.predict_resp, features)
     try:
@@ -330,6 +314,7 @@ class _Writer(threading.Thread):
         self.progress = progress
         self.error: BaseException | None = None
         self.written = 0
+        self._first_started: float | None = None
 
     def _flush(self, batch: list[MemberOutcome]) -> None:
         if not batch:
@@ -338,9 +323,12 @@ class _Writer(threading.Thread):
         with self.sessions() as session, session.begin():
             insert_outcomes(session, self.run_id, batch)
         ended = time.perf_counter()
-        per_item = (ended - started) / len(batch)
-        for i in range(len(batch)):  # one latency per member: the share of its batch's write
-            self.step.record(started + i * per_item, started + (i + 1) * per_item)
+        per_item_ms = (ended - started) * 1000 / len(batch)
+        for _ in batch:  # one latency per member: its share of the batch's write
+            self.step.add(per_item_ms)
+        if self._first_started is None:
+            self._first_started = started
+        self.step.span(ended - self._first_started)
         self.written += len(batch)
         if self.progress:
             self.progress(len(batch))
@@ -468,10 +456,5 @@ def run_offers(
                      interrupted=interrupted)
 
 
-def end_to_end_rate(report: RunReport) -> float:
-    members = report.run.members_total
-    return members / report.elapsed_s if report.elapsed_s > 0 and not math.isnan(report.elapsed_s) else 0.0
-
-
-__all__ = ["NotFound", "PartnerStepError", "ResumeError", "RunOptions", "RunReport", "Scores", "file_sha256",
+__all__ = ["PartnerStepError", "ResumeError", "RunOptions", "RunReport", "Scores", "file_sha256",
            "run_offers", "score_features", "score_member"]
