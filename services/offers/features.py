@@ -13,7 +13,8 @@ decorated function; partners choose which features they receive and under which 
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
+import io
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -131,9 +132,12 @@ class FeatureTable:
     skipped: dict[str, str]  # member_id -> reason (no_transactions, ...)
     rejected: list[RejectedRow]
     rows_read: int
+    rejected_counts: dict[str, int] | None = None  # complete counts when ``rejected`` is a sample
 
     @property
     def rejected_by_reason(self) -> dict[str, int]:
+        if self.rejected_counts is not None:
+            return dict(self.rejected_counts)
         counts: dict[str, int] = {}
         for row in self.rejected:
             counts[row.reason] = counts.get(row.reason, 0) + 1
@@ -253,13 +257,29 @@ def evaluate_registry(state: tuple[pl.DataFrame, pl.DataFrame], as_of: date) -> 
 CHUNK_ROWS = 500_000
 
 
+def _skipped_of(features: pl.DataFrame, others: dict[str, bool]) -> tuple[pl.DataFrame, dict[str, str]]:
+    """Members without a scoreable transaction, with the reason; and the features of the rest."""
+    scored = set(features["member_id"].to_list())
+    skipped = {m: ("no_transactions" if id_only else "no_valid_transactions")
+               for m, id_only in others.items() if m not in scored}
+    for member_id in features.filter(pl.col("DAYS_SINCE_LAST_TRANSACTION") < 0)["member_id"]:
+        skipped[member_id] = "last_transaction_after_as_of"
+    return features.filter(pl.col("DAYS_SINCE_LAST_TRANSACTION") >= 0), skipped
+
+
+def _empty_features() -> pl.DataFrame:
+    return pl.DataFrame(schema={"member_id": pl.String, **{
+        name: pl.Int64 if name == "DAYS_SINCE_LAST_TRANSACTION" else pl.Float64 for name in REGISTRY}})
+
+
 def compute_features_frame(raw: pl.LazyFrame | pl.DataFrame, as_of: date,
                            chunk_rows: int = CHUNK_ROWS) -> FeatureTable:
     """Features of ``raw`` (the CANONICAL string columns plus ``line``), chunk by chunk.
 
     Each chunk is classified and reduced to per-member partial aggregates, then merged into the
-    running state, which holds a few numbers and at most 3 recent transactions per member: memory
-    is bounded by the number of members plus one chunk, whatever the number of rows.
+    running state, which holds a few numbers and at most 3 recent transactions per member.  Used
+    for in-memory input (a real-time request is one chunk); files go through :func:`scan_features`,
+    which bounds memory by partitioning members instead.
     """
     state = None
     rejected: list[RejectedRow] = []
@@ -279,31 +299,219 @@ def compute_features_frame(raw: pl.LazyFrame | pl.DataFrame, as_of: date,
                 others[member_id] = others.get(member_id, False) or kind == "id_only"
             if kind == "rejected":
                 rejected.append(RejectedRow(line, member_id, reason))
-    if state is None:
-        features = pl.DataFrame(schema={"member_id": pl.String, **{
-            name: pl.Int64 if name == "DAYS_SINCE_LAST_TRANSACTION" else pl.Float64 for name in REGISTRY}})
-    else:
-        features = evaluate_registry(state, as_of).sort("member_id")
-    scored = set(features["member_id"].to_list())
-    skipped = {m: ("no_transactions" if id_only else "no_valid_transactions")
-               for m, id_only in others.items() if m not in scored}
-    for member_id in features.filter(pl.col("DAYS_SINCE_LAST_TRANSACTION") < 0)["member_id"]:
-        skipped[member_id] = "last_transaction_after_as_of"
-    features = features.filter(pl.col("DAYS_SINCE_LAST_TRANSACTION") >= 0)
+    features = _empty_features() if state is None else evaluate_registry(state, as_of).sort("member_id")
+    features, skipped = _skipped_of(features, others)
     return FeatureTable(features=features, skipped=skipped, rejected=sorted(rejected, key=lambda r: r.line),
                         rows_read=rows)
 
 
-def compute_features(path: str | Path, as_of: date) -> FeatureTable:
-    """Features of every member in a transaction CSV (either header spelling)."""
+# -- files: bounded memory at any size ----------------------------------------------------------------
+
+# CSV bytes parsed at once.  Polars' own chunked CSV reader memory-maps the file, so its RSS grows
+# with the file (measured: 389 MB just streaming a 243 MB file); reading fixed byte chunks keeps
+# the process flat.  A chunk ends at a newline, so a quoted field spanning lines (never valid in
+# this format) is split and its pieces are rejected as bad rows.
+READ_BYTES = 8 << 20
+# CSV bytes per member partition (~650k rows, ~130k members in the sample's shape): the unit that
+# is aggregated, scored and written at once.  Files up to this size are one partition, in memory.
+PARTITION_BYTES = 32 << 20
+MAX_REJECTED_SAMPLE = 1000
+_PARTITION_COLUMNS = ["member_id", "line", "kind", "ts", "type_norm", "points", "revenue"]
+
+
+@dataclass
+class RejectedSummary:
+    """Rejected rows: every count, and the first ``MAX_REJECTED_SAMPLE`` rows in file order."""
+
+    total: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+    sample: list[RejectedRow] = field(default_factory=list)
+
+    def add(self, classified: pl.DataFrame) -> None:
+        bad = classified.filter(pl.col("kind") == "rejected")
+        if not bad.height:
+            return
+        self.total += bad.height
+        for reason, count in bad.group_by("reason").len().iter_rows():
+            self.by_reason[reason] = self.by_reason.get(reason, 0) + count
+        room = MAX_REJECTED_SAMPLE - len(self.sample)
+        if room > 0:
+            self.sample.extend(RejectedRow(line, member_id, reason) for line, member_id, reason in
+                               bad.head(room).select("line", "member_id", "reason").iter_rows())
+
+    def as_dict(self) -> dict:
+        return {"total": self.total, "by_reason": dict(sorted(self.by_reason.items())),
+                "rows": [{"line": r.line, "member_id": r.member_id, "reason": r.reason} for r in self.sample],
+                "rows_truncated": self.total > len(self.sample)}
+
+
+@dataclass
+class FeaturePartition:
+    """The features of one partition's members (sorted by member id) and its skipped members."""
+
+    features: pl.DataFrame
+    skipped: dict[str, str]
+
+
+class FeatureScan:
+    """A transaction file, classified and aggregated per member, one partition at a time.
+
+    Pass one reads the file in byte chunks, counts rejected rows, and splits the rest by a hash of
+    the member id into partitions (spilled to Arrow IPC files in a temporary folder when the file
+    is larger than one partition), so every row of a member lands in the same partition.  Pass two
+    aggregates each partition into features (spilled too).  Memory is bounded by one chunk plus
+    one partition, whatever the file size; :meth:`partitions` then hands them out one by one.
+    Use as a context manager: the temporary folder is removed on exit.
+    """
+
+    def __init__(self, path: str | Path, as_of: date, *, workdir: str | Path | None = None,
+                 read_bytes: int = READ_BYTES, partition_bytes: int = PARTITION_BYTES) -> None:
+        import tempfile
+
+        self.path = Path(path)
+        self.as_of = as_of
+        self.rows_read = 0
+        self.rejected = RejectedSummary()
+        self.members = 0  # scoreable members
+        self.skipped_members = 0
+        self._read_bytes = read_bytes
+        try:
+            size = self.path.stat().st_size
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+        self.partition_count = max(1, -(-size // partition_bytes))
+        self._tmp = (Path(tempfile.mkdtemp(prefix="courier-features-", dir=workdir))
+                     if self.partition_count > 1 else None)
+        self._memory: list[list[pl.DataFrame]] = [[] for _ in range(self.partition_count)]
+        self._done: list[FeaturePartition | Path] = []
+
+    # -- pass one -------------------------------------------------------------------------------
+    def _chunks(self) -> Iterator[bytes]:
+        with open(self.path, "rb") as handle:
+            header = handle.readline()
+            rest = b""
+            while True:
+                block = handle.read(self._read_bytes)
+                if not block:
+                    break
+                block = rest + block
+                cut = block.rfind(b"\n") + 1
+                if cut == 0:
+                    rest = block
+                    continue
+                rest = block[cut:]
+                yield header + block[:cut]
+            if rest.strip():
+                yield header + rest
+
+    def _split(self) -> None:
+        for index, chunk in enumerate(self._chunks()):
+            raw = pl.read_csv(io.BytesIO(chunk), has_header=True, new_columns=CANONICAL, infer_schema=False,
+                              encoding="utf8-lossy", raise_if_empty=False, truncate_ragged_lines=True)
+            raw = raw.with_row_index("line", offset=2 + self.rows_read)
+            self.rows_read += raw.height
+            classified = _classified(raw.lazy()).collect()
+            self.rejected.add(classified)
+            kept = classified.filter(pl.col("member_id").is_not_null()).select(_PARTITION_COLUMNS)
+            if self._tmp is None:
+                self._memory[0].append(kept)
+                continue
+            kept = kept.with_columns(partition=(pl.col("member_id").hash(seed=0) % self.partition_count))
+            for (partition,), frame in kept.partition_by("partition", as_dict=True, include_key=False).items():
+                frame.write_ipc(self._tmp / f"rows-{partition:05d}-{index:06d}.arrow")
+
+    # -- pass two -------------------------------------------------------------------------------
+    def _rows_of(self, partition: int) -> pl.DataFrame:
+        if self._tmp is None:
+            frames = self._memory[partition]
+            self._memory[partition] = []
+        else:
+            files = sorted(self._tmp.glob(f"rows-{partition:05d}-*.arrow"))
+            frames = [pl.read_ipc(f) for f in files]
+            for f in files:
+                f.unlink()
+        if not frames:
+            return pl.DataFrame(schema={c: pl.String for c in _PARTITION_COLUMNS}).cast(
+                {"line": pl.UInt32, "ts": pl.Datetime("us"), "points": pl.Float64, "revenue": pl.Float64})
+        return pl.concat(frames)
+
+    def _aggregate(self, partition: int) -> FeaturePartition:
+        rows = self._rows_of(partition)
+        transactions = rows.filter(pl.col("kind") == "transaction")
+        features = (evaluate_registry(_partial_aggregates(transactions), self.as_of).sort("member_id")
+                    if transactions.height else _empty_features())
+        others = dict(rows.filter(pl.col("kind") != "transaction").group_by("member_id").agg(
+            (pl.col("kind") == "id_only").any()).iter_rows())
+        features, skipped = _skipped_of(features, others)
+        return FeaturePartition(features, skipped)
+
+    def run(self) -> FeatureScan:
+        """Both passes; afterwards ``rows_read``, ``rejected``, ``members`` and ``skipped_members`` are final."""
+        try:
+            self._split()
+        except pl.exceptions.PolarsError as exc:
+            raise InputError(f"{self.path}: cannot parse as CSV ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0]})") from exc
+        for partition in range(self.partition_count):
+            part = self._aggregate(partition)
+            self.members += part.features.height
+            self.skipped_members += len(part.skipped)
+            if self._tmp is None:
+                self._done.append(part)
+            else:
+                target = self._tmp / f"features-{partition:05d}.arrow"
+                part.features.write_ipc(target)
+                pl.DataFrame({"member_id": list(part.skipped), "reason": list(part.skipped.values())},
+                             schema={"member_id": pl.String, "reason": pl.String}).write_ipc(
+                    target.with_suffix(".skipped.arrow"))
+                self._done.append(target)
+        return self
+
+    def partitions(self) -> Iterator[FeaturePartition]:
+        """Each partition once, loaded only when asked for."""
+        for item in self._done:
+            if isinstance(item, FeaturePartition):
+                yield item
+            else:
+                skipped = pl.read_ipc(item.with_suffix(".skipped.arrow"))
+                yield FeaturePartition(pl.read_ipc(item), dict(skipped.iter_rows()))
+
+    def close(self) -> None:
+        import shutil
+
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        self._done = []
+
+    def __enter__(self) -> FeatureScan:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def scan_features(path: str | Path, as_of: date, **kwargs) -> FeatureScan:
+    """Both passes over a transaction CSV (either header spelling); close the result when done."""
     read_header(path)
+    scan = FeatureScan(path, as_of, **kwargs)
     try:
-        raw = pl.scan_csv(path, has_header=True, new_columns=CANONICAL, infer_schema=False,
-                          encoding="utf8-lossy", raise_if_empty=False,
-                          truncate_ragged_lines=True).with_row_index("line", offset=2)
-        return compute_features_frame(raw, as_of)
-    except pl.exceptions.PolarsError as exc:
-        raise InputError(f"{path}: cannot parse as CSV ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+        return scan.run()
+    except BaseException:
+        scan.close()
+        raise
+
+
+def compute_features(path: str | Path, as_of: date, **kwargs) -> FeatureTable:
+    """Every member's features of a transaction CSV in one table (tests, benchmarks, small files).
+
+    ``rejected`` holds the first ``MAX_REJECTED_SAMPLE`` rejected rows; counts are complete.
+    """
+    with scan_features(path, as_of, **kwargs) as scan:
+        parts = list(scan.partitions())
+        features = pl.concat([p.features for p in parts]).sort("member_id") if parts else _empty_features()
+        skipped = {m: r for p in parts for m, r in p.skipped.items()}
+        return FeatureTable(features=features, skipped=skipped, rejected=scan.rejected.sample,
+                            rows_read=scan.rows_read, rejected_counts=scan.rejected.by_reason)
 
 
 def transactions_frame(member_id: str, transactions: list[dict]) -> pl.DataFrame:

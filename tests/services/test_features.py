@@ -193,3 +193,26 @@ def test_chunked_reading_gives_the_same_features(tmp_path):
     whole = features.compute_features_frame(raw(), AS_OF, chunk_rows=10_000).features
     chunked = features.compute_features_frame(raw(), AS_OF, chunk_rows=7).features
     assert whole.to_dicts() == chunked.to_dicts()
+
+
+def test_partitioned_scan_gives_the_same_features_skips_and_rejections(tmp_path):
+    """A file larger than one partition is split by member; every member still sees all its rows."""
+    from services.offers.features import scan_features
+
+    rows = "".join(f"M{i % 37},2024-01-0{1 + i % 9} 0{i % 10}:00:00,{('buy', 'gift', 'redeem')[i % 3]},{i * 100},{i}\n"
+                   for i in range(600))
+    rows += "N1,,,,\nN2,not a date,buy,1,1\n,2024-01-01 00:00:00,buy,1,1\n"
+    path = tmp_path / "tx.csv"
+    path.write_text(HEADER + rows)
+    whole = compute_features(path, AS_OF)
+    with scan_features(path, AS_OF, read_bytes=512, partition_bytes=2048) as scan:
+        assert scan.partition_count > 4
+        parts = list(scan.partitions())
+        assert scan.rows_read == whole.rows_read == 603
+        assert scan.rejected.by_reason == {"invalid timestamp": 1, "missing member id": 1}
+        assert [r.line for r in scan.rejected.sample] == [r.line for r in whole.rejected] == [603, 604]
+        assert scan.members == 37 and scan.skipped_members == 2
+    merged = {row["member_id"]: row for p in parts for row in p.features.to_dicts()}
+    assert merged == {row["member_id"]: row for row in whole.features.to_dicts()}
+    assert {m: r for p in parts for m, r in p.skipped.items()} == whole.skipped == {
+        "N1": "no_transactions", "N2": "no_valid_transactions"}
