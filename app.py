@@ -26,6 +26,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if not app.config["DATABASE_URL"]:
         os.makedirs(app.instance_path, exist_ok=True)
         app.config["DATABASE_URL"] = "sqlite:///" + os.path.join(app.instance_path, "courier.db")
+    if not app.config["SERVICE_URL"]:
+        from services.offers.partners import service_url_from_bind
+
+        app.config["SERVICE_URL"] = service_url_from_bind(os.environ.get("COURIER_BIND"))
     # Keep the documented key order of responses; compact bodies are cheaper to send.
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.compact = True  # type: ignore[attr-defined]
@@ -98,6 +102,7 @@ def _init_pricing(app: Flask, runtime) -> None:
 def _init_offers(app: Flask, runtime) -> None:
     from services.offers.realtime import RealtimeOffers
 
-    realtime = RealtimeOffers(app.config["PARTNERS_FILE"], float(app.config["OFFERS_REALTIME_DEADLINE_S"]))
+    realtime = RealtimeOffers(app.config["PARTNERS_FILE"], float(app.config["OFFERS_REALTIME_DEADLINE_S"]),
+                              service_url=app.config["SERVICE_URL"])
     runtime.services["realtime_offers"] = realtime
     runtime.closers.append(realtime.close)

@@ -64,6 +64,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("REFERENCE_PARTNER_ENABLED", True, "Serve the reference partner's ML endpoints."),
     Setting("REFERENCE_PARTNER_PREFIX", "/partners/reference", "URL prefix of the reference partner."),
     Setting("OFFERS_MAX_TRANSACTIONS", 10_000, "Most transactions accepted in one real-time offer request."),
+    Setting("SERVICE_URL", None,
+            "Address this service answers on, put where a partner's `base_url` says `{service}` (the bundled "
+            "reference partner). Default: from `COURIER_BIND` (a wildcard host becomes 127.0.0.1), else "
+            "`http://127.0.0.1:8000`."),
+    Setting("OFFERS_MAX_CONSECUTIVE_FAILURES", 100,
+            "`run-offers` stops (run `failed`, resumable) after this many members failed in a row; 0: never."),
     Setting("OFFERS_DEFAULT_PARTNER", "reference", "Partner used when a request or command names none."),
     Setting("OFFERS_REALTIME_DEADLINE_S", 5.0,
             "Time budget of each partner call of a real-time offer, retries included (at most 2 retries)."),

@@ -37,6 +37,22 @@ def offer_assign():
     return jsonify(offer=reference_models.offer_for(_body()))
 
 
+# Batch twins: a JSON list in, a list out in the same order (at most reference_models.MAX_BATCH).
+@bp.post("/ml/ats/predict/batch")
+def ats_predict_batch():
+    return jsonify([{"prediction": p} for p in reference_models.predict_ats_batch(_body())])
+
+
+@bp.post("/ml/resp/predict/batch")
+def resp_predict_batch():
+    return jsonify([{"prediction": p} for p in reference_models.predict_resp_batch(_body())])
+
+
+@bp.post("/offer/assign/batch")
+def offer_assign_batch():
+    return jsonify([{"offer": o} for o in reference_models.offer_for_batch(_body())])
+
+
 def document(spec, app) -> None:
     from blueprints.openapi import error_responses
 
@@ -64,6 +80,32 @@ def document(spec, app) -> None:
             "properties": {"ats_prediction": {"type": "number"}, "resp_prediction": {"type": "number"}}}}}},
         "responses": {"200": {"description": "Offer", "content": {"application/json": {"schema": {
             "type": "object", "properties": {"offer": {"type": "string", "enum": ["OFFER_1", "OFFER_2"]}}}}}},
+            **error_responses(422)}}})
+    def batch_of(schema, description):
+        return {"type": "array", "minItems": 1, "maxItems": reference_models.MAX_BATCH, "items": schema,
+                "description": description}
+
+    batch_note = (f"Batch of at most {reference_models.MAX_BATCH} items; answers in the same order. "
+                  "A bad item fails the whole batch with a 422 whose details are keyed by the item's index.")
+    for path, summary, names in (("/ml/ats/predict/batch", "ATS model, batch", reference_models.ATS_INPUTS),
+                                 ("/ml/resp/predict/batch", "RESP model, batch", reference_models.RESP_INPUTS)):
+        spec.path(path=prefix + path, operations={"post": {
+            "summary": f"Reference partner: {summary}", "description": batch_note, "tags": ["reference partner"],
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": batch_of(features(names), "feature objects")}}},
+            "responses": {"200": {"description": "Predictions", "content": {"application/json": {"schema": {
+                "type": "array", "items": {"type": "object", "properties": {"prediction": {"type": "number"}}}}}}},
+                **error_responses(422)}}})
+    spec.path(path=prefix + "/offer/assign/batch", operations={"post": {
+        "summary": "Reference partner: offers for predictions, batch", "description": batch_note,
+        "tags": ["reference partner"],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": batch_of({
+            "type": "object", "required": ["ats_prediction", "resp_prediction"],
+            "properties": {"ats_prediction": {"type": "number"}, "resp_prediction": {"type": "number"}}},
+            "prediction pairs")}}},
+        "responses": {"200": {"description": "Offers", "content": {"application/json": {"schema": {
+            "type": "array", "items": {"type": "object", "properties": {
+                "offer": {"type": "string", "enum": ["OFFER_1", "OFFER_2"]}}}}}}},
             **error_responses(422)}}})
     spec.path(path=prefix + "/", operations={"get": {"summary": "Reference partner: ping", "tags": ["reference partner"],
                                                      "responses": {"200": {"description": "pong"}}}})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from datetime import UTC, date, datetime
 
 import click
@@ -21,7 +22,7 @@ from services.offers.recording import write_output
 
 def _registry():
     try:
-        return load_registry(current_app.config["PARTNERS_FILE"])
+        return load_registry(current_app.config["PARTNERS_FILE"], current_app.config["SERVICE_URL"])
     except PartnerConfigError as exc:
         click.echo(f"error: partner registry {exc.path}:", err=True)
         for problem in exc.problems:
@@ -32,21 +33,6 @@ def _registry():
 def _usage_error(message: str) -> None:
     click.echo(f"error: {message}", err=True)
     raise SystemExit(2)
-
-
-AUTO_PROCESSES_MIN_MEMBERS = 5000
-
-
-def _auto_processes(input_path: str) -> int:
-    """Spawning processes costs about a second; it pays off only for larger inputs."""
-    import os
-
-    try:
-        size = os.path.getsize(input_path)
-    except OSError:
-        return 1
-    # ~25 bytes per row and ~5 rows per member in the sample's shape
-    return 1 if size < AUTO_PROCESSES_MIN_MEMBERS * 125 else max(1, min(os.cpu_count() or 1, 4))
 
 
 class _Progress:
@@ -76,9 +62,34 @@ class _Progress:
                 click.echo(f"  {self.done}/{self.total} members recorded", err=True)
                 self.next_report = self.done + max(1, self.total // 10)
 
+    def write(self, line: str) -> None:
+        """A line that does not tear the bar."""
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            click.echo(line, err=True)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class _RetryReporter:
+    """At most one line per upstream every ``every_s`` seconds: how many retries, and why."""
+
+    def __init__(self, progress: _Progress, every_s: float = 5.0) -> None:
+        self.progress = progress
+        self.every_s = every_s
+        self.last: dict[str, tuple[float, int]] = {}  # upstream -> (when reported, total then)
+
+    def __call__(self, tally, event) -> None:
+        now = time.monotonic()
+        when, before = self.last.get(event.upstream, (0.0, 0))
+        if now - when < self.every_s:
+            return
+        self.last[event.upstream] = (now, tally.total)
+        self.progress.write(f"  {event.upstream}: retrying ({tally.total - before} retries since the last note, "
+                            f"latest: {event.reason})")
 
 
 def _print_summary(report) -> None:
@@ -86,17 +97,24 @@ def _print_summary(report) -> None:
     echo = click.echo
     echo("")
     echo(f"run {run.id} {run.status} in {report.elapsed_s:.2f} s (partner {run.partner}, as of {run.as_of})")
+    if run.error:
+        echo(f"  error:    {run.error}")
     echo(f"  rows:     {run.rows_read} read, {run.rows_rejected} rejected"
          + (f" ({', '.join(f'{k}: {v}' for k, v in run.rejected.get('by_reason', {}).items())})"
             if run.rows_rejected else ""))
     echo(f"  members:  {run.members_scored} scored, {run.members_skipped} skipped, {run.members_failed} failed"
          f" ({run.members_total} recorded)")
     echo(f"  offers:   {', '.join(f'{k}: {v}' for k, v in run.offers.items()) or 'none'}")
+    retries = run.step_metrics.get("retries")
+    echo(f"  retries:  {retries['total'] if retries else 0}"
+         + (f" ({', '.join(f'{k}: {v}' for k, v in retries['by_reason'].items())})" if retries else ""))
     if report.elapsed_s > 0:
         echo(f"  end to end: {run.members_total / report.elapsed_s:.1f} members/s")
     echo("")
     echo(f"  {'step':<9} {'items':>8} {'seconds':>9} {'items/s':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
     for name, s in run.step_metrics.items():
+        if name == "retries":
+            continue
         rate = f"{s['items_per_s']:.1f}" if s.get("items_per_s") else "-"
         pcts = [f"{s[k]:.2f}" if k in s else "-" for k in ("p50_ms", "p95_ms", "p99_ms")]
         echo(f"  {name:<9} {s['items']:>8} {s['seconds']:>9.3f} {rate:>10} {pcts[0]:>8} {pcts[1]:>8} {pcts[2]:>8}")
@@ -105,28 +123,43 @@ def _print_summary(report) -> None:
         echo("  first rejected rows: " + "; ".join(f"line {r['line']}: {r['reason']}" for r in sample))
 
 
+EXIT_CODES = {"succeeded": 0, "completed_with_failures": 1, "failed": 1, "interrupted": 130}
+
+
 @click.command("run-offers", help="Score every member of a transaction CSV on a partner's ML endpoints and "
-                                  "record the run. Exit 0: all scored or skipped; 1: some members failed; "
-                                  "2: bad usage or unreadable input; 130: interrupted (resume with --resume).")
-@click.option("--input", "input_path", required=True, help="Transaction CSV (either header spelling).")
+                                  "record the run. Exit 0: succeeded (every member scored or skipped); "
+                                  "1: completed_with_failures or failed; 2: bad usage or unreadable input; "
+                                  "130: interrupted. Runs that did not succeed resume with --resume.")
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
+              help="Transaction CSV (either header spelling).")
 @click.option("--partner", default=None, help="Partner name from the registry (default: OFFERS_DEFAULT_PARTNER).")
-@click.option("--as-of", "as_of", default=None, help="Date DAYS_SINCE_LAST_TRANSACTION counts to, YYYY-MM-DD "
-                                                     "(default: today in UTC).")
-@click.option("--output", default=None, help="Write per-member results here: CSV, or .jsonl, or .parquet; "
-                                             "plus <output>.summary.json.")
-@click.option("--concurrency", type=click.IntRange(1, 256), default=None,
-              help="Members in flight at once (default: the partner's max_concurrency).")
-@click.option("--processes", type=click.IntRange(1, 64), default=None,
-              help="Scoring processes; --concurrency is split between them. Default: 1 for fewer than "
-                   f"{AUTO_PROCESSES_MIN_MEMBERS} members, else the number of cores (at most 4), since "
-                   "one process's CPU (about 0.75 ms per partner call) becomes the limit.")
-@click.option("--resume", "resume_run_id", type=int, default=None,
-              help="Continue an interrupted run: members already recorded are not sent again.")
+@click.option("--as-of", "as_of", default=None,
+              help="Date DAYS_SINCE_LAST_TRANSACTION counts to, YYYY-MM-DD (default: today in UTC).")
+@click.option("--output", default=None, type=click.Path(dir_okay=False),
+              help="Write per-member results here: CSV, or .jsonl, or .parquet; plus <output>.summary.json.")
+@click.option("--concurrency", type=click.IntRange(1, 1024), default=None,
+              help="Members in flight at once when scoring member by member (default: the partner's "
+                   "max_concurrency). Partners with batch endpoints use their batch.concurrency instead.")
+@click.option("--no-batch", "no_batch", is_flag=True, default=False,
+              help="Call the per-member endpoints even if the partner declares batch endpoints.")
+@click.option("--max-consecutive-failures", type=click.IntRange(0), default=None,
+              help="Stop the run (failed, resumable) after this many members failed in a row; 0: never "
+                   "(default: OFFERS_MAX_CONSECUTIVE_FAILURES).")
+@click.option("--resume", "resume_run_id", type=click.IntRange(1), default=None,
+              help="Continue a run that did not succeed: members recorded as scored or skipped are not sent "
+                   "again; failed and unrecorded members are.")
 @with_appcontext
-def run_offers_command(input_path, partner, as_of, output, concurrency, processes, resume_run_id) -> None:
+def run_offers_command(input_path, partner, as_of, output, concurrency, no_batch, max_consecutive_failures,
+                       resume_run_id) -> None:
     runtime = current_app.extensions["courier"]
     require_migrated(runtime.engine)
     registry = _registry()
+    as_of_date = None
+    if as_of:
+        try:
+            as_of_date = date.fromisoformat(as_of)
+        except ValueError:
+            _usage_error(f"--as-of {as_of!r}: expected YYYY-MM-DD")
     if resume_run_id is not None:
         from services.models import OfferRun
 
@@ -136,27 +169,24 @@ def run_offers_command(input_path, partner, as_of, output, concurrency, processe
             _usage_error(f"--resume {resume_run_id}: no such run")
         if partner and partner != previous.partner:
             _usage_error(f"--resume {resume_run_id}: the run used partner {previous.partner!r}, not {partner!r}")
-        if as_of and as_of != previous.as_of.isoformat():
-            _usage_error(f"--resume {resume_run_id}: the run used --as-of {previous.as_of}, not {as_of}")
+        if as_of_date and as_of_date != previous.as_of:
+            _usage_error(f"--resume {resume_run_id}: the run used --as-of {previous.as_of}, not {as_of_date}")
         partner, as_of_date = previous.partner, previous.as_of
     else:
         partner = partner or current_app.config["OFFERS_DEFAULT_PARTNER"]
-        try:
-            as_of_date = date.fromisoformat(as_of) if as_of else datetime.now(UTC).date()
-        except ValueError:
-            _usage_error(f"--as-of {as_of!r}: expected YYYY-MM-DD")
+        as_of_date = as_of_date or datetime.now(UTC).date()
     try:
         config = registry.get(partner)
+        config.headers()  # a missing secret is a usage error, before any work
     except CourierError as exc:
         _usage_error(f"{exc.message} Known partners: {', '.join(sorted(registry.partners))}")
-    try:
-        client = PartnerClient(config, pool_maxsize=concurrency)
     except PartnerConfigError as exc:
         _usage_error(str(exc))
-    processes = processes or _auto_processes(input_path)
+    if max_consecutive_failures is None:
+        max_consecutive_failures = int(current_app.config["OFFERS_MAX_CONSECUTIVE_FAILURES"])
     options = RunOptions(input_path=input_path, partner=partner, as_of=as_of_date,
                          concurrency=concurrency or config.max_concurrency, resume_run_id=resume_run_id,
-                         processes=processes)
+                         max_consecutive_failures=max_consecutive_failures, use_batch=not no_batch)
     stop = threading.Event()
 
     def request_stop(signum, _frame):
@@ -165,32 +195,32 @@ def run_offers_command(input_path, partner, as_of, output, concurrency, processe
         stop.set()
 
     # Ctrl-C or a kill (TERM): stop taking members, let those in flight finish, record, exit 130.
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous_handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     progress = _Progress()
-    click.echo(f"scoring {input_path} on partner {partner} ({config.base_url}), as of {as_of_date}, "
-               f"concurrency {options.concurrency}, processes {processes}" + (f", resuming run {resume_run_id}" if resume_run_id else ""),
-               err=True)
+    batch = config.batch if not no_batch else None
+    mode = (f"batches of {batch.max_size}, {batch.concurrency} in flight" if batch
+            else f"one call per member, {options.concurrency} in flight")
+    click.echo(f"scoring {input_path} on partner {partner} ({config.base_url}), as of {as_of_date}, {mode}"
+               + (f", resuming run {resume_run_id}" if resume_run_id else ""), err=True)
     try:
-        report = run_offers(runtime.session_factory, client, options, progress_start=progress.start,
-                            progress=progress.advance, stop=stop)
+        report = run_offers(runtime.session_factory, config, options, progress_start=progress.start,
+                            progress=progress.advance, stop=stop, on_retry=_RetryReporter(progress))
     except (InputError, ResumeError) as exc:
         _usage_error(str(exc))
     finally:
         progress.close()
-        for sig, handler in previous.items():
+        for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
-        client.close()
     _print_summary(report)
     if output:
         with runtime.session() as session:
             summary = write_output(session, report.run, output)
         click.echo(f"\nwrote {output} and {summary}")
-    if report.run.status == "interrupted":
-        click.echo(f"interrupted: resume with `flask run-offers --input {input_path} --resume {report.run.id}`",
-                   err=True)
-        raise SystemExit(130)
-    if report.run.status == "failed" or report.run.members_failed:
-        raise SystemExit(1)
+    status = report.run.status
+    if status != "succeeded":
+        click.echo(f"run {report.run.id} {status}: resume with `flask run-offers --input {input_path} "
+                   f"--resume {report.run.id}`", err=True)
+    raise SystemExit(EXIT_CODES.get(status, 1))
 
 
 @click.group("partners", help="Partner registry (COURIER_PARTNERS_FILE).")

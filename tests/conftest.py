@@ -78,3 +78,13 @@ def seeded_prep_times(app):
         upsert_prep_times(session, times)
     app.extensions["courier"].services["prep_times"].invalidate()
     return times
+
+
+@pytest.fixture
+def live_partner():
+    """The reference partner on a loopback port (keep-alive aiohttp server in a thread)."""
+    from tests.offers_fixtures import LivePartner
+
+    partner = LivePartner()
+    yield partner
+    partner.close()

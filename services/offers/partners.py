@@ -1,19 +1,29 @@
-"""The partner registry (TOML) and one client per partner."""
+"""The partner registry (TOML) and the clients that call a partner: sync (request path) and async (batch)."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from services.errors import NotFound, UpstreamInvalid
+from services.http_async import AsyncHttpClient, RetryEvent
 from services.http_client import HttpClient, HttpPolicy
 from services.offers.features import REGISTRY
 
+# A base_url may start with this placeholder: the address this service itself answers on (see
+# ``service_url``), so the bundled reference partner follows the service wherever it listens.
+SERVICE_PLACEHOLDER = "{service}"
+
 _PATH_KEYS = ("ping_path", "ats_path", "resp_path", "offer_path")
+_BATCH_PATH_KEYS = ("ats_path", "resp_path", "offer_path")
+# The reference partner accepts at most this many items per batch call (and documents it).
+DEFAULT_MAX_BATCH = 1000
 _FIELD_DEFAULTS = {"prediction": "prediction", "ats": "ats_prediction", "resp": "resp_prediction", "offer": "offer"}
 
 
@@ -24,6 +34,17 @@ class PartnerConfigError(Exception):
         self.path = path
         self.problems = problems
         super().__init__(f"{path}: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class BatchEndpoints:
+    """A partner's optional batch endpoints: a JSON list in, a list out in the same order."""
+
+    ats_path: str
+    resp_path: str
+    offer_path: str
+    max_size: int = DEFAULT_MAX_BATCH
+    concurrency: int = 4  # batch calls in flight at once
 
 
 @dataclass(frozen=True)
@@ -41,6 +62,7 @@ class PartnerConfig:
     read_timeout_s: float = 5.0
     retries: int = 3
     max_concurrency: int = 16
+    batch: BatchEndpoints | None = None
 
     def headers(self) -> dict[str, str]:
         """Header values from the environment; a missing variable is a configuration error."""
@@ -81,7 +103,39 @@ def _retries(raw: dict, problems: list[str], where: str) -> int:
     return value
 
 
-def parse_registry(doc: dict[str, Any], path: str) -> PartnerRegistry:
+def _batch(raw: Any, problems: list[str], where: str) -> BatchEndpoints | None:
+    if raw is None:
+        return None
+    where = f"{where}.batch"
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: must be a table")
+        return None
+    paths = {}
+    for key in _BATCH_PATH_KEYS:
+        value = raw.get(key)
+        if not isinstance(value, str) or not value.startswith("/"):
+            problems.append(f"{where}.{key}: must be a path starting with '/', got {value!r}")
+        paths[key] = value
+    for key in set(raw) - {*_BATCH_PATH_KEYS, "max_size", "concurrency"}:
+        problems.append(f"{where}.{key}: unknown key")
+    return BatchEndpoints(**paths, max_size=_positive(raw, "max_size", DEFAULT_MAX_BATCH, problems, where, integer=True),
+                          concurrency=_positive(raw, "concurrency", 4, problems, where, integer=True))
+
+
+def service_url_from_bind(bind: str | None) -> str:
+    """``http://host:port`` for a gunicorn bind address; a wildcard host is reached on loopback."""
+    bind = (bind or "127.0.0.1:8000").split(",")[0].strip()
+    if bind.startswith("unix:"):
+        return "http://127.0.0.1:8000"
+    host, _, port = bind.rpartition(":")
+    if not host:
+        host, port = bind, "8000"
+    if host in ("0.0.0.0", "", "[::]", "::"):
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"
+
+
+def parse_registry(doc: dict[str, Any], path: str, service_url: str | None = None) -> PartnerRegistry:
     problems: list[str] = []
     partners_raw = doc.get("partners")
     if not isinstance(partners_raw, dict) or not partners_raw:
@@ -93,6 +147,8 @@ def parse_registry(doc: dict[str, Any], path: str) -> PartnerRegistry:
             problems.append(f"{where}: must be a table")
             continue
         base_url = raw.get("base_url")
+        if isinstance(base_url, str) and base_url.startswith(SERVICE_PLACEHOLDER):
+            base_url = (service_url or service_url_from_bind(None)).rstrip("/") + base_url[len(SERVICE_PLACEHOLDER):]
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             problems.append(f"{where}.base_url: must be an http(s) URL, got {base_url!r}")
         paths = {}
@@ -118,8 +174,9 @@ def parse_registry(doc: dict[str, Any], path: str) -> PartnerRegistry:
         if not isinstance(headers, dict) or not all(isinstance(v, str) and v for v in headers.values()):
             problems.append(f"{where}.headers: must map header names to environment variable names")
             headers = {}
+        batch = _batch(raw.get("batch"), problems, where)
         known = {"base_url", "features", "fields", "headers", "connect_timeout_s", "read_timeout_s", "retries",
-                 "max_concurrency", *_PATH_KEYS}
+                 "max_concurrency", "batch", *_PATH_KEYS}
         for key in set(raw) - known:
             problems.append(f"{where}.{key}: unknown key")
         config = PartnerConfig(
@@ -129,6 +186,7 @@ def parse_registry(doc: dict[str, Any], path: str) -> PartnerRegistry:
             read_timeout_s=_positive(raw, "read_timeout_s", 5.0, problems, where),
             retries=_retries(raw, problems, where),
             max_concurrency=_positive(raw, "max_concurrency", 16, problems, where, integer=True),
+            batch=batch,
         )
         registry.partners[name] = config
     if problems:
@@ -136,7 +194,8 @@ def parse_registry(doc: dict[str, Any], path: str) -> PartnerRegistry:
     return registry
 
 
-def load_registry(path: str | Path) -> PartnerRegistry:
+def load_registry(path: str | Path, service_url: str | None = None) -> PartnerRegistry:
+    """The registry at ``path``; ``{service}`` in a base_url becomes ``service_url``."""
     path = str(path)
     try:
         with open(path, "rb") as handle:
@@ -145,13 +204,50 @@ def load_registry(path: str | Path) -> PartnerRegistry:
         raise PartnerConfigError(path, [f"cannot read ({exc.strerror or exc})"]) from exc
     except tomllib.TOMLDecodeError as exc:
         raise PartnerConfigError(path, [f"not valid TOML ({exc})"]) from exc
-    return parse_registry(doc, path)
+    return parse_registry(doc, path, service_url)
 
 
 def _finite(value: Any, what: str, upstream: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise UpstreamInvalid(f"{upstream} sent an unusable {what}: {value!r}", upstream=upstream)
     return float(value)
+
+
+def prediction_of(body: Any, field_name: str, upstream: str) -> float:
+    """The prediction in one answer object, or ``UpstreamInvalid`` saying what was wrong."""
+    if not isinstance(body, dict):
+        raise UpstreamInvalid(f"{upstream} answered with a non-object", upstream=upstream)
+    return _finite(body.get(field_name), "prediction", upstream)
+
+
+def offer_of(body: Any, field_name: str, upstream: str) -> str:
+    offer = body.get(field_name) if isinstance(body, dict) else None
+    if not isinstance(offer, str) or not offer or len(offer) > 64:
+        raise UpstreamInvalid(f"{upstream} sent an unusable offer: {offer!r}", upstream=upstream)
+    return offer
+
+
+def batch_items(body: Any, expected: int, upstream: str) -> list[Any]:
+    """A batch answer must be a list with one item per member sent, in the same order."""
+    if not isinstance(body, list) or len(body) != expected:
+        got = f"a list of {len(body)}" if isinstance(body, list) else type(body).__name__
+        raise UpstreamInvalid(f"{upstream} answered a batch of {expected} with {got}", upstream=upstream)
+    return body
+
+
+def batch_policy(config: PartnerConfig, concurrency: int) -> HttpPolicy:
+    """How the batch scorer calls a partner (see ``PartnerClient`` for the request-path policy)."""
+    return HttpPolicy(
+        connect_timeout_s=config.connect_timeout_s, read_timeout_s=config.read_timeout_s, retries=config.retries,
+        # Batch scoring can afford to wait a little longer for a rate-limited partner than an
+        # interactive request: up to 2 s per Retry-After, 1 s max backoff.
+        backoff_factor_s=0.05, backoff_jitter_s=0.05, backoff_max_s=1.0, retry_after_max_s=2.0,
+        deadline_s=(config.connect_timeout_s + config.read_timeout_s) * (config.retries + 1),
+        # Scoring is pure: the partner's POSTs are idempotent and safe to retry.
+        retry_post=True,
+        # ATS and RESP of one member (or batch) are in flight together: two connections per slot.
+        pool_maxsize=2 * concurrency,
+    )
 
 
 class PartnerClient:
@@ -177,10 +273,8 @@ class PartnerClient:
         return {json_name: features[name] for json_name, name in self.config.features.items()}
 
     def _prediction(self, path: str, features: dict[str, Any]) -> float:
-        body = self.http.post_json(path, self.payload(features))
-        if not isinstance(body, dict):
-            raise UpstreamInvalid(f"{self.upstream} answered with a non-object", upstream=self.upstream)
-        return _finite(body.get(self.config.fields["prediction"]), "prediction", self.upstream)
+        return prediction_of(self.http.post_json(path, self.payload(features)), self.config.fields["prediction"],
+                             self.upstream)
 
     def predict_ats(self, features: dict[str, Any]) -> float:
         return self._prediction(self.config.ats_path, features)
@@ -191,13 +285,75 @@ class PartnerClient:
     def assign_offer(self, ats: float, resp: float) -> str:
         f = self.config.fields
         body = self.http.post_json(self.config.offer_path, {f["ats"]: ats, f["resp"]: resp})
-        offer = body.get(f["offer"]) if isinstance(body, dict) else None
-        if not isinstance(offer, str) or not offer or len(offer) > 64:
-            raise UpstreamInvalid(f"{self.upstream} sent an unusable offer: {offer!r}", upstream=self.upstream)
-        return offer
+        return offer_of(body, f["offer"], self.upstream)
 
     def ping(self) -> Any:
         return self.http.get_json(self.config.ping_path)
 
     def close(self) -> None:
         self.http.close()
+
+
+class AsyncPartnerClient:
+    """The batch scorer's view of one partner: per-member and batch calls on one event loop.
+
+    A member's features are encoded once and the same bytes go to ATS and RESP; answers are
+    checked exactly as the sync client checks them (``UpstreamInvalid`` naming what was wrong).
+    """
+
+    def __init__(self, config: PartnerConfig, concurrency: int,
+                 on_retry: Callable[[RetryEvent], None] | None = None) -> None:
+        self.config = config
+        self.upstream = f"partner:{config.name}"
+        self.http = AsyncHttpClient(self.upstream, config.base_url, batch_policy(config, concurrency),
+                                    headers=config.headers(), on_retry=on_retry)
+        self._names = list(config.features.items())  # (JSON name, feature name)
+        self._prediction = config.fields["prediction"]
+        self._ats, self._resp, self._offer = config.fields["ats"], config.fields["resp"], config.fields["offer"]
+
+    async def __aenter__(self) -> AsyncPartnerClient:
+        await self.http.open()
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.http.close()
+
+    def encode(self, features: dict[str, Any]) -> bytes:
+        return json.dumps({json_name: features[name] for json_name, name in self._names}).encode()
+
+    def encode_batch(self, rows: list[dict[str, Any]]) -> bytes:
+        names = self._names
+        return json.dumps([{json_name: row[name] for json_name, name in names} for row in rows]).encode()
+
+    async def ping(self) -> Any:
+        return await self.http.get_json(self.config.ping_path)
+
+    async def predict(self, step: str, body: bytes) -> float:
+        path = self.config.ats_path if step == "ats" else self.config.resp_path
+        return prediction_of(await self.http.post_json(path, body), self._prediction, self.upstream)
+
+    async def assign_offer(self, ats: float, resp: float) -> str:
+        body = json.dumps({self._ats: ats, self._resp: resp}).encode()
+        return offer_of(await self.http.post_json(self.config.offer_path, body), self._offer, self.upstream)
+
+    async def predict_batch(self, step: str, body: bytes, size: int) -> list[float | UpstreamInvalid]:
+        """One prediction per member, or the member's own ``UpstreamInvalid`` for an unusable item."""
+        batch = self.config.batch
+        assert batch is not None
+        path = batch.ats_path if step == "ats" else batch.resp_path
+        items = batch_items(await self.http.post_json(path, body), size, self.upstream)
+        return [_or_error(prediction_of, item, self._prediction, self.upstream) for item in items]
+
+    async def assign_offer_batch(self, pairs: list[tuple[float, float]]) -> list[str | UpstreamInvalid]:
+        batch = self.config.batch
+        assert batch is not None
+        body = json.dumps([{self._ats: a, self._resp: r} for a, r in pairs]).encode()
+        items = batch_items(await self.http.post_json(batch.offer_path, body), len(pairs), self.upstream)
+        return [_or_error(offer_of, item, self._offer, self.upstream) for item in items]
+
+
+def _or_error(parse: Callable[[Any, str, str], Any], item: Any, field_name: str, upstream: str) -> Any:
+    try:
+        return parse(item, field_name, upstream)
+    except UpstreamInvalid as exc:
+        return exc

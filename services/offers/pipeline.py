@@ -1,10 +1,18 @@
-"""The offers pipeline: features -> (ATS || RESP) -> offer -> record, streamed with bounded concurrency.
+"""The offers pipeline: features -> ping -> (ATS || RESP) -> offer -> record, streamed.
 
-No barrier between stages: each member goes through its three calls as soon as a slot is free,
-while other members are at other stages.  At most ``concurrency`` members are in flight; each uses
-two threads (its own for ATS and the offer, one from a second pool for RESP), so the two pools
-can never wait on each other.  Results flow through a queue to one writer thread that inserts them
-in batches, so the database sees few, large transactions and memory stays bounded by the queue.
+Features are computed partition by partition (``FeatureScan``), so memory does not grow with the
+file.  Scoring runs on one event loop in the calling thread (``scoring.score_stream``), per member
+or in batches when the partner declares batch endpoints; there is no barrier between stages.
+Outcomes go in lists to one writer thread that inserts them in large transactions.
+
+This module commits on its own (the run record, then results in batches, then the final status):
+a run is long, and what was scored must survive a crash or Ctrl-C so that ``--resume`` can
+continue it.  Statuses:
+
+- ``succeeded``: every member was scored or skipped (no member failed);
+- ``completed_with_failures``: the run went through, but some members failed (see their errors);
+- ``failed``: the run could not go on (partner unreachable, circuit breaker, database write);
+- ``interrupted``: stopped on request (Ctrl-C, TERM); resumable, like the two before.
 """
 
 from __future__ import annotations
@@ -12,12 +20,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import queue
-import statistics
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -25,60 +31,29 @@ from typing import Any
 from sqlalchemy.orm import sessionmaker
 
 from services.errors import CourierError
+from services.http_async import RetryEvent
 from services.models import OfferRun
-from services.offers.features import FeatureTable, InputError, compute_features, read_header
-from services.offers.partners import PartnerClient
+from services.offers.features import FeatureScan, InputError, read_header, scan_features
+from services.offers.partners import PartnerConfig
 from services.offers.recording import (
     MemberOutcome,
     create_run,
     finalise_run,
+    forget_failed,
     insert_outcomes,
     recorded_members,
 )
+from services.offers.scoring import RetryTally, ScoringSettings, StepStats, ping_partner, score_stream
 
 log = logging.getLogger("courier.offers")
 
-BATCH_SIZE = 500
+BATCH_SIZE = 1000  # results per insert: measured ~40 us per row either way; fewer, larger commits
 BATCH_SECONDS = 0.5
-MAX_REJECTED_SAMPLE = 1000
+DEFAULT_MAX_CONSECUTIVE_FAILURES = 100
 
 
 class ResumeError(Exception):
     """``--resume`` cannot continue that run; the message says why."""
-
-
-@dataclass
-class StepStats:
-    """Items, wall-clock span and per-call latencies of one step."""
-
-    name: str
-    items: int = 0
-    seconds: float = 0.0
-    latencies_ms: list[float] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, ms: float) -> None:
-        """One item's latency (measured in any thread or process); the wall-clock span is set by ``span``."""
-        with self._lock:
-            self.items += 1
-            self.latencies_ms.append(ms)
-
-    def span(self, seconds: float) -> None:
-        self.seconds = seconds
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"items": self.items, "seconds": round(self.seconds, 4),
-                               "items_per_s": round(self.items / self.seconds, 1) if self.seconds > 0 else None}
-        if self.latencies_ms:
-            lat = sorted(self.latencies_ms)
-            out.update({f"p{q}_ms": round(_percentile(lat, q), 3) for q in (50, 95, 99)})
-        return out
-
-
-def _percentile(sorted_values: list[float], q: float) -> float:
-    if len(sorted_values) == 1:
-        return sorted_values[0]
-    return statistics.quantiles(sorted_values, n=100, method="inclusive")[int(q) - 1]
 
 
 @dataclass
@@ -88,16 +63,18 @@ class RunOptions:
     as_of: date
     concurrency: int
     resume_run_id: int | None = None
-    processes: int = 1
+    max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES
+    use_batch: bool = True
 
 
 @dataclass
 class RunReport:
     run: OfferRun
-    table: FeatureTable
+    rows_read: int
     steps: dict[str, StepStats]
     elapsed_s: float
     interrupted: bool
+    retries: RetryTally
 
 
 def file_sha256(path: str | Path) -> str:
@@ -111,203 +88,13 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-@dataclass(frozen=True)
-class Scores:
-    ats_prediction: float
-    resp_prediction: float
-    offer: str
-    ats_ms: float
-    resp_ms: float
-    offer_ms: float
-
-
-class PartnerStepError(Exception):
-    """A partner call failed; ``step`` says which (ats, resp, offer), ``error`` is our upstream error."""
-
-    def __init__(self, step: str, error: CourierError) -> None:
-        super().__init__(f"{step}: {error.code}: {error.message}")
-        self.step = step
-        self.error = error
-
-
-def score_features(client: PartnerClient, resp_pool: ThreadPoolExecutor, features: dict[str, Any]) -> Scores:
-    """ATS and RESP in parallel (RESP on ``resp_pool``), then the offer. Used by batch and real time."""
-
-    def timed(step: str, fn: Callable, *args):
-        started = time.perf_counter()
-        try:
-            value = fn(*args)
-        except CourierError as exc:
-            raise PartnerStepError(step, exc) from exc
-        return value, (time.perf_counter() - started) * 1000
-
-    resp_future = resp_pool.submit(timed, "resp", client.predict_resp, features)
-    try:
-        ats, ats_ms = timed("ats", client.predict_ats, features)
-    finally:
-        resp_outcome = resp_future.exception() or resp_future.result()  # wait for RESP either way
-    if isinstance(resp_outcome, BaseException):
-        raise resp_outcome
-    resp, resp_ms = resp_outcome
-    offer, offer_ms = timed("offer", client.assign_offer, ats, resp)
-    return Scores(ats, resp, offer, ats_ms, resp_ms, offer_ms)
-
-
-def score_member(client: PartnerClient, resp_pool: ThreadPoolExecutor, member_id: str,
-                 features: dict[str, Any]) -> MemberOutcome:
-    """A member's outcome: a partner failure is the member's, recorded with its step, not the run's."""
-    outcome = MemberOutcome(member_id=member_id, status="failed", features=features)
-    try:
-        scores = score_features(client, resp_pool, features)
-    except PartnerStepError as exc:
-        outcome.error = str(exc)
-        return outcome
-    outcome.status = "scored"
-    outcome.ats_prediction, outcome.resp_prediction, outcome.offer = (
-        scores.ats_prediction, scores.resp_prediction, scores.offer)
-    outcome.ats_ms, outcome.resp_ms, outcome.offer_ms = scores.ats_ms, scores.resp_ms, scores.offer_ms
-    return outcome
-
-
-def score_members(client: PartnerClient, rows, concurrency: int, emit: Callable[[MemberOutcome], None],
-                  stop: threading.Event | Any) -> bool:
-    """Score ``rows`` with at most ``concurrency`` members in flight; return True if stopped early.
-
-    Members in flight when ``stop`` is set (or Ctrl-C arrives) finish and are emitted.
-    """
-    slots = threading.BoundedSemaphore(concurrency)
-    interrupted = False
-
-    def work(row: dict[str, Any]) -> None:
-        member_id = row.pop("member_id")
-        try:
-            emit(score_member(client, resp_pool, member_id, row))
-        except BaseException as exc:  # noqa: BLE001 - never lose a member silently
-            emit(MemberOutcome(member_id=member_id, status="failed", features=row,
-                               error=f"internal: {type(exc).__name__}: {exc}"))
-        finally:
-            slots.release()
-
-    # The member pool is the inner context, so it drains (members in flight finish) before the
-    # RESP pool they submit to is shut down.
-    with ThreadPoolExecutor(concurrency, thread_name_prefix="offers-resp") as resp_pool, \
-            ThreadPoolExecutor(concurrency, thread_name_prefix="offers") as member_pool:
-        try:
-            for row in rows:
-                acquired = False
-                while not stop.is_set():
-                    if slots.acquire(timeout=0.2):
-                        acquired = True
-                        break
-                if not acquired:
-                    interrupted = True
-                    break
-                member_pool.submit(work, row)
-        except KeyboardInterrupt:
-            interrupted = True
-            stop.set()
-    return interrupted
-
-
-def _queue_rows(tasks):
-    while True:
-        row = tasks.get()
-        if row is None:
-            return
-        yield row
-
-
-def _process_worker(config, concurrency: int, tasks, results, stop) -> None:
-    """One scoring process: its own pooled client and threads; outcomes go back through ``results``."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    client = PartnerClient(config, pool_maxsize=concurrency)
-    try:
-        score_members(client, _queue_rows(tasks), concurrency, results.put, stop)
-    finally:
-        client.close()
-        results.put(None)
-
-
-def _score_in_processes(config, pending: list[dict[str, Any]], options: RunOptions,
-                        emit: Callable[[MemberOutcome], None], stop: threading.Event) -> bool:
-    """Spread members over ``options.processes`` processes (requests costs ~0.75 ms of CPU per call:
-    one process tops out near 1,300 calls/s, whatever the partner could take).
-
-    Spawned, not forked: polars' thread pool does not survive a fork.  ``concurrency`` is split
-    between the processes.
-    """
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("spawn")
-    per_process = max(1, options.concurrency // options.processes)
-    tasks = ctx.Queue(maxsize=per_process * options.processes * 4)
-    results = ctx.Queue()
-    process_stop = ctx.Event()
-    workers = [ctx.Process(target=_process_worker, args=(config, per_process, tasks, results, process_stop),
-                           name=f"offers-scorer-{i}", daemon=True) for i in range(options.processes)]
-    for worker in workers:
-        worker.start()
-    interrupted = False
-
-    def feed() -> None:
-        nonlocal interrupted
-        for row in pending:
-            while True:
-                if stop.is_set():
-                    interrupted = True
-                    break
-                try:
-                    tasks.put(row, timeout=0.2)
-                    break
-                except queue.Full:
-                    continue
-            if interrupted:
-                break
-        for _ in workers:
-            tasks.put(None)
-
-    feeder = threading.Thread(target=feed, name="offers-feeder", daemon=True)
-    feeder.start()
-    finished = 0
-    try:
-        while finished < len(workers):
-            if stop.is_set():
-                process_stop.set()
-            try:
-                item = results.get(timeout=0.2)
-            except queue.Empty:
-                if not any(w.is_alive() for w in workers) and results.empty():
-                    break
-                continue
-            if item is None:
-                finished += 1
-            else:
-                emit(item)
-    except KeyboardInterrupt:
-        stop.set()
-        process_stop.set()
-        interrupted = True
-        while finished < len(workers):  # members in flight still finish and are kept
-            item = results.get()
-            if item is None:
-                finished += 1
-            else:
-                emit(item)
-    feeder.join(timeout=5)
-    for worker in workers:
-        worker.join(timeout=10)
-    return interrupted or stop.is_set()
-
-
 class _Writer(threading.Thread):
-    """Drains outcomes into the database in batches; reports progress as it goes."""
+    """Drains lists of outcomes into the database in batches; reports progress as it goes."""
 
     def __init__(self, sessions: sessionmaker, run_id: int, step: StepStats,
                  progress: Callable[[int], None] | None) -> None:
         super().__init__(name="offers-writer", daemon=True)
-        self.queue: queue.Queue[MemberOutcome | None] = queue.Queue(maxsize=BATCH_SIZE * 8)
+        self.queue: queue.Queue[list[MemberOutcome] | None] = queue.Queue(maxsize=16)
         self.sessions = sessions
         self.run_id = run_id
         self.step = step
@@ -323,9 +110,7 @@ class _Writer(threading.Thread):
         with self.sessions() as session, session.begin():
             insert_outcomes(session, self.run_id, batch)
         ended = time.perf_counter()
-        per_item_ms = (ended - started) * 1000 / len(batch)
-        for _ in batch:  # one latency per member: its share of the batch's write
-            self.step.add(per_item_ms)
+        self.step.add((ended - started) * 1000 / len(batch), len(batch))  # each member's share of the write
         if self._first_started is None:
             self._first_started = started
         self.step.span(ended - self._first_started)
@@ -341,120 +126,156 @@ class _Writer(threading.Thread):
                 try:
                     item = self.queue.get(timeout=max(0.01, deadline - time.monotonic()))
                 except queue.Empty:
-                    item = ...
+                    item = []
                 if item is None:
                     self._flush(batch)
                     return
-                if item is not ...:
-                    batch.append(item)
-                if len(batch) >= BATCH_SIZE or time.monotonic() >= deadline:
-                    self._flush(batch)
-                    batch = []
-                    deadline = time.monotonic() + BATCH_SECONDS
+                if self.error is None:
+                    batch.extend(item)
+                    if len(batch) >= BATCH_SIZE or time.monotonic() >= deadline:
+                        self._flush(batch)
+                        batch = []
+                        deadline = time.monotonic() + BATCH_SECONDS
         except BaseException as exc:  # noqa: BLE001 - surfaced by the pipeline after join()
             self.error = exc
             log.exception("offer results writer failed")
+            while self.queue.get() is not None:  # keep draining so producers never block
+                pass
 
 
-def _rejected_summary(table: FeatureTable) -> dict[str, Any]:
-    return {
-        "total": len(table.rejected),
-        "by_reason": table.rejected_by_reason,
-        "rows": [{"line": r.line, "member_id": r.member_id, "reason": r.reason}
-                 for r in table.rejected[:MAX_REJECTED_SAMPLE]],
-        "rows_truncated": len(table.rejected) > MAX_REJECTED_SAMPLE,
-    }
+class _Emitter:
+    """Collects outcomes from the scoring loop into lists for the writer (one queue put per 200)."""
+
+    def __init__(self, writer: _Writer, steps: dict[str, StepStats]) -> None:
+        self.writer = writer
+        self.steps = steps
+        self.pending: list[MemberOutcome] = []
+
+    def __call__(self, outcome: MemberOutcome) -> None:
+        steps = self.steps
+        if outcome.ats_ms is not None:
+            steps["ats"].add(outcome.ats_ms)
+        if outcome.resp_ms is not None:
+            steps["resp"].add(outcome.resp_ms)
+        if outcome.offer_ms is not None:
+            steps["offer"].add(outcome.offer_ms)
+        self.pending.append(outcome)
+        if len(self.pending) >= 200:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.writer.queue.put(self.pending)
+            self.pending = []
+
+
+def _rows(scan: FeatureScan, done: set[str], emit: Callable[[MemberOutcome], None]) -> Iterator[dict[str, Any]]:
+    """Each partition's skipped members (emitted as they come) and rows to score, one partition at a time."""
+    for partition in scan.partitions():
+        for member_id, reason in sorted(partition.skipped.items()):
+            if member_id not in done:
+                emit(MemberOutcome(member_id=member_id, status="skipped", error=reason))
+        for row in partition.features.iter_rows(named=True):
+            if row["member_id"] not in done:
+                yield row
+
+
+def _open_run(sessions: sessionmaker, options: RunOptions, sha: str) -> tuple[int, set[str]]:
+    """Create the run, or reopen the one to resume: its failed members are forgotten and retried."""
+    with sessions() as session, session.begin():
+        if options.resume_run_id is None:
+            run = create_run(session, partner=options.partner, input_path=str(options.input_path),
+                             input_sha256=sha, as_of=options.as_of, concurrency=options.concurrency)
+            return run.id, set()
+        run = session.get(OfferRun, options.resume_run_id)
+        if run is None:
+            raise ResumeError(f"run {options.resume_run_id} does not exist")
+        if run.status == "succeeded":
+            raise ResumeError(f"run {run.id} already succeeded; nothing to resume")
+        if run.input_sha256 != sha:
+            raise ResumeError(f"run {run.id} read a different input (sha256 {run.input_sha256[:12]}..., "
+                              f"this file {sha[:12]}...)")
+        forget_failed(session, run.id)
+        run.status = "running"
+        run.error = None
+        return run.id, recorded_members(session, run.id)
 
 
 def run_offers(
     sessions: sessionmaker,
-    client: PartnerClient,
+    partner: PartnerConfig,
     options: RunOptions,
     *,
     progress_start: Callable[[int], None] | None = None,
     progress: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
+    on_retry: Callable[[RetryTally, RetryEvent], None] | None = None,
 ) -> RunReport:
-    """Score every member of ``options.input_path`` on ``client``'s partner and record the run.
+    """Score every member of ``options.input_path`` on ``partner`` and record the run.
 
-    Ctrl-C (KeyboardInterrupt) or ``stop`` ends submission; members in flight finish, everything
+    ``stop`` (set by the CLI on Ctrl-C or TERM) ends intake; members in flight finish, everything
     finished is stored, and the run is marked ``interrupted`` so ``resume_run_id`` can continue it.
     """
     stop = stop or threading.Event()
     steps = {name: StepStats(name) for name in ("read", "features", "ats", "resp", "offer", "record")}
+    retries = RetryTally(listener=on_retry)
     started = time.perf_counter()
 
     read_header(options.input_path)  # fail fast, naming the file, before any work
     t0 = time.perf_counter()
     sha = file_sha256(options.input_path)
     t1 = time.perf_counter()
-    table = compute_features(options.input_path, options.as_of)
-    t2 = time.perf_counter()
-    steps["read"].items, steps["read"].seconds = table.rows_read, t1 - t0
-    steps["features"].items, steps["features"].seconds = table.rows_read, t2 - t1
+    with scan_features(options.input_path, options.as_of) as scan:
+        t2 = time.perf_counter()
+        steps["read"].items, steps["read"].seconds = scan.rows_read, t1 - t0
+        steps["features"].items, steps["features"].seconds = scan.rows_read, t2 - t1
 
-    with sessions() as session, session.begin():
-        if options.resume_run_id is not None:
-            run = session.get(OfferRun, options.resume_run_id)
-            if run is None:
-                raise ResumeError(f"run {options.resume_run_id} does not exist")
-            if run.status == "succeeded":
-                raise ResumeError(f"run {run.id} already succeeded; nothing to resume")
-            if run.input_sha256 != sha:
-                raise ResumeError(f"run {run.id} read a different input (sha256 {run.input_sha256[:12]}..., "
-                                  f"this file {sha[:12]}...)")
-            done = recorded_members(session, run.id)
-            run.status = "running"
-        else:
-            run = create_run(session, partner=options.partner, input_path=str(options.input_path),
-                             input_sha256=sha, as_of=options.as_of, concurrency=options.concurrency)
-            done = set()
-        run_id = run.id
+        run_id, done = _open_run(sessions, options, sha)
+        error: str | None = None
+        interrupted = False
+        try:
+            ping_partner(partner)
+        except CourierError as exc:
+            error = f"partner {partner.name} did not answer its ping ({partner.base_url}{partner.ping_path}): " \
+                    f"{exc.message}; nothing was scored"
+        if error is None:
+            if progress_start:
+                progress_start(max(0, scan.members + scan.skipped_members - len(done)))
+            writer = _Writer(sessions, run_id, steps["record"], progress)
+            writer.start()
+            emitter = _Emitter(writer, steps)
+            scoring_started = time.perf_counter()
+            settings = ScoringSettings(concurrency=options.concurrency,
+                                       max_consecutive_failures=options.max_consecutive_failures,
+                                       use_batch=options.use_batch)
+            try:
+                result = score_stream(partner, _rows(scan, done, emitter), settings, emitter, stop, on_retry=retries)
+            finally:
+                scoring_seconds = time.perf_counter() - scoring_started
+                emitter.flush()
+                writer.queue.put(None)
+                writer.join()
+            for step in ("ats", "resp", "offer"):
+                steps[step].span(scoring_seconds)
+            interrupted = result.interrupted
+            if result.tripped:
+                error = (f"stopped after {options.max_consecutive_failures} consecutive member failures "
+                         f"(circuit breaker); last error: {result.last_error}")
+            if writer.error is not None:
+                error = f"writing results failed: {writer.error}"
 
-    skipped = [MemberOutcome(member_id=m, status="skipped", error=reason)
-               for m, reason in sorted(table.skipped.items()) if m not in done]
-    pending = [row for row in table.features.iter_rows(named=True) if row["member_id"] not in done]
-    if progress_start:
-        progress_start(len(skipped) + len(pending))
-
-    writer = _Writer(sessions, run_id, steps["record"], progress)
-    writer.start()
-    for outcome in skipped:
-        writer.queue.put(outcome)
-
-    scoring_started = time.perf_counter()
-
-    def emit(outcome: MemberOutcome) -> None:
-        for step in ("ats", "resp", "offer"):
-            ms = getattr(outcome, f"{step}_ms")
-            if ms is not None:
-                steps[step].add(ms)
-        writer.queue.put(outcome)
-
-    error: str | None = None
-    try:
-        if options.processes > 1:
-            interrupted = _score_in_processes(client.config, pending, options, emit, stop)
-        else:
-            interrupted = score_members(client, pending, options.concurrency, emit, stop)
-    finally:
-        scoring_seconds = time.perf_counter() - scoring_started
-        writer.queue.put(None)
-        writer.join()
-    for step in ("ats", "resp", "offer"):
-        steps[step].span(scoring_seconds)
-    if writer.error is not None:
-        error = f"writing results failed: {writer.error}"
-
-    steps_out = {name: s.as_dict() for name, s in steps.items()}
-    status = "failed" if error else ("interrupted" if interrupted else "succeeded")
-    with sessions() as session, session.begin():
-        run = session.get(OfferRun, run_id)
-        finalise_run(session, run, status=status, rows_read=table.rows_read, rejected=_rejected_summary(table),
-                     step_metrics=steps_out, error=error)
-    return RunReport(run=run, table=table, steps=steps, elapsed_s=time.perf_counter() - started,
-                     interrupted=interrupted)
+        steps_out = {name: s.as_dict() for name, s in steps.items()}
+        if retries.total:
+            steps_out["retries"] = {"total": retries.total, "by_reason": dict(sorted(retries.by_reason.items()))}
+        with sessions() as session, session.begin():
+            run = session.get(OfferRun, run_id)
+            finalise_run(session, run, status="failed" if error else ("interrupted" if interrupted else None),
+                         rows_read=scan.rows_read, rejected=scan.rejected.as_dict(), step_metrics=steps_out,
+                         error=error)
+        if error:
+            log.error("offers run failed", extra={"run_id": run_id, "error": error})
+        return RunReport(run=run, rows_read=scan.rows_read, steps=steps, elapsed_s=time.perf_counter() - started,
+                         interrupted=interrupted, retries=retries)
 
 
-__all__ = ["PartnerStepError", "ResumeError", "RunOptions", "RunReport", "Scores", "file_sha256",
-           "run_offers", "score_features", "score_member"]
+__all__ = ["DEFAULT_MAX_CONSECUTIVE_FAILURES", "ResumeError", "RunOptions", "RunReport", "file_sha256", "run_offers"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import date
@@ -13,7 +14,48 @@ from typing import Any
 from services.errors import CourierError, Unprocessable
 from services.offers.features import compute_features_frame, transactions_frame
 from services.offers.partners import PartnerClient, PartnerConfigError, PartnerRegistry, load_registry
-from services.offers.pipeline import PartnerStepError, score_features
+
+
+@dataclass(frozen=True)
+class Scores:
+    ats_prediction: float
+    resp_prediction: float
+    offer: str
+    ats_ms: float
+    resp_ms: float
+    offer_ms: float
+
+
+class PartnerStepError(Exception):
+    """A partner call failed; ``step`` says which (ats, resp, offer), ``error`` is our upstream error."""
+
+    def __init__(self, step: str, error: CourierError) -> None:
+        super().__init__(f"{step}: {error.code}: {error.message}")
+        self.step = step
+        self.error = error
+
+
+def score_features(client: PartnerClient, resp_pool: ThreadPoolExecutor, features: dict[str, Any]) -> Scores:
+    """ATS and RESP in parallel (RESP on ``resp_pool``), then the offer, on the request path's client."""
+
+    def timed(step: str, fn: Callable, *args):
+        started = time.perf_counter()
+        try:
+            value = fn(*args)
+        except CourierError as exc:
+            raise PartnerStepError(step, exc) from exc
+        return value, (time.perf_counter() - started) * 1000
+
+    resp_future = resp_pool.submit(timed, "resp", client.predict_resp, features)
+    try:
+        ats, ats_ms = timed("ats", client.predict_ats, features)
+    finally:
+        resp_outcome = resp_future.exception() or resp_future.result()  # wait for RESP either way
+    if isinstance(resp_outcome, BaseException):
+        raise resp_outcome
+    resp, resp_ms = resp_outcome
+    offer, offer_ms = timed("offer", client.assign_offer, ats, resp)
+    return Scores(ats, resp, offer, ats_ms, resp_ms, offer_ms)
 
 
 class PartnersUnavailable(CourierError):
@@ -38,8 +80,9 @@ class RealtimeOffers:
     Everything is built on first use in the process that uses it (after gunicorn's fork).
     """
 
-    def __init__(self, partners_file: str, deadline_s: float) -> None:
+    def __init__(self, partners_file: str, deadline_s: float, service_url: str | None = None) -> None:
         self.partners_file = partners_file
+        self.service_url = service_url
         self.deadline_s = deadline_s
         self._registry: PartnerRegistry | None = None
         self._clients: dict[str, PartnerClient] = {}
@@ -52,7 +95,7 @@ class RealtimeOffers:
             with self._lock:
                 if self._pid != os.getpid() or self._registry is None:
                     try:
-                        self._registry = load_registry(self.partners_file)
+                        self._registry = load_registry(self.partners_file, self.service_url)
                     except PartnerConfigError as exc:
                         raise PartnersUnavailable("The partner registry is unusable.",
                                                   details={"problems": exc.problems}) from exc

@@ -12,7 +12,7 @@ from datetime import UTC, date
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from services.models import OfferResult, OfferRun, utcnow
@@ -63,18 +63,33 @@ def recorded_members(session: Session, run_id: int) -> set[str]:
     return set(session.scalars(select(OfferResult.member_id).where(OfferResult.run_id == run_id)))
 
 
+def forget_failed(session: Session, run_id: int) -> int:
+    """Drop a run's failed results so that resuming retries those members (and never duplicates them)."""
+    return session.execute(delete(OfferResult).where(OfferResult.run_id == run_id,
+                                                     OfferResult.status == "failed")).rowcount or 0
+
+
 def insert_outcomes(session: Session, run_id: int, outcomes: list[MemberOutcome]) -> None:
     if outcomes:
         session.execute(insert(OfferResult), [o.row(run_id) for o in outcomes])
 
 
-def finalise_run(session: Session, run: OfferRun, *, status: str, rows_read: int, rejected: dict,
+RUN_STATUSES = ("running", "succeeded", "completed_with_failures", "failed", "interrupted")
+
+
+def finalise_run(session: Session, run: OfferRun, *, status: str | None, rows_read: int, rejected: dict,
                  step_metrics: dict, error: str | None = None) -> OfferRun:
-    """Counts come from the stored results, so a resumed run counts every member exactly once."""
+    """Counts come from the stored results, so a resumed run counts every member exactly once.
+
+    ``status`` None means the run went through: ``succeeded`` if no member failed, else
+    ``completed_with_failures``.
+    """
     by_status = dict(session.execute(select(OfferResult.status, func.count()).where(OfferResult.run_id == run.id)
                                      .group_by(OfferResult.status)).all())
     offers = dict(session.execute(select(OfferResult.offer, func.count()).where(
         OfferResult.run_id == run.id, OfferResult.offer.is_not(None)).group_by(OfferResult.offer)).all())
+    if status is None:
+        status = "completed_with_failures" if by_status.get("failed", 0) else "succeeded"
     run.status = status
     run.finished_at = utcnow()
     run.rows_read = rows_read

@@ -16,6 +16,9 @@ ATS_INPUTS = ("LAST_3_TRANSACTIONS_AVG_POINTS_BOUGHT", "AVG_POINTS_BOUGHT", "PCT
 RESP_INPUTS = ("PCT_BUY_TRANSACTIONS", "PCT_GIFT_TRANSACTIONS", "PCT_REDEEM_TRANSACTIONS", "AVG_REVENUE_USD",
                "LAST_3_TRANSACTIONS_AVG_REVENUE_USD", "DAYS_SINCE_LAST_TRANSACTION")
 OFFER_THRESHOLD = 200.0
+# Largest batch the reference partner's batch endpoints accept (a bigger one is 413-like 422):
+# 1,000 members of 8 features are ~250 KB of JSON, well under the 1 MiB body limit.
+MAX_BATCH = 1000
 
 
 def validated_numbers(body: Any, names: tuple[str, ...], non_negative: tuple[str, ...] = ()) -> dict[str, float]:
@@ -78,3 +81,35 @@ def predict_resp(body: Any) -> float:
 def offer_for(body: Any) -> str:
     values = validated_numbers(body, ("ats_prediction", "resp_prediction"))
     return assign_offer(values["ats_prediction"], values["resp_prediction"])
+
+
+def _batch(body: Any, one) -> list:
+    """Apply ``one`` to every item of a JSON list; a 422 names each bad item by its index."""
+    if not isinstance(body, list):
+        raise Unprocessable("Body must be a JSON list.", details={"body": ["must be a JSON list of objects"]})
+    if not 1 <= len(body) <= MAX_BATCH:
+        raise Unprocessable(f"A batch holds 1 to {MAX_BATCH} items.",
+                            details={"body": [f"{len(body)} items; at most {MAX_BATCH}, at least 1"]})
+    out: list = []
+    problems: dict[str, Any] = {}
+    for index, item in enumerate(body):
+        try:
+            out.append(one(item))
+        except Unprocessable as exc:
+            problems[str(index)] = exc.details
+    if problems:
+        raise Unprocessable(f"{len(problems)} of {len(body)} items are invalid.", details=problems)
+    return out
+
+
+def predict_ats_batch(body: Any) -> list[float]:
+    """Same formula and checks as :func:`predict_ats`, for each item of a list, in order."""
+    return _batch(body, predict_ats)
+
+
+def predict_resp_batch(body: Any) -> list[float]:
+    return _batch(body, predict_resp)
+
+
+def offer_for_batch(body: Any) -> list[str]:
+    return _batch(body, offer_for)

@@ -11,7 +11,6 @@ from openapi_spec_validator import validate
 
 from config import DATA_DIR
 from services.models import OfferRun
-from services.offers.partners import PartnerClient, load_registry
 from services.offers.pipeline import RunOptions, run_offers
 from tests.offers_fixtures import REFERENCE_BASE, route_to_app
 
@@ -33,13 +32,10 @@ def mock():
 
 
 @pytest.fixture
-def recorded_run(app):
+def recorded_run(app, live_partner):
     """The bundled sample scored by the batch pipeline (as `flask run-offers` does)."""
-    client = PartnerClient(load_registry(DATA_DIR / "partners.toml").get("reference"))
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        route_to_app(rsps, app)
-        report = run_offers(app.extensions["courier"].session_factory, client,
-                            RunOptions(str(SAMPLE), "reference", date(2024, 1, 5), 8))
+    report = run_offers(app.extensions["courier"].session_factory, live_partner.config(),
+                        RunOptions(str(SAMPLE), "reference", date(2024, 1, 5), 8))
     return report.run.id
 
 

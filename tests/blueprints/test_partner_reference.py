@@ -101,3 +101,57 @@ def test_overflowing_features_are_422_not_infinity(client):
                                                           "AVG_REVENUE_USD": 1e308,
                                                           "LAST_3_TRANSACTIONS_AVG_REVENUE_USD": 1e308})
     assert resp.status_code == 422
+
+
+def generated_members(count, seed=1):
+    import random
+
+    rng = random.Random(seed)
+    members = []
+    for _ in range(count):
+        buy, gift = rng.random(), rng.random()
+        members.append({
+            "AVG_POINTS_BOUGHT": rng.uniform(-5000, 9000), "AVG_REVENUE_USD": rng.uniform(0, 99),
+            "LAST_3_TRANSACTIONS_AVG_POINTS_BOUGHT": rng.uniform(-9000, 9000),
+            "LAST_3_TRANSACTIONS_AVG_REVENUE_USD": rng.uniform(0, 99), "PCT_BUY_TRANSACTIONS": buy / 2,
+            "PCT_GIFT_TRANSACTIONS": gift / 2, "PCT_REDEEM_TRANSACTIONS": 1 - buy / 2 - gift / 2,
+            "DAYS_SINCE_LAST_TRANSACTION": rng.randint(0, 2000)})
+    return members
+
+
+def test_batch_endpoints_agree_with_the_per_member_endpoints(client):
+    members = generated_members(300)
+    ats = client.post(PREFIX + "/ml/ats/predict/batch", json=members).get_json()
+    resp = client.post(PREFIX + "/ml/resp/predict/batch", json=members).get_json()
+    pairs = [{"ats_prediction": a["prediction"], "resp_prediction": r["prediction"]} for a, r in zip(ats, resp)]
+    offers = client.post(PREFIX + "/offer/assign/batch", json=pairs).get_json()
+    assert len(ats) == len(resp) == len(offers) == 300
+    for member, a, r, pair, o in zip(members, ats, resp, pairs, offers):
+        assert client.post(PREFIX + "/ml/ats/predict", json=member).get_json() == a
+        assert client.post(PREFIX + "/ml/resp/predict", json=member).get_json() == r
+        assert client.post(PREFIX + "/offer/assign", json=pair).get_json() == o
+    assert {o["offer"] for o in offers} == {"OFFER_1", "OFFER_2"}
+
+
+def test_a_bad_batch_item_is_422_naming_its_index_and_field(client):
+    members = generated_members(5)
+    members[3] = {**members[3], "PCT_BUY_TRANSACTIONS": "lots"}
+    del members[1]["DAYS_SINCE_LAST_TRANSACTION"]
+    response = client.post(PREFIX + "/ml/resp/predict/batch", json=members)
+    assert response.status_code == 422
+    body = response.get_json()
+    assert body["code"] == "unprocessable"
+    assert body["details"] == {"1": {"DAYS_SINCE_LAST_TRANSACTION": ["missing"]},
+                               "3": {"PCT_BUY_TRANSACTIONS": ["must be a number, got str"]}}
+
+
+def test_batches_are_lists_of_at_most_the_documented_size(client):
+    from services.offers.reference_models import MAX_BATCH
+
+    assert client.post(PREFIX + "/ml/ats/predict/batch", json=FEATURES).status_code == 422
+    assert client.post(PREFIX + "/ml/ats/predict/batch", json=[]).status_code == 422
+    too_many = client.post(PREFIX + "/offer/assign/batch",
+                           json=[{"ats_prediction": 1, "resp_prediction": 1}] * (MAX_BATCH + 1))
+    assert too_many.status_code == 422 and str(MAX_BATCH) in too_many.get_json()["error"]
+    full = client.post(PREFIX + "/offer/assign/batch", json=[{"ats_prediction": 1, "resp_prediction": 1}] * MAX_BATCH)
+    assert full.status_code == 200 and len(full.get_json()) == MAX_BATCH

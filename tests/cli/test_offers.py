@@ -9,14 +9,21 @@ import responses
 
 from config import DATA_DIR
 from services.offers.recording import EXPORT_COLUMNS
-from tests.offers_fixtures import route_to_app
+from tests.offers_fixtures import LivePartner, route_to_app
 
 SAMPLE = str(DATA_DIR / "member_data.csv")
 ARGS = ["run-offers", "--input", SAMPLE, "--as-of", "2024-01-05"]
 
 
 @pytest.fixture(scope="module")
-def sample_run(tmp_path_factory, migrated_template):
+def module_partner():
+    partner = LivePartner()
+    yield partner
+    partner.close()
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory, migrated_template, module_partner):
     """One CLI run on the bundled sample writing all three formats (shared by the export tests)."""
     import shutil
 
@@ -24,15 +31,19 @@ def sample_run(tmp_path_factory, migrated_template):
 
     folder = tmp_path_factory.mktemp("offers")
     shutil.copy(migrated_template, folder / "db.sqlite")
-    app = create_app({"DATABASE_URL": f"sqlite:///{folder / 'db.sqlite'}", "ACCESS_LOG": False, "TESTING": True})
+    app = create_app({"DATABASE_URL": f"sqlite:///{folder / 'db.sqlite'}", "ACCESS_LOG": False, "TESTING": True,
+                      "SERVICE_URL": module_partner.service_url})
     runner = app.test_cli_runner()
-    results = {}
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        route_to_app(mock, app)
-        results["csv"] = runner.invoke(args=[*ARGS, "--output", str(folder / "out.csv")])
-        for fmt in ("jsonl", "parquet"):
-            results[fmt] = runner.invoke(args=[*ARGS, "--output", str(folder / f"out.{fmt}")])
+    results = {"csv": runner.invoke(args=[*ARGS, "--output", str(folder / "out.csv")])}
+    for fmt in ("jsonl", "parquet"):
+        results[fmt] = runner.invoke(args=[*ARGS, "--output", str(folder / f"out.{fmt}")])
     return folder, results
+
+
+def partner_app(app_config, partner, **config):
+    from app import create_app
+
+    return create_app({**app_config, "SERVICE_URL": partner.service_url, **config})
 
 
 def test_exit_0_and_summary_table(sample_run):
@@ -86,11 +97,62 @@ def test_jsonl_and_parquet_hold_the_same_results(sample_run):
             assert by_member[line["member_id"]]["ats_prediction"] == line["ats_prediction"]
 
 
-def test_failed_members_exit_1(app, runner):
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        route_to_app(mock, app, fail={"/offer/assign": lambda body: 500})
-        result = runner.invoke(args=ARGS)
-    assert result.exit_code == 1 and "0 scored, 100 skipped, 890 failed" in result.output
+def test_failed_members_exit_1_completed_with_failures(app_config):
+    partner = LivePartner(fail={"/offer/assign/batch": lambda body: 422})
+    try:
+        result = partner_app(app_config, partner).test_cli_runner().invoke(
+            args=[*ARGS, "--max-consecutive-failures", "0"])
+    finally:
+        partner.close()
+    assert result.exit_code == 1, result.output
+    assert "completed_with_failures" in result.output and "0 scored, 100 skipped, 890 failed" in result.output
+    assert "--resume 1" in result.output
+
+
+def test_unreachable_partner_exits_1_quickly_with_run_failed(app_config):
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    from app import create_app
+
+    app = create_app({**app_config, "SERVICE_URL": f"http://127.0.0.1:{port}"})  # nothing listens there
+    started = time.monotonic()
+    result = app.test_cli_runner().invoke(args=ARGS)
+    assert time.monotonic() - started < 10
+    assert result.exit_code == 1
+    assert "run 1 failed" in result.output and "did not answer its ping" in result.output
+    assert "0 scored" in result.output and "retrying" not in result.output
+
+
+def test_summary_json_and_run_record_agree_on_status(app_config, tmp_path):
+    partner = LivePartner(fail={"/ml/resp/predict/batch": lambda body: 422})
+    try:
+        app = partner_app(app_config, partner)
+        result = app.test_cli_runner().invoke(args=[*ARGS, "--output", str(tmp_path / "out.csv"),
+                                                    "--max-consecutive-failures", "0"])
+    finally:
+        partner.close()
+    summary = json.loads((tmp_path / "out.csv.summary.json").read_text())
+    record = app.test_client().get("/api/v1/offer-runs/1").get_json()
+    assert result.exit_code == 1
+    assert summary["status"] == record["status"] == "completed_with_failures"
+    assert summary["members_failed"] == record["members_failed"] == 890
+
+
+def test_retries_are_counted_not_printed_one_per_retry(app_config):
+    partner = LivePartner(fail={"/ml/ats/predict/batch": lambda body: 503})
+    try:
+        result = partner_app(app_config, partner, OFFERS_MAX_CONSECUTIVE_FAILURES=0).test_cli_runner().invoke(
+            args=ARGS)
+    finally:
+        partner.close()
+    assert result.exit_code == 1
+    # 3 retries for the one batch, counted in the summary; at most one note line per 5 seconds
+    assert "retries:  3 (partner:reference: status 503: 3)" in result.output
+    assert result.output.count("retrying (") <= 1
 
 
 @pytest.mark.parametrize(

@@ -1,26 +1,19 @@
-"""The offers pipeline end to end against the reference partner (routed into the app with `responses`)."""
+"""The offers pipeline end to end against the reference partner on a live loopback port."""
 
 import threading
 from datetime import date
 
 import pytest
-import responses
 from sqlalchemy import select
 
 from config import DATA_DIR
 from services.models import OfferResult, OfferRun
 from services.offers import reference_models
-from services.offers.partners import PartnerClient, load_registry
 from services.offers.pipeline import ResumeError, RunOptions, run_offers
-from tests.offers_fixtures import route_to_app
+from tests.offers_fixtures import LivePartner
 
 SAMPLE = str(DATA_DIR / "member_data.csv")
 AS_OF = date(2024, 1, 5)
-
-
-@pytest.fixture
-def client():
-    return PartnerClient(load_registry(DATA_DIR / "partners.toml").get("reference"))
 
 
 @pytest.fixture
@@ -32,36 +25,87 @@ def options(**kw):
     return RunOptions(**{"input_path": SAMPLE, "partner": "reference", "as_of": AS_OF, "concurrency": 8, **kw})
 
 
-def test_full_run_on_the_bundled_sample(app, sessions, client):
-    with responses.RequestsMock() as mock:
-        calls = route_to_app(mock, app)
-        report = run_offers(sessions, client, options())
+def results_of(sessions, run_id):
+    with sessions() as session:
+        rows = session.execute(select(OfferResult.member_id, OfferResult.status, OfferResult.ats_prediction,
+                                      OfferResult.resp_prediction, OfferResult.offer, OfferResult.error)
+                               .where(OfferResult.run_id == run_id).order_by(OfferResult.member_id)).all()
+    return [tuple(r) for r in rows]
+
+
+def test_full_run_on_the_bundled_sample(app, sessions, live_partner):
+    report = run_offers(sessions, live_partner.config(), options())
     run = report.run
     assert (run.status, run.rows_read, run.rows_rejected) == ("succeeded", 4335, 10)
     assert (run.members_scored, run.members_skipped, run.members_failed) == (890, 100, 0)
     assert sum(run.offers.values()) == 890
-    assert len(calls) == 3 * 890  # skipped members are never sent
+    # one ping, then three calls per scoreable member; skipped members are never sent
+    assert live_partner.count("/") == 1
+    assert [live_partner.count(p) for p in ("/ml/ats/predict", "/ml/resp/predict", "/offer/assign")] == [890] * 3
     assert set(run.step_metrics) == {"read", "features", "ats", "resp", "offer", "record"}
     assert run.step_metrics["ats"]["items"] == 890 and "p99_ms" in run.step_metrics["ats"]
     with sessions() as session:
         result = session.scalars(select(OfferResult).where(OfferResult.member_id == "F44DBBBC")).one()
         features = {name: getattr(result, name.lower()) for name in reference_models.ATS_INPUTS + reference_models.RESP_INPUTS}
-        # what was recorded is what the partner's formulas give for the recorded features
-        assert result.ats_prediction == pytest.approx(reference_models.ats(features))
-        assert result.resp_prediction == pytest.approx(reference_models.resp(features))
+        # what was recorded is exactly what the partner's formulas give for the recorded features
+        assert result.ats_prediction == reference_models.ats(features)
+        assert result.resp_prediction == reference_models.resp(features)
         assert result.offer == reference_models.assign_offer(result.ats_prediction, result.resp_prediction)
         assert result.status == "scored" and result.ats_ms > 0
         skipped = session.scalars(select(OfferResult).where(OfferResult.status == "skipped")).all()
         assert len(skipped) == 100 and {s.error for s in skipped} == {"no_transactions"}
 
 
-def test_partner_failures_are_recorded_and_the_run_goes_on(app, sessions, client):
-    fail_big_spenders = {"/ml/resp/predict": lambda body: 503 if body["AVG_POINTS_BOUGHT"] > 5000 else None}
-    with responses.RequestsMock() as mock:
-        route_to_app(mock, app, fail=fail_big_spenders)
-        report = run_offers(sessions, client, options())
+def test_batch_endpoints_record_exactly_what_per_member_calls_record(app, sessions, live_partner):
+    per_member = run_offers(sessions, live_partner.config(batch=False), options())
+    calls_before = len(live_partner.calls)
+    batched = run_offers(sessions, live_partner.config(batch=True), options())
+    batch_calls = live_partner.calls[calls_before:]
+    # 890 members in batches of at most 1,000: one call per endpoint (plus the ping)
+    assert sorted(p for p, _ in batch_calls) == ["/", "/ml/ats/predict/batch", "/ml/resp/predict/batch",
+                                                 "/offer/assign/batch"]
+    assert batched.run.status == per_member.run.status == "succeeded"
+    assert batched.run.offers == per_member.run.offers
+    assert results_of(sessions, batched.run.id) == results_of(sessions, per_member.run.id)
+
+
+def test_small_batches_are_split_and_answers_kept_in_member_order(app, sessions, live_partner):
+    import dataclasses
+
+    config = live_partner.config(batch=True)
+    config = dataclasses.replace(config, batch=dataclasses.replace(config.batch, max_size=64, concurrency=3))
+    report = run_offers(sessions, config, options())
+    reference = run_offers(sessions, live_partner.config(), options())
+    assert live_partner.count("/ml/ats/predict/batch") == -(-890 // 64)
+    assert max(len(body) for path, body in live_partner.calls if path == "/ml/ats/predict/batch") == 64
+    assert results_of(sessions, report.run.id) == results_of(sessions, reference.run.id)
+
+
+def test_a_partner_with_batch_endpoints_and_one_without_in_the_same_suite(app, sessions, live_partner, tmp_path):
+    from services.offers.partners import load_registry
+
+    registry = tmp_path / "partners.toml"
+    text = (DATA_DIR / "partners.toml").read_text()
+    # a second partner, same server, declared without its batch table
+    second = text.split("[partners.reference.batch]")[0].replace("[partners.reference]", "[partners.plain]") + \
+        text[text.index("[partners.reference.features]"):].replace("partners.reference.", "partners.plain.")
+    registry.write_text(text + "\n" + second)
+    loaded = load_registry(registry, service_url=live_partner.service_url)
+    assert loaded.get("reference").batch is not None and loaded.get("plain").batch is None
+    batched = run_offers(sessions, loaded.get("reference"), options())
+    plain = run_offers(sessions, loaded.get("plain"), options(partner="plain"))
+    assert live_partner.count("/ml/ats/predict/batch") == 1 and live_partner.count("/ml/ats/predict") == 890
+    assert results_of(sessions, batched.run.id) == results_of(sessions, plain.run.id)
+
+
+def test_a_run_with_failed_members_is_completed_with_failures(app, sessions):
+    partner = LivePartner(fail={"/ml/resp/predict": lambda body: 503 if body["AVG_POINTS_BOUGHT"] > 5000 else None})
+    try:
+        report = run_offers(sessions, partner.config(retries=0), options())
+    finally:
+        partner.close()
     run = report.run
-    assert run.status == "succeeded" and run.members_failed > 0
+    assert run.status == "completed_with_failures" and run.members_failed > 0 and run.error is None
     assert run.members_scored + run.members_failed == 890
     with sessions() as session:
         failed = session.scalars(select(OfferResult).where(OfferResult.status == "failed")).all()
@@ -69,7 +113,82 @@ def test_partner_failures_are_recorded_and_the_run_goes_on(app, sessions, client
         assert all(f.avg_points_bought > 5000 and f.offer is None for f in failed)
 
 
-def test_interrupted_run_resumes_without_resending_or_duplicating(app, sessions, client):
+@pytest.mark.parametrize("bad_answer", ["not json", '{"prediction": "high"}', '{"prediction": null}', "[1, 2]"])
+def test_unusable_partner_answers_fail_the_member_and_are_never_recorded_as_results(app, sessions, bad_answer):
+    odd = {"/ml/ats/predict": lambda body: (200, bad_answer) if body["PCT_GIFT_TRANSACTIONS"] > 0.5 else None}
+    partner = LivePartner(fail=odd)
+    try:
+        report = run_offers(sessions, partner.config(), options())
+    finally:
+        partner.close()
+    run = report.run
+    assert run.status == "completed_with_failures" and 0 < run.members_failed < 890
+    with sessions() as session:
+        failed = session.scalars(select(OfferResult).where(OfferResult.status == "failed")).all()
+    assert all(f.error.startswith("ats: upstream_invalid") for f in failed)
+    assert all(f.ats_prediction is None and f.offer is None for f in failed)
+    assert all(f.pct_gift_transactions > 0.5 for f in failed)
+
+
+def test_ping_failure_ends_the_run_failed_within_the_connect_timeout(app, sessions):
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    partner = LivePartner()
+    config = partner.config()
+    partner.close()
+    import dataclasses
+
+    config = dataclasses.replace(config, base_url=f"http://127.0.0.1:{port}/partners/reference")
+    started = time.monotonic()
+    report = run_offers(sessions, config, options())
+    assert time.monotonic() - started < 10  # features + one refused connection, no retries
+    run = report.run
+    assert run.status == "failed" and "did not answer its ping" in run.error and "unreachable" in run.error
+    assert run.members_total == 0  # nothing scored, nothing recorded
+
+
+def test_circuit_breaker_stops_the_run_failed_with_the_last_error(app, sessions):
+    partner = LivePartner(fail={"/offer/assign": lambda body: 500})
+    try:
+        report = run_offers(sessions, partner.config(retries=0), options(max_consecutive_failures=20, concurrency=4))
+        sent = partner.count("/offer/assign")
+    finally:
+        partner.close()
+    run = report.run
+    assert run.status == "failed"
+    assert "20 consecutive member failures" in run.error and "offer: upstream_unavailable" in run.error
+    # it stopped early: the 20 that tripped it plus at most the members already in flight
+    assert 20 <= run.members_failed == sent <= 20 + 4
+    assert run.members_scored == 0
+
+
+def test_resume_retries_failed_members_without_duplicate_rows(app, sessions):
+    flaky = {"/ml/ats/predict": lambda body: 503 if body["PCT_BUY_TRANSACTIONS"] > 0.5 else None}
+    partner = LivePartner(fail=flaky)
+    try:
+        first = run_offers(sessions, partner.config(retries=0), options())
+        assert first.run.status == "completed_with_failures"
+        failed_before = first.run.members_failed
+        assert failed_before > 0
+        partner.fail.clear()  # the partner recovers
+        calls_before = partner.count("/ml/ats/predict")
+        second = run_offers(sessions, partner.config(retries=0), options(resume_run_id=first.run.id))
+        resent = partner.count("/ml/ats/predict") - calls_before
+    finally:
+        partner.close()
+    assert second.run.id == first.run.id and second.run.status == "succeeded"
+    assert resent == failed_before  # only the failed members were sent again
+    assert (second.run.members_scored, second.run.members_skipped, second.run.members_failed) == (890, 100, 0)
+    with sessions() as session:
+        rows = session.scalars(select(OfferResult.member_id).where(OfferResult.run_id == first.run.id)).all()
+    assert len(rows) == len(set(rows)) == 990
+
+
+def test_interrupted_run_resumes_without_resending_or_duplicating(app, sessions, live_partner):
     stop = threading.Event()
     recorded = [0]
 
@@ -78,25 +197,21 @@ def test_interrupted_run_resumes_without_resending_or_duplicating(app, sessions,
         if recorded[0] >= 300:
             stop.set()
 
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        first_calls = route_to_app(mock, app)
-        first = run_offers(sessions, client, options(), progress=progress, stop=stop)
+    first = run_offers(sessions, live_partner.config(), options(), progress=progress, stop=stop)
     assert first.run.status == "interrupted" and 0 < first.run.members_total < 990
     sent_before = first.run.members_scored + first.run.members_failed
-    assert len([c for c in first_calls if c[0] == "/ml/ats/predict"]) == sent_before
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        second_calls = route_to_app(mock, app)
-        second = run_offers(sessions, client, options(resume_run_id=first.run.id))
+    assert live_partner.count("/ml/ats/predict") == sent_before
+    second = run_offers(sessions, live_partner.config(), options(resume_run_id=first.run.id))
     assert second.run.id == first.run.id and second.run.status == "succeeded"
     assert (second.run.members_scored, second.run.members_skipped) == (890, 100)
     # only the members not yet recorded were sent, once each
-    assert len([c for c in second_calls if c[0] == "/ml/ats/predict"]) == 890 - sent_before
+    assert live_partner.count("/ml/ats/predict") == 890
     with sessions() as session:
         rows = session.scalars(select(OfferResult.member_id).where(OfferResult.run_id == first.run.id)).all()
     assert len(rows) == len(set(rows)) == 990
 
 
-def test_resume_refuses_a_different_input(app, sessions, client, tmp_path):
+def test_resume_refuses_a_different_input(app, sessions, live_partner):
     with sessions() as session, session.begin():
         run = OfferRun(partner="reference", input_path="x", input_sha256="0" * 64, as_of=AS_OF, status="interrupted",
                        concurrency=1, offers={}, rejected={}, step_metrics={})
@@ -104,59 +219,22 @@ def test_resume_refuses_a_different_input(app, sessions, client, tmp_path):
         session.flush()
         run_id = run.id
     with pytest.raises(ResumeError, match="different input"):
-        run_offers(sessions, client, options(resume_run_id=run_id))
+        run_offers(sessions, live_partner.config(), options(resume_run_id=run_id))
 
 
-@pytest.fixture
-def live_partner(app):
-    """The app's reference partner on a real loopback port (spawned scoring processes cannot see mocks)."""
-    from werkzeug.serving import make_server
+def test_retries_are_counted_in_the_run_record(app, sessions):
+    seen = {}
 
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/partners/reference"
-    server.shutdown()
-    server.server_close()
+    def first_try_fails(body):
+        key = body["AVG_POINTS_BOUGHT"], body["DAYS_SINCE_LAST_TRANSACTION"]
+        seen[key] = seen.get(key, 0) + 1
+        return 503 if seen[key] == 1 else None
 
-
-def test_several_scoring_processes_record_the_same_results(app, sessions, live_partner, tmp_path):
-    registry = tmp_path / "partners.toml"
-    registry.write_text((DATA_DIR / "partners.toml").read_text().replace(
-        "http://127.0.0.1:8000/partners/reference", live_partner))
-    live = PartnerClient(load_registry(registry).get("reference"))
-    single = run_offers(sessions, live, options(concurrency=4))
-    multi = run_offers(sessions, live, options(concurrency=4, processes=2))
-    assert (multi.run.members_scored, multi.run.members_skipped, multi.run.members_failed) == (890, 100, 0)
-    assert multi.run.offers == single.run.offers
-    with sessions() as session:
-        def results(run_id):
-            rows = session.execute(select(OfferResult.member_id, OfferResult.ats_prediction, OfferResult.offer)
-                                   .where(OfferResult.run_id == run_id).order_by(OfferResult.member_id)).all()
-            return [tuple(r) for r in rows]
-
-        assert results(multi.run.id) == results(single.run.id)
-    assert multi.run.step_metrics["ats"]["items"] == 890
-
-
-def test_interrupted_multi_process_run_resumes_without_duplicates(app, sessions, live_partner, tmp_path):
-    registry = tmp_path / "partners.toml"
-    registry.write_text((DATA_DIR / "partners.toml").read_text().replace(
-        "http://127.0.0.1:8000/partners/reference", live_partner))
-    live = PartnerClient(load_registry(registry).get("reference"))
-    stop = threading.Event()
-    seen = [0]
-
-    def progress(n):
-        seen[0] += n
-        if seen[0] >= 300:
-            stop.set()
-
-    first = run_offers(sessions, live, options(concurrency=4, processes=2), progress=progress, stop=stop)
-    assert first.run.status == "interrupted" and first.run.members_total < 990
-    second = run_offers(sessions, live, options(concurrency=4, processes=2, resume_run_id=first.run.id))
-    assert second.run.status == "succeeded"
-    assert (second.run.members_scored, second.run.members_skipped, second.run.members_failed) == (890, 100, 0)
-    with sessions() as session:
-        rows = session.scalars(select(OfferResult.member_id).where(OfferResult.run_id == first.run.id)).all()
-    assert len(rows) == len(set(rows)) == 990
+    partner = LivePartner(fail={"/ml/resp/predict": first_try_fails})
+    try:
+        report = run_offers(sessions, partner.config(), options())
+    finally:
+        partner.close()
+    assert report.run.status == "succeeded"
+    assert report.retries.total >= 890 - 5  # members sharing the same key only fail once
+    assert report.run.step_metrics["retries"]["by_reason"] == {"partner:reference: status 503": report.retries.total}

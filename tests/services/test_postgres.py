@@ -8,15 +8,12 @@ import os
 from datetime import date
 
 import pytest
-import responses
 from sqlalchemy import create_engine, text
 
 from app import create_app
 from config import DATA_DIR
 from services import migrations
-from services.offers.partners import PartnerClient, load_registry
 from services.offers.pipeline import RunOptions, run_offers
-from tests.offers_fixtures import route_to_app
 
 PG_URL = os.environ.get("COURIER_TEST_POSTGRES_URL")
 pytestmark = pytest.mark.skipif(not PG_URL, reason="COURIER_TEST_POSTGRES_URL not set")
@@ -56,12 +53,10 @@ def test_seed_price_and_estimate_on_postgres(pg_app):
     assert estimate["venue_known"] is True
 
 
-def test_offer_run_and_pagination_on_postgres(pg_app):
-    client = PartnerClient(load_registry(DATA_DIR / "partners.toml").get("reference"))
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        route_to_app(mock, pg_app)
-        report = run_offers(pg_app.extensions["courier"].session_factory, client,
-                            RunOptions(str(DATA_DIR / "member_data.csv"), "reference", date(2024, 1, 5), 8))
+def test_offer_run_and_pagination_on_postgres(pg_app, live_partner):
+    report = run_offers(pg_app.extensions["courier"].session_factory, live_partner.config(batch=True),
+                        RunOptions(str(DATA_DIR / "member_data.csv"), "reference", date(2024, 1, 5), 8))
+    assert report.run.status == "succeeded"
     assert (report.run.members_scored, report.run.members_skipped) == (890, 100)
     http = pg_app.test_client()
     seen, cursor = [], None
