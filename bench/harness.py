@@ -107,9 +107,11 @@ def gunicorn(env: dict, workers: int, port: int | None = None):
         proc.wait(timeout=30)
 
 
-def _wrk(label: str, url: str, path: str, method: str, body: str | None, seconds: int, connections: int) -> LoadResult:
+def _wrk(label: str, url: str, path: str, method: str, body: str | None, seconds: int, connections: int,
+         cpus: str | None = None) -> LoadResult:
     env = {**os.environ, "WRK_METHOD": method, "WRK_BODY": body or ""}
-    out = subprocess.run(["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(WRK_LUA),
+    pin = ["taskset", "-c", cpus] if cpus else []
+    out = subprocess.run([*pin, "wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(WRK_LUA),
                           url + path], env=env, capture_output=True, text=True, check=True).stdout
     report = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
     failed = sum(report[k] for k in ("errors_connect", "errors_read", "errors_write", "errors_status",
@@ -165,9 +167,10 @@ def _python_load(label, url, path, method, body, seconds, connections) -> LoadRe
 
 
 def load(label: str, url: str, path: str, *, method: str = "GET", body: str | None = None, seconds: int = 10,
-         connections: int = 8) -> LoadResult:
+         connections: int = 8, cpus: str | None = None) -> LoadResult:
+    """``cpus`` pins wrk (taskset list); the Python generator ignores it."""
     if shutil.which("wrk") and not os.environ.get("COURIER_BENCH_PYTHON_LOAD"):
-        return _wrk(label, url, path, method, body, seconds, connections)
+        return _wrk(label, url, path, method, body, seconds, connections, cpus)
     return _python_load(label, url, path, method, body, seconds, connections)
 
 

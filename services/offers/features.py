@@ -311,10 +311,13 @@ def compute_features_frame(raw: pl.LazyFrame | pl.DataFrame, as_of: date,
 # with the file (measured: 389 MB just streaming a 243 MB file); reading fixed byte chunks keeps
 # the process flat.  A chunk ends at a newline, so a quoted field spanning lines (never valid in
 # this format) is split and its pieces are rejected as bad rows.
-READ_BYTES = 8 << 20
-# CSV bytes per member partition (~650k rows, ~130k members in the sample's shape): the unit that
+# Sizes measured on the 100k-member file (24 MB): 8 MB reads and 32 MB partitions peaked at 319 MB,
+# 2 MB and 8 MB at 164 MB (175 MB at 1M members: flat), 1 MB and 4 MB at 130 MB but 2x slower.
+READ_BYTES = 2 << 20
+# CSV bytes per member partition (~160k rows, ~33k members in the sample's shape): the unit that
 # is aggregated, scored and written at once.  Files up to this size are one partition, in memory.
-PARTITION_BYTES = 32 << 20
+PARTITION_BYTES = 8 << 20
+SPILL_ROWS = 500_000  # rows buffered across partitions before they are written out
 MAX_REJECTED_SAMPLE = 1000
 _PARTITION_COLUMNS = ["member_id", "line", "kind", "ts", "type_norm", "points", "revenue"]
 
@@ -405,7 +408,19 @@ class FeatureScan:
                 yield header + rest
 
     def _split(self) -> None:
-        for index, chunk in enumerate(self._chunks()):
+        pending: dict[int, list[pl.DataFrame]] = {}
+        pending_rows = 0
+        flushes = 0
+
+        def flush() -> None:
+            nonlocal pending_rows, flushes
+            for partition, frames in pending.items():
+                pl.concat(frames).write_ipc(self._tmp / f"rows-{partition:05d}-{flushes:06d}.arrow")
+            pending.clear()
+            pending_rows = 0
+            flushes += 1
+
+        for chunk in self._chunks():
             raw = pl.read_csv(io.BytesIO(chunk), has_header=True, new_columns=CANONICAL, infer_schema=False,
                               encoding="utf8-lossy", raise_if_empty=False, truncate_ragged_lines=True)
             raw = raw.with_row_index("line", offset=2 + self.rows_read)
@@ -418,7 +433,14 @@ class FeatureScan:
                 continue
             kept = kept.with_columns(partition=(pl.col("member_id").hash(seed=0) % self.partition_count))
             for (partition,), frame in kept.partition_by("partition", as_dict=True, include_key=False).items():
-                frame.write_ipc(self._tmp / f"rows-{partition:05d}-{index:06d}.arrow")
+                pending.setdefault(partition, []).append(frame)
+            pending_rows += kept.height
+            # A few large files per partition rather than one per chunk and partition (thousands of
+            # small files made pass two 3x slower at 1M members).
+            if pending_rows >= SPILL_ROWS:
+                flush()
+        if pending:
+            flush()
 
     # -- pass two -------------------------------------------------------------------------------
     def _rows_of(self, partition: int) -> pl.DataFrame:

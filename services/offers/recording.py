@@ -70,8 +70,10 @@ def forget_failed(session: Session, run_id: int) -> int:
 
 
 def insert_outcomes(session: Session, run_id: int, outcomes: list[MemberOutcome]) -> None:
+    # Core insert on the table, not the ORM entity: the ORM's bulk path builds per-row state that
+    # these plain rows never need (it was ~60% of the writer's time, profiled at 20k members).
     if outcomes:
-        session.execute(insert(OfferResult), [o.row(run_id) for o in outcomes])
+        session.execute(insert(OfferResult.__table__), [o.row(run_id) for o in outcomes])
 
 
 RUN_STATUSES = ("running", "succeeded", "completed_with_failures", "failed", "interrupted")
