@@ -317,7 +317,7 @@ READ_BYTES = 2 << 20
 # CSV bytes per member partition (~160k rows, ~33k members in the sample's shape): the unit that
 # is aggregated, scored and written at once.  Files up to this size are one partition, in memory.
 PARTITION_BYTES = 8 << 20
-SPILL_ROWS = 500_000  # rows buffered across partitions before they are written out
+SPILL_ROWS = 200_000  # rows buffered across partitions before they are written out
 MAX_REJECTED_SAMPLE = 1000
 _PARTITION_COLUMNS = ["member_id", "line", "kind", "ts", "type_norm", "points", "revenue"]
 
