@@ -1,9 +1,8 @@
 """Non-blocking twin of :class:`services.http_client.HttpClient`, for the batch offers scorer only.
 
 Why a second client: a thread pool over ``requests`` costs ~0.75 ms of CPU per call and is bound
-by the GIL, so one process tops out near 1,300 calls/s (440 members/s at three calls each).  An
-aiohttp session on one event loop keeps connections alive and costs ~0.13 ms of CPU per call
-(measured here: 20,000 POSTs to a keep-alive loopback server, 7,300-8,000 calls/s on one core).
+by the GIL, so one process tops out near 1,300 calls/s (440 members/s at three calls each).  Here
+one event loop drives every call over keep-alive connections (:mod:`services.http_transport`).
 The request path of the service (pricing, real-time offers, ``partners check``) keeps ``requests``.
 
 Same contract as ``HttpClient``: it takes an :class:`HttpPolicy` (connect/read timeouts, retries on
@@ -23,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from urllib3.util.retry import Retry
 
 from services.errors import (
@@ -34,6 +32,7 @@ from services.errors import (
     UpstreamUnavailable,
 )
 from services.http_client import RETRY_STATUSES, HttpPolicy
+from services.http_transport import KeepAliveTransport, TransportError
 
 RETRY_AFTER_STATUSES = Retry.RETRY_AFTER_STATUS_CODES  # 413, 429, 503: as urllib3 honours it
 
@@ -58,7 +57,7 @@ class _Failure(Exception):
 
 
 class AsyncHttpClient:
-    """One upstream on one event loop: base URL, policy, a keep-alive aiohttp session.
+    """One upstream on one event loop: base URL, policy, a pool of keep-alive connections.
 
     Open it with ``async with`` (or :meth:`open`/:meth:`close`) inside the loop that uses it.
     ``on_retry`` is called for every retry, so a caller can count them instead of logging each.
@@ -72,25 +71,26 @@ class AsyncHttpClient:
         self.policy = policy or HttpPolicy()
         self.headers = {"Accept": "application/json", "User-Agent": "courier/0.1", **(headers or {})}
         self.on_retry = on_retry
-        self._session: aiohttp.ClientSession | None = None
+        self._transport: KeepAliveTransport | None = None
         # Only for parsing Retry-After exactly as the sync client does (seconds or an HTTP date, capped).
         self._retry_after = Retry(retry_after_max=self.policy.retry_after_max_s)
 
     async def open(self) -> AsyncHttpClient:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self.policy.pool_maxsize, limit_per_host=self.policy.pool_maxsize,
-                                             keepalive_timeout=30, enable_cleanup_closed=False)
-            self._session = aiohttp.ClientSession(
-                connector=connector, headers=self.headers, trust_env=False, auto_decompress=True,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.policy.connect_timeout_s,
-                                              sock_read=self.policy.read_timeout_s),
-                skip_auto_headers=("Accept-Encoding",))
+        if self._transport is None:
+            self._transport = KeepAliveTransport(
+                self.base_url, connect_timeout_s=self.policy.connect_timeout_s,
+                read_timeout_s=self.policy.read_timeout_s, pool_maxsize=self.policy.pool_maxsize,
+                headers=self.headers)
         return self
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._transport is not None:
+            await self._transport.close()
+            self._transport = None
+
+    @property
+    def connections_opened(self) -> int:
+        return self._transport.opened if self._transport is not None else 0
 
     async def __aenter__(self) -> AsyncHttpClient:
         return await self.open()
@@ -102,33 +102,24 @@ class AsyncHttpClient:
         return f"{self.base_url}/{path.lstrip('/')}"
 
     # -- one attempt -------------------------------------------------------------------------------
-    async def _send(self, method: str, url: str, body: bytes | None) -> tuple[int, Any, bytes]:
-        """The transport: one HTTP exchange, aiohttp's exceptions unchanged (tests replace this)."""
-        assert self._session is not None, "open() the client first"
-        headers = {"Content-Type": "application/json"} if body is not None else None
-        async with self._session.request(method, url, data=body, headers=headers,
-                                         allow_redirects=False) as response:
-            return response.status, response.headers, await response.read()
+    async def _send(self, method: str, path: str, body: bytes | None) -> tuple[int, Any, bytes]:
+        """The transport: one HTTP exchange, or ``TransportError`` (tests replace this)."""
+        assert self._transport is not None, "open() the client first"
+        return await self._transport.request(method, path, body)
 
-    async def _attempt(self, method: str, url: str, body: bytes | None) -> tuple[int, Any, bytes]:
+    async def _attempt(self, method: str, path: str, body: bytes | None) -> tuple[int, Any, bytes]:
         try:
-            return await self._send(method, url, body)
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise _Failure("connect", "connect timeout", UpstreamTimeout(f"{self.upstream} did not answer in time",
-                                                      upstream=self.upstream)) from exc
-        except (TimeoutError, aiohttp.SocketTimeoutError) as exc:
-            raise _Failure("read", "read timeout", UpstreamTimeout(f"{self.upstream} did not answer in time",
-                                                   upstream=self.upstream)) from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise _Failure("connect", "unreachable", UpstreamUnavailable(f"{self.upstream} is unreachable",
-                                                          upstream=self.upstream)) from exc
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError) as exc:
-            # The request may have reached the server: a read error, retried only if idempotent.
-            raise _Failure("read", "connection lost", UpstreamUnavailable(f"{self.upstream} is unreachable",
-                                                       upstream=self.upstream)) from exc
-        except aiohttp.ClientError as exc:
-            raise _Failure("other", "client error", UpstreamInvalid(f"{self.upstream} call failed: {type(exc).__name__}",
-                                                    upstream=self.upstream)) from exc
+            return await self._send(method, path, body)
+        except TransportError as exc:
+            if exc.timeout:
+                error: UpstreamError = UpstreamTimeout(f"{self.upstream} did not answer in time",
+                                                       upstream=self.upstream)
+                reason = f"{exc.stage} timeout"
+            else:
+                error = UpstreamUnavailable(f"{self.upstream} is unreachable", upstream=self.upstream)
+                reason = "unreachable" if exc.stage == "connect" else "connection lost"
+            # connect: nothing was sent, always retryable; read: retried only if idempotent.
+            raise _Failure(exc.stage, reason, error) from exc
 
     # -- retries -----------------------------------------------------------------------------------
     def _backoff(self, consecutive: int) -> float:
@@ -148,7 +139,6 @@ class AsyncHttpClient:
         the policy's retries and deadline.
         """
         policy = self.policy
-        url = self.url(path)
         idempotent = method in Retry.DEFAULT_ALLOWED_METHODS or (policy.retry_post and method == "POST")
         retries_left = policy.retries
         connect_left = policy.retries if policy.connect_retries is None else min(policy.connect_retries,
@@ -158,7 +148,7 @@ class AsyncHttpClient:
         consecutive = 0
         while True:
             try:
-                status, headers, payload = await self._attempt(method, url, body)
+                status, headers, payload = await self._attempt(method, path, body)
             except _Failure as failure:
                 consecutive += 1
                 retryable = (failure.kind == "connect" and connect_left > 0) or (

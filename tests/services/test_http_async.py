@@ -1,21 +1,20 @@
 """The batch scorer's non-blocking client: same policy and the same errors as the sync client.
 
-Unit tests script the transport (``AsyncHttpClient._send``: one exchange, aiohttp's own exceptions)
-and, like ``responses``, fail if a scripted answer was never used; two tests use a live loopback
-server.  (aioresponses, the usual aiohttp mock, does not work with aiohttp 3.14.)
+Unit tests script the transport (``AsyncHttpClient._send``: one exchange or a ``TransportError``)
+and, like ``responses``, fail if a scripted answer was never used; the transport itself is tested
+against live loopback servers.
 """
 
 import asyncio
 import json
 import socket
 
-import aiohttp
 import pytest
-from multidict import CIMultiDict
 
 from services.errors import UpstreamInvalid, UpstreamNotFound, UpstreamTimeout, UpstreamUnavailable
 from services.http_async import AsyncHttpClient
 from services.http_client import HttpPolicy
+from services.http_transport import TransportError
 
 BASE = "http://upstream.test/api"
 FAST = HttpPolicy(connect_timeout_s=0.3, read_timeout_s=0.7, retries=3, backoff_factor_s=0.0, backoff_jitter_s=0.0,
@@ -46,7 +45,7 @@ class Transport:
 
         if payload is not None:
             body = json.dumps(payload)
-        self.script.append((method, BASE + path, exception or (status, CIMultiDict(headers or {}), body.encode())))
+        self.script.append((method, path, exception or (status, dict(headers or {}), body.encode())))
 
     def post(self, path, **kw):
         self._add("POST", path, **kw)
@@ -54,11 +53,11 @@ class Transport:
     def get(self, path, **kw):
         self._add("GET", path, **kw)
 
-    async def send(self, method, url, body):
-        self.sent.append((method, url))
-        assert self.script, f"unexpected call {method} {url}"
-        expected_method, expected_url, answer = self.script.pop(0)
-        assert (method, url) == (expected_method, expected_url)
+    async def send(self, method, path, body):
+        self.sent.append((method, path))
+        assert self.script, f"unexpected call {method} {path}"
+        expected_method, expected_path, answer = self.script.pop(0)
+        assert (method, path) == (expected_method, expected_path)
         if isinstance(answer, BaseException):
             raise answer
         return answer
@@ -67,7 +66,7 @@ class Transport:
 @pytest.fixture
 def mock(monkeypatch):
     transport = Transport()
-    monkeypatch.setattr(AsyncHttpClient, "_send", lambda self, method, url, body: transport.send(method, url, body))
+    monkeypatch.setattr(AsyncHttpClient, "_send", lambda self, method, path, body: transport.send(method, path, body))
     yield transport
     assert not transport.script, f"scripted answers never used: {transport.script}"
 
@@ -83,7 +82,7 @@ def call(policy, method, path="/thing", body=None, events=None):
 
 
 def count(mock, method="POST", path="/thing"):
-    return sum(1 for m, url in mock.sent if m == method and url == BASE + path)
+    return sum(1 for m, p in mock.sent if m == method and p == path)
 
 
 def test_post_retries_on_503_then_succeeds_and_reports_each_retry(mock, sleeps):
@@ -144,9 +143,10 @@ def test_no_retry_starts_that_the_deadline_cannot_fit(mock, sleeps):
 @pytest.mark.parametrize(
     ("exception", "error", "message"),
     [
-        (aiohttp.ConnectionTimeoutError(), UpstreamTimeout, "did not answer in time"),
-        (aiohttp.SocketTimeoutError(), UpstreamTimeout, "did not answer in time"),
-        (aiohttp.ServerDisconnectedError(), UpstreamUnavailable, "is unreachable"),
+        (TransportError("connect", True, "connect timeout"), UpstreamTimeout, "did not answer in time"),
+        (TransportError("read", True, "read timeout"), UpstreamTimeout, "did not answer in time"),
+        (TransportError("read", False, "connection closed"), UpstreamUnavailable, "is unreachable"),
+        (TransportError("connect", False, "refused"), UpstreamUnavailable, "is unreachable"),
     ],
 )
 def test_transport_failures_are_retried_then_converted(mock, sleeps, exception, error, message):
@@ -161,7 +161,7 @@ def test_transport_failures_are_retried_then_converted(mock, sleeps, exception, 
 
 def test_a_read_timeout_on_a_non_idempotent_post_is_not_retried(mock, sleeps):
     plain = HttpPolicy(retries=3, backoff_factor_s=0.0, backoff_jitter_s=0.0)
-    mock.post("/thing", exception=aiohttp.SocketTimeoutError())
+    mock.post("/thing", exception=TransportError("read", True, "read timeout"))
     with pytest.raises(UpstreamTimeout):
         call(plain, "POST")
     assert count(mock) == 1
