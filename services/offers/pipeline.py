@@ -92,8 +92,9 @@ class _Writer(threading.Thread):
     """Drains lists of outcomes into the database in batches; reports progress as it goes."""
 
     def __init__(self, sessions: sessionmaker, run_id: int, step: StepStats,
-                 progress: Callable[[int], None] | None) -> None:
+                 progress: Callable[[int], None] | None, on_error: Callable[[], None] | None = None) -> None:
         super().__init__(name="offers-writer", daemon=True)
+        self.on_error = on_error
         self.queue: queue.Queue[list[MemberOutcome] | None] = queue.Queue(maxsize=16)
         self.sessions = sessions
         self.run_id = run_id
@@ -121,6 +122,7 @@ class _Writer(threading.Thread):
     def run(self) -> None:
         batch: list[MemberOutcome] = []
         deadline = time.monotonic() + BATCH_SECONDS
+        finished = False
         try:
             while True:
                 try:
@@ -128,18 +130,20 @@ class _Writer(threading.Thread):
                 except queue.Empty:
                     item = []
                 if item is None:
+                    finished = True
                     self._flush(batch)
                     return
-                if self.error is None:
-                    batch.extend(item)
-                    if len(batch) >= BATCH_SIZE or time.monotonic() >= deadline:
-                        self._flush(batch)
-                        batch = []
-                        deadline = time.monotonic() + BATCH_SECONDS
+                batch.extend(item)
+                if len(batch) >= BATCH_SIZE or time.monotonic() >= deadline:
+                    self._flush(batch)
+                    batch = []
+                    deadline = time.monotonic() + BATCH_SECONDS
         except BaseException as exc:  # noqa: BLE001 - surfaced by the pipeline after join()
             self.error = exc
             log.exception("offer results writer failed")
-            while self.queue.get() is not None:  # keep draining so producers never block
+            if self.on_error is not None:
+                self.on_error()  # stop taking members: nothing more can be recorded
+            while not finished and self.queue.get() is not None:  # producers must never block on us
                 pass
 
 
@@ -241,7 +245,7 @@ def run_offers(
         if error is None:
             if progress_start:
                 progress_start(max(0, scan.members + scan.skipped_members - len(done)))
-            writer = _Writer(sessions, run_id, steps["record"], progress)
+            writer = _Writer(sessions, run_id, steps["record"], progress, on_error=stop.set)
             writer.start()
             emitter = _Emitter(writer, steps)
             scoring_started = time.perf_counter()

@@ -2,8 +2,9 @@
 
 Why asyncio and not threads: a thread per member in flight over ``requests`` costs ~0.75 ms of CPU
 per call and holds the GIL for most of it (~440 members/s per process at best).  Here one loop
-drives every call over keep-alive connections (``AsyncHttpClient``, ~0.13 ms per call), so one
-process scores well over 1,000 members/s on one core.
+drives every call over keep-alive connections (``AsyncHttpClient`` on ``KeepAliveTransport``:
+~0.165 ms of CPU per member, three calls, measured at 90k members), so one process scores ~5,000
+members/s on one core.
 
 Two modes, chosen by the partner's registry entry:
 - per member: ``concurrency`` workers, each takes the next member, sends ATS and RESP at once (the

@@ -241,3 +241,15 @@ def test_retries_are_counted_in_the_run_record(app, sessions):
     assert report.run.status == "succeeded"
     assert report.retries.total >= 890 - 5  # members sharing the same key only fail once
     assert report.run.step_metrics["retries"]["by_reason"] == {"partner:reference: status 503": report.retries.total}
+
+
+def test_a_failing_results_writer_fails_the_run_instead_of_hanging(app, sessions, live_partner, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    def locked(*args, **kwargs):
+        raise OperationalError("INSERT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr("services.offers.pipeline.insert_outcomes", locked)
+    report = run_offers(sessions, live_partner.config(), options())
+    assert report.run.status == "failed"
+    assert report.run.error.startswith("writing results failed") and "database is locked" in report.run.error
