@@ -217,6 +217,10 @@ def run_offers_command(input_path, partner, as_of, output, concurrency, no_batch
             summary = write_output(session, report.run, output)
         click.echo(f"\nwrote {output} and {summary}")
     status = report.run.status
+    if status == "failed" and "did not answer its ping" in (report.run.error or ""):
+        click.echo(f"hint: is the partner up at {config.base_url}? The bundled reference partner is this "
+                   "service itself: start it (`make run`), or set COURIER_SERVICE_URL (or COURIER_BIND) to "
+                   "where it listens.", err=True)
     if status != "succeeded":
         click.echo(f"run {report.run.id} {status}: resume with `flask run-offers --input {input_path} "
                    f"--resume {report.run.id}`", err=True)

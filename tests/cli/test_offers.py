@@ -125,6 +125,7 @@ def test_unreachable_partner_exits_1_quickly_with_run_failed(app_config):
     assert result.exit_code == 1
     assert "run 1 failed" in result.output and "did not answer its ping" in result.output
     assert "0 scored" in result.output and "retrying" not in result.output
+    assert "hint: is the partner up at" in result.output
 
 
 def test_summary_json_and_run_record_agree_on_status(app_config, tmp_path):
