@@ -253,3 +253,47 @@ def test_a_failing_results_writer_fails_the_run_instead_of_hanging(app, sessions
     report = run_offers(sessions, live_partner.config(), options())
     assert report.run.status == "failed"
     assert report.run.error.startswith("writing results failed") and "database is locked" in report.run.error
+
+
+def test_a_batch_answer_of_the_wrong_length_fails_that_batch_only(app, sessions):
+    import dataclasses
+    import json
+
+    def short_answer(body):
+        if body[0]["PCT_BUY_TRANSACTIONS"] < 0.2:  # some batches: one prediction too few
+            return 200, json.dumps([{"prediction": 1.0}] * (len(body) - 1))
+        return None
+
+    partner = LivePartner(fail={"/ml/ats/predict/batch": short_answer})
+    config = partner.config(batch=True)
+    config = dataclasses.replace(config, batch=dataclasses.replace(config.batch, max_size=50))
+    try:
+        report = run_offers(sessions, config, options(max_consecutive_failures=0))
+    finally:
+        partner.close()
+    with sessions() as session:
+        failed = session.scalars(select(OfferResult).where(OfferResult.status == "failed")).all()
+    assert report.run.status == "completed_with_failures"
+    assert failed and len(failed) % 50 in (0, 890 % 50)  # whole batches, never part of one
+    assert all("answered a batch of" in f.error and f.ats_prediction is None for f in failed)
+    assert report.run.members_scored + len(failed) == 890
+
+
+def test_one_unusable_item_in_a_batch_answer_fails_only_that_member(app, sessions):
+    import json
+
+    def one_bad_item(body):
+        answers = [{"offer": "OFFER_1"}] * len(body)
+        answers[3] = {"offer": None}
+        return 200, json.dumps(answers)
+
+    partner = LivePartner(fail={"/offer/assign/batch": one_bad_item})
+    try:
+        report = run_offers(sessions, partner.config(batch=True), options())
+    finally:
+        partner.close()
+    assert report.run.status == "completed_with_failures" and report.run.members_failed == 1
+    assert report.run.members_scored == 889
+    with sessions() as session:
+        failed = session.scalars(select(OfferResult).where(OfferResult.status == "failed")).one()
+    assert failed.error.startswith("offer: upstream_invalid") and failed.offer is None
