@@ -73,7 +73,21 @@ def internal_error_response(exc: Exception, extra: dict[str, Any] | None = None)
     return envelope(500, "internal_error", "Internal server error.", None, None, extra)
 
 
+def database_error_response(exc: Exception, extra: dict[str, Any] | None = None) -> Response:
+    """The database cannot be reached (down, restarting, locked past the busy timeout): 503, retry soon.
+
+    The driver's message names hosts, ports and sometimes users: it goes to the log, never the body.
+    """
+    log.error("database unavailable", extra={"error": f"{type(exc).__name__}: {exc}"})
+    return envelope(503, "database_unavailable", "The database is unavailable; retry shortly.", None,
+                    {"Retry-After": "5"}, extra)
+
+
 def register_error_handlers(app: Flask) -> None:
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    app.register_error_handler(OperationalError, database_error_response)
+    app.register_error_handler(InterfaceError, database_error_response)
     app.register_error_handler(CourierError, courier_error_response)
     app.register_error_handler(HTTPException, http_error_response)
     app.register_error_handler(Exception, internal_error_response)

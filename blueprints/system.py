@@ -36,7 +36,11 @@ def readyz():
         try:
             reason = check()
         except Exception as exc:  # noqa: BLE001 - any failure of a check means "not ready"
-            reason = f"{type(exc).__name__}: {exc}"
+            # The exception text can name hosts, ports and users (a database driver's does): log it,
+            # answer only which check failed.
+            current_app.logger.error("readiness check failed", extra={"check": name,
+                                                                       "error": f"{type(exc).__name__}: {exc}"})
+            reason = "unavailable"
         if reason:
             failures[name] = reason
     if failures:

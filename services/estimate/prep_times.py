@@ -8,6 +8,7 @@ the request path stays free of database reads.
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import statistics
 import threading
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.data_versions import bump_version, current_version
@@ -23,6 +25,9 @@ from services.models import VenuePrepTime, utcnow
 
 DATASET = "venue_prep_times"
 MAX_VENUE_ID_LENGTH = 64
+
+
+log = logging.getLogger("courier.estimate")
 
 
 @dataclass(frozen=True)
@@ -149,10 +154,17 @@ class PrepTimeCache:
             return self._snapshot
         with self._lock:
             if self._snapshot is None or time.monotonic() >= self._next_check:
-                with self._sessions() as session:
-                    version = current_version(session, DATASET)
-                    if self._snapshot is None or version != self._snapshot.version:
-                        self._snapshot = read_snapshot(session)
+                try:
+                    with self._sessions() as session:
+                        version = current_version(session, DATASET)
+                        if self._snapshot is None or version != self._snapshot.version:
+                            self._snapshot = read_snapshot(session)
+                except SQLAlchemyError:
+                    if self._snapshot is None:
+                        raise  # nothing to answer from: the request gets 503 database_unavailable
+                    # Estimates need no database per request: keep answering from the copy in
+                    # memory and look again after the reload interval.
+                    log.warning("preparation times not reloaded: database unavailable")
                 self._next_check = time.monotonic() + self._reload_s
         return self._snapshot
 
