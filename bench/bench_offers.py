@@ -3,8 +3,8 @@
     .venv/bin/python bench/bench_offers.py [--sizes sample,20000,100000] [--million] [--seconds 6]
 
 Partner modes (the reference partner's formulas in both):
-- ``keepalive``: ``python -m services.offers.reference_server``: one process, one event loop,
-  persistent HTTP/1.1 connections (aiohttp), the shape of the task's own partner (FastAPI under one
+- ``keepalive``: ``python -m services.offers.reference_server``: uvicorn, one worker, a plain ASGI
+  app, persistent HTTP/1.1 connections: the shape of the task's own partner (FastAPI under one
   uvicorn worker).  gunicorn's ``gthread`` worker with keep-alive was tried first: ~1,300 req/s.
 - ``gunicorn``: the reference partner inside the service under ``gunicorn`` (2 sync workers), which
   closes every connection, as ``make run`` serves it.
@@ -157,7 +157,7 @@ def main() -> None:
     try:
         with prepared_env() as env:
             if "keepalive" in modes:
-                print("\n== partner: keep-alive, one process (services.offers.reference_server, aiohttp) ==")
+                print("\n== partner: keep-alive, one process (services.offers.reference_server, uvicorn) ==")
                 with keepalive_partner() as url:
                     members_ceiling = ceiling(url, args.seconds)
                     print(f"    ceiling: {members_ceiling:,.0f} members/s")

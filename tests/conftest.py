@@ -82,7 +82,7 @@ def seeded_prep_times(app):
 
 @pytest.fixture
 def live_partner():
-    """The reference partner on a loopback port (keep-alive aiohttp server in a thread)."""
+    """The reference partner on a loopback port (keep-alive uvicorn server in a thread)."""
     from tests.offers_fixtures import LivePartner
 
     partner = LivePartner()

@@ -38,68 +38,44 @@ def route_to_app(mock: responses.RequestsMock, app, base: str = REFERENCE_BASE, 
 
 
 class LivePartner:
-    """The reference partner on a real loopback port (the aiohttp keep-alive server, in a thread).
+    """The reference partner on a real loopback port (the uvicorn keep-alive server, in a thread).
 
-    The batch scorer talks aiohttp, which ``responses`` cannot see; this is the real server it
-    meets in production, with two test hooks: ``calls`` records (path, body) of every call, and
-    ``fail`` maps a path to function(body) -> None (answer normally), a status (answer it with a
-    small JSON error), or (status, text) to answer exactly that body.
+    The batch scorer talks asyncio, which ``responses`` cannot see; this is the real server it
+    meets in production, with test hooks: ``calls`` records (path, body) of every call, ``peers``
+    the client address of every request, and ``fail`` maps a path to function(body) -> None
+    (answer normally), a status (answer it with a small JSON error), or (status, text) to answer
+    exactly that body.
     """
 
     PREFIX = "/partners/reference"
 
     def __init__(self, fail: dict | None = None) -> None:
-        import asyncio
         import threading
+        import time
 
-        from aiohttp import web
+        import uvicorn
 
         from services.offers.reference_server import make_app
 
         self.fail = dict(fail or {})
         self.calls: list[tuple[str, object]] = []
-        self.gate = None  # a threading.Event that, when set by a test, every call waits for
+        self.peers: set = set()
 
         def intercept(path, body):
             self.calls.append((path, body))
-            if self.gate is not None:
-                self.gate.wait(10)
             rule = self.fail.get(path)
-            answer = rule(body) if rule else None
-            if isinstance(answer, tuple):
-                return web.Response(status=answer[0], text=answer[1], content_type="application/json")
-            if answer:
-                return web.json_response({"detail": "injected"}, status=answer)
-            return None
+            return rule(body) if rule else None
 
-        self.peers: set = set()  # client (host, port) of every connection that carried a call
-
-        @web.middleware
-        async def record_peer(request, handler):
-            self.peers.add(request.transport.get_extra_info("peername"))
-            return await handler(request)
-
-        app = make_app(self.PREFIX, intercept=intercept)
-        app.middlewares.append(record_peer)
-        self.loop = asyncio.new_event_loop()
-        self.runner = web.AppRunner(app, access_log=None)
-        ready = threading.Event()
-
-        async def start():
-            await self.runner.setup()
-            site = web.TCPSite(self.runner, "127.0.0.1", 0)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]
-
-        def serve():
-            asyncio.set_event_loop(self.loop)
-            self.loop.run_until_complete(start())
-            ready.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=serve, name="live-partner", daemon=True)
+        app = make_app(self.PREFIX, intercept=intercept, on_connection=lambda client: self.peers.add(tuple(client)))
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", access_log=False,
+                                lifespan="off", loop="asyncio", http="httptools")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="live-partner", daemon=True)
         self.thread.start()
-        ready.wait(10)
+        deadline = time.monotonic() + 10
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
 
     @property
     def service_url(self) -> str:
@@ -125,10 +101,5 @@ class LivePartner:
         return sum(1 for p, _ in self.calls if p == path)
 
     def close(self) -> None:
-        import asyncio
-
-        if self.gate is not None:
-            self.gate.set()
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.server.should_exit = True
         self.thread.join(10)
