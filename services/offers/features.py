@@ -144,15 +144,27 @@ class FeatureTable:
         return counts
 
 
+# No line of a transaction file is anywhere near this long; a longer one means a binary or broken
+# file, which must be refused before it is buffered whole (a 1 GB file without a newline would be).
+MAX_LINE_BYTES = 64 * 1024
+
+
 def read_header(path: str | Path) -> list[str]:
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            header = next(csv.reader(handle), None)
+        with open(path, "rb") as handle:
+            first = handle.readline(MAX_LINE_BYTES + 1)
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if len(first) > MAX_LINE_BYTES:
+        raise InputError(f"{path}: line 1 is longer than {MAX_LINE_BYTES} bytes; not a transaction CSV")
+    try:
+        text = first.decode("utf-8-sig")
+        header = next(csv.reader([text]), None)
     except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text") from exc
-    if header is None:
+        raise InputError(f"{path}: line 1 is not UTF-8 text") from exc
+    except csv.Error as exc:
+        raise InputError(f"{path}: line 1 is not CSV ({exc})") from exc
+    if not header:
         raise InputError(f"{path}: empty file")
     header = [h.strip() for h in header]
     if tuple(header) not in HEADERS:
@@ -389,10 +401,20 @@ class FeatureScan:
         self._done: list[FeaturePartition | Path] = []
 
     # -- pass one -------------------------------------------------------------------------------
+    def _checked(self, data: bytes, first_line: int) -> bytes:
+        """Strict UTF-8: a lossy decode would merge distinct member ids, so a bad byte names its line."""
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = first_line + data.count(b"\n", 0, exc.start)
+            raise InputError(f"{self.path}: line {line} is not UTF-8 text (byte {exc.start} of that chunk)") from exc
+        return data
+
     def _chunks(self) -> Iterator[bytes]:
         with open(self.path, "rb") as handle:
-            header = handle.readline()
+            header = handle.readline(MAX_LINE_BYTES + 1)
             rest = b""
+            line = 2  # file line of the first byte of ``rest``
             while True:
                 block = handle.read(self._read_bytes)
                 if not block:
@@ -400,12 +422,19 @@ class FeatureScan:
                 block = rest + block
                 cut = block.rfind(b"\n") + 1
                 if cut == 0:
+                    if len(block) > MAX_LINE_BYTES:
+                        raise InputError(f"{self.path}: line {line} is longer than {MAX_LINE_BYTES} bytes; "
+                                         "not a transaction CSV")
                     rest = block
                     continue
                 rest = block[cut:]
-                yield header + block[:cut]
+                yield header + self._checked(block[:cut], line)
+                line += block.count(b"\n", 0, cut)
             if rest.strip():
-                yield header + rest
+                if len(rest) > MAX_LINE_BYTES:
+                    raise InputError(f"{self.path}: line {line} is longer than {MAX_LINE_BYTES} bytes; "
+                                     "not a transaction CSV")
+                yield header + self._checked(rest, line)
 
     def _split(self) -> None:
         pending: dict[int, list[pl.DataFrame]] = {}
@@ -422,7 +451,7 @@ class FeatureScan:
 
         for chunk in self._chunks():
             raw = pl.read_csv(io.BytesIO(chunk), has_header=True, new_columns=CANONICAL, infer_schema=False,
-                              encoding="utf8-lossy", raise_if_empty=False, truncate_ragged_lines=True)
+                              encoding="utf8", raise_if_empty=False, truncate_ragged_lines=True)
             raw = raw.with_row_index("line", offset=2 + self.rows_read)
             self.rows_read += raw.height
             # One plan, two outputs: classification is computed once and shared (~10% faster than

@@ -216,3 +216,24 @@ def test_partitioned_scan_gives_the_same_features_skips_and_rejections(tmp_path)
     assert merged == {row["member_id"]: row for row in whole.features.to_dicts()}
     assert {m: r for p in parts for m, r in p.skipped.items()} == whole.skipped == {
         "N1": "no_transactions", "N2": "no_valid_transactions"}
+
+
+def test_bytes_that_are_not_utf8_are_refused_naming_the_line(tmp_path):
+    """A lossy decode would turn distinct ids (b"M\\xff", b"M\\xfe") into one member."""
+    path = tmp_path / "tx.csv"
+    path.write_bytes(HEADER.encode() + b"A,2024-01-01 00:00:00,buy,100,1\n" + b"M\xff,2024-01-01 00:00:00,buy,1,1\n")
+    with pytest.raises(InputError, match=r"tx.csv: line 3 is not UTF-8"):
+        compute_features(path, AS_OF)
+
+
+def test_a_file_without_line_breaks_is_refused_before_it_is_buffered(tmp_path):
+    path = tmp_path / "sparse.csv"
+    with open(path, "wb") as handle:
+        handle.write(HEADER.encode())
+        handle.truncate(64 * 1024 * 1024)  # 64 MB of NUL bytes and no newline
+    with pytest.raises(InputError, match=r"sparse.csv: line 2 is longer than 65536 bytes"):
+        compute_features(path, AS_OF)
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"\x00" * 200_000)
+    with pytest.raises(InputError, match="line 1 is longer"):
+        compute_features(binary, AS_OF)
