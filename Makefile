@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export FLASK_APP := wsgi
 
-.PHONY: run test lint bench-pricing bench-estimate bench-offers bench-offers-realtime venue-standin clean
+.PHONY: run test lint bench-pricing bench-estimate bench-offers bench-offers-realtime venue-standin reference-partner clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ lint: $(VENV)/.installed-dev
 ## venue-standin: serve the bundled venue snapshots like the upstream venue API (127.0.0.1:8081)
 venue-standin: $(VENV)/.installed-run
 	$(BIN)/python -m bench.venue_standin
+
+## reference-partner: the reference partner alone, keep-alive, one uvicorn worker (127.0.0.1:8001)
+reference-partner: $(VENV)/.installed-run
+	$(BIN)/python -m services.offers.reference_server --port 8001
 
 bench-pricing: $(VENV)/.installed-dev
 	$(BIN)/python bench/bench_pricing.py

@@ -30,7 +30,7 @@ from typing import Any
 
 from sqlalchemy.orm import sessionmaker
 
-from services.errors import CourierError
+from services.errors import CourierError, UpstreamTimeout, UpstreamUnavailable
 from services.http_async import RetryEvent
 from services.models import OfferRun
 from services.offers.features import FeatureScan, InputError, read_header, scan_features
@@ -239,9 +239,14 @@ def run_offers(
         interrupted = False
         try:
             ping_partner(partner)
-        except CourierError as exc:
+        except (UpstreamUnavailable, UpstreamTimeout) as exc:
             error = f"partner {partner.name} did not answer its ping ({partner.base_url}{partner.ping_path}): " \
                     f"{exc.message}; nothing was scored"
+        except CourierError as exc:
+            # Any other answer (a 404 or 405 from a partner without a ping route, a body that is not
+            # JSON) still proves the partner is up: score, and say so in the log.
+            log.warning("partner ping answered oddly; scoring anyway",
+                        extra={"partner": partner.name, "error": exc.message})
         if error is None:
             if progress_start:
                 progress_start(max(0, scan.members + scan.skipped_members - len(done)))

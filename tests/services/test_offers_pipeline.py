@@ -297,3 +297,23 @@ def test_one_unusable_item_in_a_batch_answer_fails_only_that_member(app, session
     with sessions() as session:
         failed = session.scalars(select(OfferResult).where(OfferResult.status == "failed")).one()
     assert failed.error.startswith("offer: upstream_invalid") and failed.offer is None
+
+
+def test_a_partner_without_a_ping_route_is_still_scored(app, sessions):
+    partner = LivePartner(fail={"/": lambda body: 404})  # up, but no ping route
+    try:
+        report = run_offers(sessions, partner.config(), options())
+    finally:
+        partner.close()
+    assert report.run.status == "succeeded" and report.run.members_scored == 890
+
+
+def test_a_partner_answering_its_ping_with_503_fails_the_run(app, sessions):
+    partner = LivePartner(fail={"/": lambda body: 503})
+    try:
+        report = run_offers(sessions, partner.config(), options())
+        scored_calls = partner.count("/ml/ats/predict")
+    finally:
+        partner.close()
+    assert report.run.status == "failed" and "did not answer its ping" in report.run.error
+    assert scored_calls == 0 and report.run.members_total == 0
