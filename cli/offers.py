@@ -200,7 +200,7 @@ def run_offers_command(input_path, partner, as_of, output, concurrency, no_batch
     batch = config.batch if not no_batch else None
     mode = (f"batches of {batch.max_size}, {batch.concurrency} in flight" if batch
             else f"one call per member, {options.concurrency} in flight")
-    click.echo(f"scoring {input_path} on partner {partner} ({config.base_url}), as of {as_of_date}, {mode}"
+    click.echo(f"scoring {input_path} on partner {partner} ({config.display_url}), as of {as_of_date}, {mode}"
                + (f", resuming run {resume_run_id}" if resume_run_id else ""), err=True)
     try:
         report = run_offers(runtime.session_factory, config, options, progress_start=progress.start,
@@ -218,7 +218,7 @@ def run_offers_command(input_path, partner, as_of, output, concurrency, no_batch
         click.echo(f"\nwrote {output} and {summary}")
     status = report.run.status
     if status == "failed" and "did not answer its ping" in (report.run.error or ""):
-        click.echo(f"hint: is the partner up at {config.base_url}? The bundled reference partner is this "
+        click.echo(f"hint: is the partner up at {config.display_url}? The bundled reference partner is this "
                    "service itself: start it (`make run`), or set COURIER_SERVICE_URL (or COURIER_BIND) to "
                    "where it listens.", err=True)
     if status != "succeeded":
@@ -245,7 +245,7 @@ def partners_check(name: str | None) -> None:
             config = registry.get(partner)
             client = PartnerClient(config)
             answer = client.ping()
-            click.echo(f"  {partner}: ok ({config.base_url}{config.ping_path} answered {answer!r})")
+            click.echo(f"  {partner}: ok ({config.display_url}{config.ping_path} answered {answer!r})")
             client.close()
         except (CourierError, PartnerConfigError) as exc:
             failed += 1

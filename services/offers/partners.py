@@ -64,6 +64,11 @@ class PartnerConfig:
     max_concurrency: int = 16
     batch: BatchEndpoints | None = None
 
+    @property
+    def display_url(self) -> str:
+        """``base_url`` safe to print or store: any user:password in it is masked."""
+        return redact_url(self.base_url)
+
     def headers(self) -> dict[str, str]:
         """Header values from the environment; a missing variable is a configuration error."""
         missing = [env for env in self.header_env.values() if env not in os.environ]
@@ -122,6 +127,16 @@ def _batch(raw: Any, problems: list[str], where: str) -> BatchEndpoints | None:
                           concurrency=_positive(raw, "concurrency", 4, problems, where, integer=True))
 
 
+def redact_url(url: str) -> str:
+    """The URL with credentials (``user:password@``) masked, for logs, output and run records."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
 def service_url_from_bind(bind: str | None) -> str:
     """``http://host:port`` for a gunicorn bind address; a wildcard host is reached on loopback."""
     bind = (bind or "127.0.0.1:8000").split(",")[0].strip()
@@ -150,7 +165,8 @@ def parse_registry(doc: dict[str, Any], path: str, service_url: str | None = Non
         if isinstance(base_url, str) and base_url.startswith(SERVICE_PLACEHOLDER):
             base_url = (service_url or service_url_from_bind(None)).rstrip("/") + base_url[len(SERVICE_PLACEHOLDER):]
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            problems.append(f"{where}.base_url: must be an http(s) URL, got {base_url!r}")
+            shown = redact_url(base_url) if isinstance(base_url, str) else base_url
+            problems.append(f"{where}.base_url: must be an http(s) URL, got {shown!r}")
         paths = {}
         for key in _PATH_KEYS:
             value = raw.get(key, "/" if key == "ping_path" else None)
@@ -204,6 +220,8 @@ def load_registry(path: str | Path, service_url: str | None = None) -> PartnerRe
         raise PartnerConfigError(path, [f"cannot read ({exc.strerror or exc})"]) from exc
     except tomllib.TOMLDecodeError as exc:
         raise PartnerConfigError(path, [f"not valid TOML ({exc})"]) from exc
+    except UnicodeDecodeError as exc:
+        raise PartnerConfigError(path, ["not UTF-8 text, so not TOML"]) from exc
     return parse_registry(doc, path, service_url)
 
 

@@ -240,7 +240,7 @@ def run_offers(
         try:
             ping_partner(partner)
         except (UpstreamUnavailable, UpstreamTimeout) as exc:
-            error = f"partner {partner.name} did not answer its ping ({partner.base_url}{partner.ping_path}): " \
+            error = f"partner {partner.name} did not answer its ping ({partner.display_url}{partner.ping_path}): " \
                     f"{exc.message}; nothing was scored"
         except CourierError as exc:
             # Any other answer (a 404 or 405 from a partner without a ping route, a body that is not

@@ -198,3 +198,17 @@ def test_partners_check_reports_an_invalid_registry(app_config, tmp_path):
     bad.write_text("[partners.x]\nbase_url = 'nope'\n")
     result = create_app({**app_config, "PARTNERS_FILE": str(bad)}).test_cli_runner().invoke(args=["partners", "check"])
     assert result.exit_code == 2 and "partners.x.base_url" in result.output
+
+
+def test_a_password_in_the_partner_url_is_not_printed_or_recorded(app_config, tmp_path):
+    from app import create_app
+
+    registry = tmp_path / "partners.toml"
+    registry.write_text((DATA_DIR / "partners.toml").read_text().replace(
+        '"{service}/partners/reference"', '"http://bob:s3cret@127.0.0.1:1/partners/reference"'))
+    app = create_app({**app_config, "PARTNERS_FILE": str(registry)})
+    result = app.test_cli_runner().invoke(args=[*ARGS, "--output", str(tmp_path / "out.csv")])
+    record = app.test_client().get("/api/v1/offer-runs/1").get_data(as_text=True)
+    assert result.exit_code == 1 and "did not answer its ping" in result.output
+    assert "s3cret" not in result.output and "s3cret" not in record
+    assert "s3cret" not in (tmp_path / "out.csv.summary.json").read_text()

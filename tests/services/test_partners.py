@@ -105,3 +105,18 @@ def test_unusable_partner_answers_are_upstream_invalid(tmp_path, monkeypatch, bo
                   else '{"score": Infinity}', content_type="application/json")
         with pytest.raises(UpstreamInvalid):
             client.predict_ats({"AVG_POINTS_BOUGHT": 1.0, "DAYS_SINCE_LAST_TRANSACTION": 1})
+
+
+def test_a_binary_registry_is_a_config_error_not_a_traceback(tmp_path):
+    path = tmp_path / "partners.toml"
+    path.write_bytes(b"\xe1\x00\xff" * 50)
+    with pytest.raises(PartnerConfigError, match="not UTF-8"):
+        load_registry(path)
+
+
+def test_credentials_in_a_base_url_are_never_displayed(tmp_path):
+    text = (DATA_DIR / "partners.toml").read_text().replace(
+        '"{service}/partners/reference"', '"http://bob:s3cret@127.0.0.1:1/partners/reference"')
+    config = load_registry(write(tmp_path, text)).get("reference")
+    assert config.display_url == "http://***@127.0.0.1:1/partners/reference"
+    assert "s3cret" not in config.display_url
