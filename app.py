@@ -7,8 +7,20 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
 from config import DEFAULTS
+
+
+class _JsonProvider(DefaultJSONProvider):
+    """Flask's JSON, except that a body nested too deeply for the parser is invalid JSON (a 400 or 422
+    naming the body, like any other bad JSON), not a RecursionError and a 500."""
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError as exc:
+            raise ValueError("JSON nested too deeply") from exc
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -30,6 +42,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         from services.offers.partners import service_url_from_bind
 
         app.config["SERVICE_URL"] = service_url_from_bind(os.environ.get("COURIER_BIND"))
+    app.json = _JsonProvider(app)
     # Keep the documented key order of responses; compact bodies are cheaper to send.
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.compact = True  # type: ignore[attr-defined]

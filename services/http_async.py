@@ -205,7 +205,7 @@ class AsyncHttpClient:
     def json_of(self, payload: bytes) -> Any:
         try:
             return json.loads(payload)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise UpstreamInvalid(f"{self.upstream} sent a body that is not JSON", upstream=self.upstream) from exc
 
     async def post_json(self, path: str, body: bytes) -> Any:

@@ -51,7 +51,7 @@ def answer(prefix: str, method: str, path: str, raw: bytes,
     elif method == "POST" and route in ROUTES:
         try:
             body = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             return _error(422, "Body must be a JSON object.", "unprocessable", {"body": ["not valid JSON"]})
     elif route == "/" or route in ROUTES:
         return _error(405, "Method not allowed.", "method_not_allowed", {})

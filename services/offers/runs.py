@@ -24,9 +24,11 @@ def decode_cursor(cursor: str | None, kind: type) -> Any:
         return None
     try:
         value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise InvalidRequest("Invalid cursor.", details={"cursor": ["not a cursor this API issued"]}) from exc
-    if not isinstance(value, kind) or isinstance(value, bool):
+    # An id cursor beyond what a database column holds would overflow the driver (a 500 before).
+    if not isinstance(value, kind) or isinstance(value, bool) or (
+            isinstance(value, int) and not 0 <= value <= MAX_ID + 1):
         raise InvalidRequest("Invalid cursor.", details={"cursor": ["not a cursor this API issued"]})
     return value
 

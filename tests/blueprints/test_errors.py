@@ -104,3 +104,4 @@ def test_upstream_errors_map_to_5xx(client, status, code):
 
 def test_503_keeps_retry_after(client):
     assert client.get("/_test/raise/503").headers["Retry-After"] == "7"
+
