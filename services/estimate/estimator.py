@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from services.errors import CourierError, NotFound
@@ -51,4 +52,8 @@ def estimate_delivery(
             raise ModelUnavailable("No venue preparation times are loaded; run `flask seed-venues`.",
                                    headers={"Retry-After": "30"})
     minutes = model.predict(1 if query.is_retail else 0, prep, query.hour_of_day)
+    if not math.isfinite(minutes):
+        # JSON has no NaN or Infinity: a model that yields them is broken, not the request.
+        raise ModelUnavailable(f"The delivery-time model {model.version} gave no finite estimate for this input.",
+                               code="model_error", status=500)
     return Estimate(minutes=minutes, venue_known=known, model_version=model.version)

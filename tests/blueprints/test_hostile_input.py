@@ -17,3 +17,13 @@ def test_a_cursor_beyond_64_bits_is_400_naming_the_cursor(client):
     cursor = base64.urlsafe_b64encode(str(2**70).encode()).decode().rstrip("=")
     response = client.get(f"/api/v1/offer-runs?cursor={cursor}")
     assert response.status_code == 400 and "cursor" in response.get_json()["details"]
+
+
+def test_a_model_that_yields_nan_is_a_500_envelope_never_nan_json(client, app, seeded_prep_times, monkeypatch):
+    model = app.extensions["courier"].services["estimate_model"]
+    monkeypatch.setattr(model, "predict", lambda *args: float("nan"))
+    response = client.post("/api/v1/delivery-estimate",
+                           json={"venue_id": "8a61b8c", "time_received": "2017-01-25 03:16:07", "is_retail": True})
+    text = response.get_data(as_text=True)
+    assert response.status_code == 500 and response.get_json()["code"] == "model_error"
+    assert "NaN" not in text
