@@ -32,6 +32,7 @@ HEADERS = {
      "LAST_TRANSACTION_REVENUE_USD"),
 }
 TRANSACTION_TYPES = ("buy", "gift", "redeem")
+MAX_MEMBER_ID_LENGTH = 128
 TS_FORMAT = "%Y-%m-%d %H:%M:%S"  # after "T" -> " "; an optional ".ffffff" is parsed apart
 
 
@@ -203,6 +204,8 @@ def _classified(raw: pl.LazyFrame) -> pl.LazyFrame:
     bad_type = ~pl.col("type_norm").is_in(TRANSACTION_TYPES) | pl.col("type_norm").is_null()
     reason = (
         pl.when(pl.col("member_id").is_null()).then(pl.lit("missing member id"))
+        # As long as REST accepts and the results table stores (a longer one failed a PostgreSQL run).
+        .when(pl.col("member_id").str.len_chars() > MAX_MEMBER_ID_LENGTH).then(pl.lit("member id too long"))
         .when(pl.col("id_only")).then(pl.lit(None, dtype=pl.String))
         .when(pl.col("ts").is_null()).then(pl.lit("invalid timestamp"))
         .when(bad_type).then(pl.lit("invalid transaction type"))
@@ -351,8 +354,9 @@ class RejectedSummary:
             self.by_reason[reason] = self.by_reason.get(reason, 0) + count
         room = MAX_REJECTED_SAMPLE - len(self.sample)
         if room > 0:
-            self.sample.extend(RejectedRow(line, member_id, reason) for line, member_id, reason in
-                               bad.head(room).select("line", "member_id", "reason").iter_rows())
+            self.sample.extend(RejectedRow(line, member_id if member_id is None else member_id[:MAX_MEMBER_ID_LENGTH],
+                                           reason)
+                               for line, member_id, reason in bad.head(room).select("line", "member_id", "reason").iter_rows())
 
     def as_dict(self) -> dict:
         return {"total": self.total, "by_reason": dict(sorted(self.by_reason.items())),
@@ -458,7 +462,9 @@ class FeatureScan:
             # collecting it and filtering twice).
             classified = _classified(raw.lazy())
             kept, rejected = pl.collect_all([
-                classified.filter(pl.col("member_id").is_not_null()).select(_PARTITION_COLUMNS),
+                classified.filter(pl.col("member_id").is_not_null()
+                                  & (pl.col("member_id").str.len_chars() <= MAX_MEMBER_ID_LENGTH))
+                .select(_PARTITION_COLUMNS),
                 classified.filter(pl.col("kind") == "rejected").select("line", "member_id", "reason")])
             self.rejected.add(rejected)
             if self._tmp is None:

@@ -237,3 +237,17 @@ def test_a_file_without_line_breaks_is_refused_before_it_is_buffered(tmp_path):
     binary.write_bytes(b"\x00" * 200_000)
     with pytest.raises(InputError, match="line 1 is longer"):
         compute_features(binary, AS_OF)
+
+
+def test_a_member_id_longer_than_the_results_column_is_rejected(tmp_path):
+    from services.offers.features import scan_features
+
+    long_id = "L" * 129
+    path = tmp_path / "tx.csv"
+    path.write_text(HEADER + f"{long_id},2024-01-01 00:00:00,buy,100,1\n{long_id},,,,\nOK,2024-01-01 00:00:00,buy,1,1\n")
+    with scan_features(path, AS_OF) as scan:
+        parts = list(scan.partitions())
+        assert scan.rejected.by_reason == {"member id too long": 2}
+        assert all(len(r.member_id) == 128 for r in scan.rejected.sample)
+    assert [m for p in parts for m in p.features["member_id"]] == ["OK"]
+    assert all(long_id not in p.skipped for p in parts)
