@@ -64,6 +64,10 @@ class _Failure:
 # the configured interval: a venue that stays down costs one attempt every few minutes, not
 # one every few seconds per worker.
 MAX_BACKOFF_FACTOR = 64
+LOCK_STRIPES = 64
+# Per-slug failure and not-found records kept at most; past it, expired ones go first, then the
+# oldest.  Forgetting one costs at most one extra upstream attempt for that slug.
+MAX_SLUG_RECORDS = 10_000
 
 
 def venue_not_found(slug: str, why: str) -> NotFound:
@@ -88,9 +92,16 @@ class VenueStore:
         # turn each request into an upstream call (or a database read, offline).
         self._missing: dict[str, float] = {}
         self._ahead: dict[str, Future] = {}  # background refreshes in flight, one per slug
-        self._locks: dict[str, threading.Lock] = {}
+        # Striped locks: a fixed number, shared by slugs with the same hash.  A lock per slug grew
+        # with every distinct slug ever asked for (random slugs grew workers without bound), and an
+        # evicting lock map could drop a lock in use.
+        self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
         self._locks_guard = threading.Lock()
+        # Two pools on purpose: background refreshes wait on half-fetches, so they must never run in
+        # the pool that executes those fetches (all 8 threads as refreshes waiting on fetches queued
+        # behind them was a deadlock).
         self._executor: ThreadPoolExecutor | None = None
+        self._refresher: ThreadPoolExecutor | None = None
         self._executor_pid = 0
         self.stats: Counter[str] = Counter()
 
@@ -134,7 +145,8 @@ class VenueStore:
         with self._locks_guard:
             if slug in self._ahead:
                 return
-            self._ahead[slug] = self._pool().submit(self._background_refresh, slug)
+            self._pool()
+            self._ahead[slug] = self._refresher.submit(self._background_refresh, slug)
 
     def _background_refresh(self, slug: str) -> None:
         try:
@@ -179,22 +191,35 @@ class VenueStore:
 
     def close(self) -> None:
         if self._executor is not None and self._executor_pid == os.getpid():
+            self._refresher.shutdown(wait=False, cancel_futures=True)
             self._executor.shutdown(wait=False, cancel_futures=True)
-        self._executor = None
+        self._executor = self._refresher = None
         if self.client is not None:
             self.client.close()
 
     # -- internals ------------------------------------------------------------------------------
     def _lock_for(self, slug: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault(slug, threading.Lock())
+        return self._locks[hash(slug) % LOCK_STRIPES]
 
     def _pool(self) -> ThreadPoolExecutor:
-        # Threads do not survive fork: build the pool in the process that uses it.
+        """The fetch pool (and, built with it, the refresh pool)."""
+        # Threads do not survive fork: build the pools in the process that uses them.
         if self._executor is None or self._executor_pid != os.getpid():
-            self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="venue-fetch")
-            self._executor_pid = os.getpid()
+            with self._locks_guard:
+                if self._executor is None or self._executor_pid != os.getpid():
+                    self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="venue-fetch")
+                    self._refresher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="venue-refresh")
+                    self._executor_pid = os.getpid()
         return self._executor
+
+    def _prune(self, records: dict, now: float, until_of: Callable) -> None:
+        """Keep ``records`` under MAX_SLUG_RECORDS: expired entries first, then the oldest."""
+        if len(records) < MAX_SLUG_RECORDS:
+            return
+        for slug in [k for k, v in list(records.items()) if until_of(v) <= now]:
+            records.pop(slug, None)
+        while len(records) >= MAX_SLUG_RECORDS:
+            records.pop(next(iter(records)), None)
 
     def _entry(self, data: VenueData) -> _Entry:
         return _Entry(data, data.static_fetched_at.timestamp(), data.dynamic_fetched_at.timestamp())
@@ -248,14 +273,15 @@ class VenueStore:
         failure = self._failures.get(slug)
         consecutive = failure.consecutive + 1 if failure is not None else 1
         until = now + self.policy.failure_backoff_s * min(2 ** (consecutive - 1), MAX_BACKOFF_FACTOR)
+        self._prune(self._failures, now, lambda f: f.until)
+        self._failures.pop(slug, None)  # re-inserted last: the newest record
         self._failures[slug] = _Failure(until, exc, consecutive)
         log.warning("venue refresh failed", extra={"venue_slug": slug, "code": exc.code, "problem": exc.message,
                                                    "has_stale": has_stale})
         return until
 
     def _remember_missing(self, slug: str, now: float) -> None:
-        if len(self._missing) > 10_000:  # bounded: a scan of random slugs cannot grow it forever
-            self._missing.clear()
+        self._prune(self._missing, now, lambda until: until)  # random slugs cannot grow it forever
         self._missing[slug] = now + min(self.policy.dynamic_ttl_s, self.policy.failure_backoff_s)
 
     def _stale_or_raise(self, slug: str, entry: _Entry | None, now: float, error: UpstreamError,

@@ -241,3 +241,40 @@ def test_failed_refresh_ahead_backs_off_and_keeps_serving(app, clock, mock):
     clock.now += 11  # past the TTL, within the 30 s failure backoff: stale-if-error, no upstream call
     assert store.get(SLUG) == first
     assert len(mock.calls) == calls and store.stats["upstream_failures"] == 1
+
+
+def test_refresh_ahead_storm_with_a_slow_upstream_does_not_deadlock(app, clock):
+    """10 venues due at once, upstream 0.3 s per call: refreshes wait on fetches, never in one pool."""
+    import json
+    import re
+    import threading
+    import time
+
+    def slow(half):
+        def answer(request):
+            time.sleep(0.3)
+            return 200, {}, json.dumps(doc("helsinki", half))
+        return answer
+
+    policy = VenueCachePolicy(static_ttl_s=4, dynamic_ttl_s=4, max_stale_s=86400, failure_backoff_s=5)
+    slugs = [f"venue-{i}" for i in range(10)]
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        for half in ("static", "dynamic"):
+            mock.add_callback(responses.GET, re.compile(rf"{BASE}/venues/[^/]+/{half}"), callback=slow(half))
+        store = make_store(app, clock, policy)
+        for slug in slugs:
+            store.get(slug)
+        clock.now += 3.5  # every venue in the refresh-ahead window, both halves due
+        answered = threading.Event()
+
+        def requests_for_all():
+            for slug in slugs:
+                store.get(slug)
+            answered.set()
+
+        threading.Thread(target=requests_for_all, daemon=True).start()
+        assert answered.wait(2.5), "requests waited on background refreshes"
+        store.wait_for_refreshes(timeout=10)  # raises TimeoutError on a deadlock instead of hanging
+        assert store.stats["refreshes_ahead"] == 10
+        store.close()
+
