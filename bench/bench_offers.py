@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.gen_members import generate  # noqa: E402
-from bench.harness import BIN, ROOT, free_port, gunicorn, load, machine, prepared_env, wait_http  # noqa: E402
+from bench.harness import BIN, ROOT, free_port, gunicorn, load, machine, prepared_env, served  # noqa: E402
 
 PREFIX = "/partners/reference"
 FEATURES = json.dumps({
@@ -56,15 +56,8 @@ RUSAGE_WRAPPER = (
 def keepalive_partner(cpus: str | None = None):
     port = free_port()
     cmd = [str(BIN / "python"), "-m", "services.offers.reference_server", "--port", str(port)]
-    if cpus:
-        cmd = ["taskset", "-c", cpus, *cmd]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
-    try:
-        wait_http(f"http://127.0.0.1:{port}{PREFIX}/")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with served(["taskset", "-c", cpus, *cmd] if cpus else cmd, port, PREFIX + "/") as url:
+        yield url
 
 
 def ceiling(url: str, seconds: int, cpus: str | None = None) -> float:

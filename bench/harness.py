@@ -92,19 +92,24 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 
 
 @contextmanager
-def gunicorn(env: dict, workers: int, port: int | None = None):
-    port = port or free_port()
-    proc = subprocess.Popen(
-        [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
-        cwd=ROOT, env={**env, "COURIER_BIND": f"127.0.0.1:{port}", "COURIER_WORKERS": str(workers),
-                       "COURIER_GUNICORN_LOG_LEVEL": "warning"},
-    )
+def served(cmd: list[str], port: int, health_path: str, env: dict | None = None):
+    """Run a server command on ``port`` until the block ends; yields its base URL once it answers."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     try:
-        wait_http(f"http://127.0.0.1:{port}/healthz")
+        wait_http(f"http://127.0.0.1:{port}{health_path}")
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@contextmanager
+def gunicorn(env: dict, workers: int, port: int | None = None):
+    port = port or free_port()
+    with served([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"], port, "/healthz",
+                env={**env, "COURIER_BIND": f"127.0.0.1:{port}", "COURIER_WORKERS": str(workers),
+                     "COURIER_GUNICORN_LOG_LEVEL": "warning"}) as url:
+        yield url
 
 
 def _wrk(label: str, url: str, path: str, method: str, body: str | None, seconds: int, connections: int,

@@ -27,11 +27,10 @@ from urllib3.util.retry import Retry
 from services.errors import (
     UpstreamError,
     UpstreamInvalid,
-    UpstreamNotFound,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from services.http_client import RETRY_STATUSES, HttpPolicy
+from services.http_client import RETRY_STATUSES, HttpPolicy, raise_for_upstream_status
 from services.http_transport import KeepAliveTransport, TransportError
 
 RETRY_AFTER_STATUSES = Retry.RETRY_AFTER_STATUS_CODES  # 413, 429, 503: as urllib3 honours it
@@ -88,18 +87,11 @@ class AsyncHttpClient:
             await self._transport.close()
             self._transport = None
 
-    @property
-    def connections_opened(self) -> int:
-        return self._transport.opened if self._transport is not None else 0
-
     async def __aenter__(self) -> AsyncHttpClient:
         return await self.open()
 
     async def __aexit__(self, *exc_info) -> None:
         await self.close()
-
-    def url(self, path: str) -> str:
-        return f"{self.base_url}/{path.lstrip('/')}"
 
     # -- one attempt -------------------------------------------------------------------------------
     async def _send(self, method: str, path: str, body: bytes | None) -> tuple[int, Any, bytes]:
@@ -186,22 +178,6 @@ class AsyncHttpClient:
             self.on_retry(RetryEvent(self.upstream, reason, wait))
 
     # -- results -----------------------------------------------------------------------------------
-    def check(self, status: int, headers: Any) -> None:
-        """Map a non-2xx status to our error types, exactly as ``HttpClient.check`` does."""
-        if status < 400:
-            return
-        if status == 404:
-            raise UpstreamNotFound(f"{self.upstream} has no such resource", upstream=self.upstream)
-        if status in RETRY_STATUSES:
-            try:
-                retry_after = max(1, int(float(headers.get("Retry-After", ""))))
-            except ValueError:
-                retry_after = 1
-            raise UpstreamUnavailable(f"{self.upstream} answered {status} after retries", upstream=self.upstream,
-                                      retry_after=retry_after, details={"upstream_status": status})
-        raise UpstreamInvalid(f"{self.upstream} rejected the request with status {status}", upstream=self.upstream,
-                              details={"upstream_status": status})
-
     def json_of(self, payload: bytes) -> Any:
         try:
             return json.loads(payload)
@@ -211,12 +187,12 @@ class AsyncHttpClient:
     async def post_json(self, path: str, body: bytes) -> Any:
         """POST an already-encoded JSON body (encode once, send to several endpoints)."""
         status, headers, payload = await self.request("POST", path, body)
-        self.check(status, headers)
+        raise_for_upstream_status(self.upstream, status, headers)
         return self.json_of(payload)
 
     async def get_json(self, path: str) -> Any:
         status, headers, payload = await self.request("GET", path)
-        self.check(status, headers)
+        raise_for_upstream_status(self.upstream, status, headers)
         return self.json_of(payload)
 
 

@@ -141,12 +141,32 @@ def build_session(policy: HttpPolicy, headers: dict[str, str] | None = None) -> 
     return session
 
 
-def _retry_after_of(response: requests.Response, default: int = 1) -> int:
-    value = response.headers.get("Retry-After", "")
+def _retry_after_of(headers: Any, default: int = 1) -> int:
+    value = headers.get("Retry-After", "")
     try:
         return max(1, int(float(value)))
     except ValueError:
         return default
+
+
+def raise_for_upstream_status(upstream: str, status: int, headers: Any) -> None:
+    """Map a non-2xx status (after retries were spent) to our error types; shared by both clients."""
+    if status < 400:
+        return
+    if status == 404:
+        raise UpstreamNotFound(f"{upstream} has no such resource", upstream=upstream)
+    if status in RETRY_STATUSES:
+        raise UpstreamUnavailable(
+            f"{upstream} answered {status} after retries",
+            upstream=upstream,
+            retry_after=_retry_after_of(headers),
+            details={"upstream_status": status},
+        )
+    raise UpstreamInvalid(
+        f"{upstream} rejected the request with status {status}",
+        upstream=upstream,
+        details={"upstream_status": status},
+    )
 
 
 def _has_cause(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:
@@ -233,23 +253,8 @@ class HttpClient:
 
     def check(self, response: requests.Response) -> requests.Response:
         """Map a non-2xx response to our error types (after retries were spent)."""
-        status = response.status_code
-        if status < 400:
-            return response
-        if status == 404:
-            raise UpstreamNotFound(f"{self.upstream} has no such resource", upstream=self.upstream)
-        if status in RETRY_STATUSES:
-            raise UpstreamUnavailable(
-                f"{self.upstream} answered {status} after retries",
-                upstream=self.upstream,
-                retry_after=_retry_after_of(response),
-                details={"upstream_status": status},
-            )
-        raise UpstreamInvalid(
-            f"{self.upstream} rejected the request with status {status}",
-            upstream=self.upstream,
-            details={"upstream_status": status},
-        )
+        raise_for_upstream_status(self.upstream, response.status_code, response.headers)
+        return response
 
     def json_of(self, response: requests.Response) -> Any:
         try:
