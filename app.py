@@ -107,7 +107,7 @@ def _init_pricing(app: Flask, runtime) -> None:
     store = VenueStore(client, runtime.session_factory, VenueCachePolicy(
         static_ttl_s=float(cfg["VENUE_STATIC_TTL_S"]), dynamic_ttl_s=float(cfg["VENUE_DYNAMIC_TTL_S"]),
         max_stale_s=float(cfg["VENUE_MAX_STALE_S"]), failure_backoff_s=float(cfg["VENUE_FAILURE_BACKOFF_S"]),
-        enabled=bool(cfg["VENUE_CACHE_ENABLED"])))
+        enabled=bool(cfg["VENUE_CACHE_ENABLED"]), wait_s=float(cfg["VENUE_API_DEADLINE_S"]) + 0.5))
     runtime.services["venues"] = store
     runtime.closers.append(store.close)
 

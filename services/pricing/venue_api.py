@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from services.errors import UpstreamInvalid
 from services.http_client import HttpClient, HttpPolicy
 from services.pricing.venue_data import DynamicVenue, StaticVenue, VenueDataError, parse_dynamic, parse_static
 
@@ -41,13 +40,14 @@ class VenueApiClient:
         return self.http.base_url
 
     def _fetch(self, slug: str, half: str, parse):
+        def usable(doc):
+            try:
+                return parse(doc)
+            except VenueDataError as exc:
+                raise ValueError(f"unusable {half} data for {slug!r}: {exc}") from exc
+
         # The slug is validated by the caller; quoting is belt and braces against path tricks.
-        doc = self.http.get_json(f"/venues/{quote(slug, safe='')}/{half}")
-        try:
-            return parse(doc)
-        except VenueDataError as exc:
-            raise UpstreamInvalid(f"venue API sent unusable {half} data for {slug!r}: {exc}",
-                                  upstream=UPSTREAM) from exc
+        return self.http.get_json(f"/venues/{quote(slug, safe='')}/{half}", parse=usable)
 
     def fetch_static(self, slug: str) -> StaticVenue:
         return self._fetch(slug, "static", parse_static)

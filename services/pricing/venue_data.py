@@ -12,6 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+# Upper bounds on what an upstream may send.  Anything larger is not a real venue's data, and
+# 10**30 as a base price was served once and then failed to store (BIGINT): refuse it up front.
+MAX_MONEY = 10**9  # smallest currency unit: 10 million euros
+MAX_DISTANCE_M = 10**7  # metres: a quarter of the Earth's circumference
+MAX_MULTIPLIER = 10**6  # per 10 metres
+
 
 class VenueDataError(Exception):
     """A venue document cannot be used; the message says where and why."""
@@ -62,10 +68,12 @@ def _number(value: Any, what: str) -> float:
     return value
 
 
-def _money(value: Any, what: str) -> int:
+def _money(value: Any, what: str, maximum: int = MAX_MONEY) -> int:
     number = _number(value, what)
     if number < 0 or number != int(number):
         raise VenueDataError(f"{what} must be a non-negative whole amount, got {value!r}")
+    if number > maximum:
+        raise VenueDataError(f"{what} must be at most {maximum}, got {value!r}")
     return int(number)
 
 
@@ -90,6 +98,8 @@ def validate_ranges(ranges: list[DistanceRange]) -> None:
     for i, r in enumerate(ranges):
         if r.min < 0 or r.max < 0 or r.a < 0 or r.b < 0:
             raise VenueDataError(f"distance range {i} has a negative value")
+        if r.b > MAX_MULTIPLIER:
+            raise VenueDataError(f"distance range {i} b must be at most {MAX_MULTIPLIER}, got {r.b!r}")
         if i < len(ranges) - 1:
             if r.max <= r.min:
                 raise VenueDataError(f"distance range {i} is empty or reversed ({r.min}..{r.max})")
@@ -110,8 +120,8 @@ def parse_dynamic(doc: Any) -> DynamicVenue:
         if not isinstance(raw, dict):
             raise VenueDataError(f"distance range {i} is not an object")
         ranges.append(DistanceRange(
-            min=_money(raw.get("min"), f"distance range {i} min"),
-            max=_money(raw.get("max"), f"distance range {i} max"),
+            min=_money(raw.get("min"), f"distance range {i} min", MAX_DISTANCE_M),
+            max=_money(raw.get("max"), f"distance range {i} max", MAX_DISTANCE_M),
             a=_money(raw.get("a"), f"distance range {i} a"),
             b=float(_number(raw.get("b"), f"distance range {i} b")),
         ))

@@ -1,10 +1,13 @@
 """Venue data for pricing: per-process memory, then the database, then the upstream venue API.
 
-A warm request is a dict lookup and two float comparisons: no network, no database.  Past a
-half's TTL the half is refreshed from upstream (both halves in parallel when both are due).
-If the refresh fails, the last good data is served while younger than ``max_stale_s``
-(stale-if-error), the failure is logged and counted, and the slug is not tried upstream again
-for ``failure_backoff_s``: one flaky venue cannot turn every request into a slow retry loop.
+A warm request is a dict lookup and two float comparisons: no network, no database.  Data in
+the last 20% of a half's TTL is refreshed in the background (refresh-ahead).  Data past its
+TTL but younger than ``max_stale_s`` is served at once while one background refresh runs
+(stale-while-revalidate): a slow or failing upstream never makes a request wait when there is
+something to serve.  Only a request with nothing servable waits for upstream, at most the
+venue API deadline, and concurrent requests for one slug share that one fetch (single flight).
+A failed refresh is logged and counted, and the slug is not tried upstream again for
+``failure_backoff_s``: one flaky venue cannot turn every request into a slow retry loop.
 
 The store owns its short database transactions: it persists what it fetched as a side effect
 of a read request, and that must not depend on the outcome of the request's own unit of work.
@@ -12,6 +15,7 @@ of a read request, and that must not depend on the outcome of the request's own 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -20,12 +24,13 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from sqlalchemy.orm import sessionmaker
 
-from services.errors import NotFound, UpstreamError, UpstreamNotFound, UpstreamUnavailable
+from services.errors import NotFound, UpstreamError, UpstreamNotFound, UpstreamTimeout, UpstreamUnavailable
 from services.pricing.venue_api import VenueApiClient
 from services.pricing.venue_data import VenueData
 from services.pricing.venue_repo import load_venue, upsert_venue
@@ -41,9 +46,12 @@ class VenueCachePolicy:
     failure_backoff_s: float = 5.0
     enabled: bool = True
     # Refresh ahead: a request seeing data in the last 20% of its TTL starts a background refresh
-    # and is answered at once, so steady traffic never waits on upstream; data past its TTL is still
-    # refreshed before it is served (never older than the TTL while upstream answers).
+    # and is answered at once, so steady traffic never waits on upstream and data is rarely served
+    # past its TTL while upstream answers.
     refresh_ahead: float = 0.8
+    # How long a request may wait for a fetch another thread started (the venue API deadline plus
+    # a margin for the database write): past it the request answers 504 instead of waiting on.
+    wait_s: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -64,9 +72,8 @@ class _Failure:
 # the configured interval: a venue that stays down costs one attempt every few minutes, not
 # one every few seconds per worker.
 MAX_BACKOFF_FACTOR = 64
-LOCK_STRIPES = 64
 # Per-slug failure and not-found records kept at most; past it, expired ones go first, then the
-# oldest.  Forgetting one costs at most one extra upstream attempt for that slug.
+# oldest tenth.  Forgetting one costs at most one extra upstream attempt for that slug.
 MAX_SLUG_RECORDS = 10_000
 
 
@@ -91,12 +98,10 @@ class VenueStore:
         # Slugs known not to exist, until when: a client asking for one again and again must not
         # turn each request into an upstream call (or a database read, offline).
         self._missing: dict[str, float] = {}
-        self._ahead: dict[str, Future] = {}  # background refreshes in flight, one per slug
-        # Striped locks: a fixed number, shared by slugs with the same hash.  A lock per slug grew
-        # with every distinct slug ever asked for (random slugs grew workers without bound), and an
-        # evicting lock map could drop a lock in use.
-        self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
-        self._locks_guard = threading.Lock()
+        # Fetches in flight, one per slug (single flight); an entry lives only while its fetch runs,
+        # so the map is bounded by the fetches running, not by the slugs ever asked for.
+        self._inflight: dict[str, Future] = {}
+        self._guard = threading.Lock()
         # Two pools on purpose: background refreshes wait on half-fetches, so they must never run in
         # the pool that executes those fetches (all 8 threads as refreshes waiting on fetches queued
         # behind them was a deadlock).
@@ -114,15 +119,9 @@ class VenueStore:
             if self.client is None:
                 self.stats["hits"] += 1
                 return entry.data
-            now = self._clock()
-            static_age, dynamic_age = now - entry.static_at, now - entry.dynamic_at
-            policy = self.policy
-            if static_age < policy.static_ttl_s and dynamic_age < policy.dynamic_ttl_s:
-                if (static_age >= policy.static_ttl_s * policy.refresh_ahead
-                        or dynamic_age >= policy.dynamic_ttl_s * policy.refresh_ahead):
-                    self._refresh_ahead(slug, now)
-                self.stats["hits"] += 1
-                return entry.data
+            served = self._serve(slug, entry, self._clock())
+            if served is not None:
+                return served
         return self._slow_get(slug)
 
     def forget(self, slug: str | None = None) -> None:
@@ -136,47 +135,15 @@ class VenueStore:
             self._failures.pop(slug, None)
             self._missing.pop(slug, None)
 
-    def _refresh_ahead(self, slug: str, now: float) -> None:
-        if slug in self._ahead:
-            return
-        failure = self._failures.get(slug)
-        if failure is not None and now < failure.until:
-            return
-        with self._locks_guard:
-            if slug in self._ahead:
-                return
-            self._pool()
-            self._ahead[slug] = self._refresher.submit(self._background_refresh, slug)
-
-    def _background_refresh(self, slug: str) -> None:
-        try:
-            with self._lock_for(slug):
-                entry = self._mem.get(slug)
-                if entry is None:
-                    return
-                now = self._clock()
-                policy = self.policy
-                static_due = now - entry.static_at >= policy.static_ttl_s * policy.refresh_ahead
-                dynamic_due = now - entry.dynamic_at >= policy.dynamic_ttl_s * policy.refresh_ahead
-                if not (static_due or dynamic_due):
-                    return
-                self.stats["refreshes_ahead"] += 1
-                try:
-                    data = self._refresh(slug, entry.data, static_due, dynamic_due)
-                except UpstreamError as exc:
-                    # Not fatal: the data is still fresh. Back off; past the TTL, stale-if-error applies.
-                    self._record_failure(slug, exc, now, has_stale=True)
-                    return
-                self._failures.pop(slug, None)
-                self._persist(data)
-                self._mem[slug] = self._entry(data)
-        finally:
-            self._ahead.pop(slug, None)
-
     def wait_for_refreshes(self, timeout: float = 5.0) -> None:
-        """Block until background refreshes started so far are done (tests, shutdown)."""
-        for future in list(self._ahead.values()):
-            future.result(timeout=timeout)
+        """Block until fetches started so far are done (tests, shutdown); their errors are theirs."""
+        for future in list(self._inflight.values()):
+            try:
+                future.result(timeout=timeout)
+            except FutureTimeout:
+                raise
+            except Exception:  # noqa: BLE001 - a failed refresh is recorded by the refresh itself
+                pass
 
     def fetch_fresh(self, slug: str) -> VenueData:
         """Both halves straight from upstream (admin refresh); raises our upstream errors."""
@@ -198,33 +165,118 @@ class VenueStore:
             self.client.close()
 
     # -- internals ------------------------------------------------------------------------------
-    def _lock_for(self, slug: str) -> threading.Lock:
-        return self._locks[hash(slug) % LOCK_STRIPES]
-
     def _pool(self) -> ThreadPoolExecutor:
         """The fetch pool (and, built with it, the refresh pool)."""
         # Threads do not survive fork: build the pools in the process that uses them.
         if self._executor is None or self._executor_pid != os.getpid():
-            with self._locks_guard:
+            with self._guard:
                 if self._executor is None or self._executor_pid != os.getpid():
                     self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="venue-fetch")
                     self._refresher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="venue-refresh")
                     self._executor_pid = os.getpid()
         return self._executor
 
-    def _prune(self, records: dict, now: float, until_of: Callable) -> None:
-        """Keep ``records`` under MAX_SLUG_RECORDS: expired entries first, then the oldest."""
-        if len(records) < MAX_SLUG_RECORDS:
-            return
-        for slug in [k for k, v in list(records.items()) if until_of(v) <= now]:
+    def _remember(self, records: dict, slug: str, value) -> None:
+        """Insert ``slug`` last, keeping ``records`` under MAX_SLUG_RECORDS in amortised O(1).
+
+        Records are inserted in time order (re-inserted when renewed), so the front holds the
+        oldest; when full, the oldest tenth goes.  A random-slug flood therefore costs a bounded
+        dict, and eviction never touches a fetch in flight (those live in ``_inflight``).
+        """
+        with self._guard:
             records.pop(slug, None)
-        while len(records) >= MAX_SLUG_RECORDS:
-            records.pop(next(iter(records)), None)
+            if len(records) >= MAX_SLUG_RECORDS:
+                for old in list(itertools.islice(records, MAX_SLUG_RECORDS // 10)):
+                    del records[old]
+            records[slug] = value
 
     def _entry(self, data: VenueData) -> _Entry:
         return _Entry(data, data.static_fetched_at.timestamp(), data.dynamic_fetched_at.timestamp())
 
+    def _due(self, entry: _Entry, now: float, share: float) -> tuple[bool, bool]:
+        """Which halves are at least ``share`` of their TTL old."""
+        return (now - entry.static_at >= self.policy.static_ttl_s * share,
+                now - entry.dynamic_at >= self.policy.dynamic_ttl_s * share)
+
+    def _serve(self, slug: str, entry: _Entry, now: float) -> VenueData | None:
+        """The entry's data if it may be served now (refreshing in the background when due), else None."""
+        static_age, dynamic_age = now - entry.static_at, now - entry.dynamic_at
+        policy = self.policy
+        if static_age < policy.static_ttl_s and dynamic_age < policy.dynamic_ttl_s:
+            if (static_age >= policy.static_ttl_s * policy.refresh_ahead
+                    or dynamic_age >= policy.dynamic_ttl_s * policy.refresh_ahead):
+                self._refresh_in_background(slug, now, "refreshes_ahead")
+            self.stats["hits"] += 1
+            return entry.data
+        if max(static_age, dynamic_age) < policy.max_stale_s:
+            # Stale-while-revalidate: answer now, refresh once in the background.
+            self._refresh_in_background(slug, now, "revalidations")
+            self.stats["stale_served"] += 1
+            return entry.data
+        return None
+
+    def _refresh_in_background(self, slug: str, now: float, counter: str) -> None:
+        if slug in self._inflight:
+            return
+        failure = self._failures.get(slug)
+        if failure is not None and now < failure.until:
+            return  # backing off: keep serving what we have
+        future, leader = self._claim(slug)
+        if not leader:
+            return
+        self.stats[counter] += 1
+        self._pool()
+        try:
+            self._refresher.submit(self._fetch_and_store, slug, future)
+        except RuntimeError:  # pool shut down (process exiting): nothing to refresh for
+            self._release(slug, future)
+            future.set_result(None)
+
+    def _claim(self, slug: str) -> tuple[Future, bool]:
+        """The slug's fetch in flight, and whether the caller just became the one to run it."""
+        with self._guard:
+            future = self._inflight.get(slug)
+            if future is not None:
+                return future, False
+            future = Future()
+            self._inflight[slug] = future
+            return future, True
+
+    def _release(self, slug: str, future: Future) -> None:
+        with self._guard:
+            if self._inflight.get(slug) is future:
+                del self._inflight[slug]
+
+    def _fetch_and_store(self, slug: str, future: Future) -> None:
+        """Fetch what is due for ``slug``, persist and keep it; outcome (data or error) goes to ``future``."""
+        try:
+            now = self._clock()
+            entry = self._mem.get(slug)
+            static_due, dynamic_due = (True, True) if entry is None else \
+                self._due(entry, now, self.policy.refresh_ahead)
+            if not (static_due or dynamic_due):
+                future.set_result(entry.data)
+                return
+            try:
+                data = self._refresh(slug, entry.data if entry else None, static_due, dynamic_due)
+            except UpstreamNotFound:
+                self._mem.pop(slug, None)
+                self._remember_missing(slug, now)
+                raise
+            except UpstreamError as exc:
+                self._record_failure(slug, exc, now, has_stale=entry is not None)
+                raise
+            self._failures.pop(slug, None)
+            self._persist(data)
+            self._mem[slug] = self._entry(data)
+            future.set_result(data)
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+            future.set_exception(exc)
+        finally:
+            self._release(slug, future)
+
     def _slow_get(self, slug: str) -> VenueData:
+        """Nothing servable in memory: the database, then (waiting at most ``wait_s``) upstream."""
         missing_until = self._missing.get(slug)
         if missing_until is not None:
             if self._clock() < missing_until:
@@ -232,40 +284,37 @@ class VenueStore:
                 raise venue_not_found(slug, "the venue API does not know it" if self.client else
                                       "no stored data and the venue API is off (offline mode)")
             self._missing.pop(slug, None)
-        with self._lock_for(slug):
-            now = self._clock()
-            entry = self._mem.get(slug)
-            if entry is None:
-                entry = self._load_stored(slug)
-            if entry is not None and self.client is None:
+        now = self._clock()
+        entry = self._mem.get(slug)
+        if entry is None:
+            entry = self._load_stored(slug)
+            if entry is not None and self.client is not None:
+                served = self._serve(slug, entry, now)
+                if served is not None:
+                    return served
+        if self.client is None:
+            if entry is not None:
                 self.stats["hits"] += 1
                 return entry.data
-            if self.client is None:
-                self._remember_missing(slug, now)
-                raise venue_not_found(slug, "no stored data and the venue API is off (offline mode)")
-            static_due = entry is None or now - entry.static_at >= self.policy.static_ttl_s
-            dynamic_due = entry is None or now - entry.dynamic_at >= self.policy.dynamic_ttl_s
-            if not (static_due or dynamic_due):
-                self.stats["hits"] += 1
-                return entry.data
-            failure = self._failures.get(slug)
-            if failure is not None and now < failure.until:
-                self.stats["backoff_skips"] += 1
-                return self._stale_or_raise(slug, entry, now, failure.error, failure.until)
+            self._remember_missing(slug, now)
+            raise venue_not_found(slug, "no stored data and the venue API is off (offline mode)")
+        failure = self._failures.get(slug)
+        if failure is not None and now < failure.until:
+            self.stats["backoff_skips"] += 1
+            return self._stale_or_raise(slug, entry, now, failure.error, failure.until)
+        future, leader = self._claim(slug)
+        if leader:
             self.stats["refreshes" if entry else "misses"] += 1
-            try:
-                data = self._refresh(slug, entry.data if entry else None, static_due, dynamic_due)
-            except UpstreamNotFound as exc:
-                self._mem.pop(slug, None)
-                self._remember_missing(slug, now)
-                raise venue_not_found(slug, "the venue API does not know it") from exc
-            except UpstreamError as exc:
-                until = self._record_failure(slug, exc, now, has_stale=entry is not None)
-                return self._stale_or_raise(slug, entry, now, exc, until)
-            self._failures.pop(slug, None)
-            self._persist(data)
-            self._mem[slug] = self._entry(data)
-            return data
+            self._fetch_and_store(slug, future)
+        try:
+            return future.result(timeout=self.policy.wait_s)
+        except UpstreamNotFound as exc:
+            raise venue_not_found(slug, "the venue API does not know it") from exc
+        except FutureTimeout:
+            raise UpstreamTimeout("venue-api did not answer in time", upstream="venue-api") from None
+        except UpstreamError as exc:
+            failure = self._failures.get(slug)
+            return self._stale_or_raise(slug, entry, now, exc, failure.until if failure else now + 1)
 
     def _record_failure(self, slug: str, exc: UpstreamError, now: float, has_stale: bool) -> float:
         """Count and log a failed refresh; return when upstream may be tried again for this slug."""
@@ -273,16 +322,13 @@ class VenueStore:
         failure = self._failures.get(slug)
         consecutive = failure.consecutive + 1 if failure is not None else 1
         until = now + self.policy.failure_backoff_s * min(2 ** (consecutive - 1), MAX_BACKOFF_FACTOR)
-        self._prune(self._failures, now, lambda f: f.until)
-        self._failures.pop(slug, None)  # re-inserted last: the newest record
-        self._failures[slug] = _Failure(until, exc, consecutive)
+        self._remember(self._failures, slug, _Failure(until, exc, consecutive))
         log.warning("venue refresh failed", extra={"venue_slug": slug, "code": exc.code, "problem": exc.message,
                                                    "has_stale": has_stale})
         return until
 
     def _remember_missing(self, slug: str, now: float) -> None:
-        self._prune(self._missing, now, lambda until: until)  # random slugs cannot grow it forever
-        self._missing[slug] = now + min(self.policy.dynamic_ttl_s, self.policy.failure_backoff_s)
+        self._remember(self._missing, slug, now + min(self.policy.dynamic_ttl_s, self.policy.failure_backoff_s))
 
     def _stale_or_raise(self, slug: str, entry: _Entry | None, now: float, error: UpstreamError,
                         until: float) -> VenueData:
@@ -315,16 +361,26 @@ class VenueStore:
         return data
 
     def _fetch_both(self, slug: str):
-        pool = self._pool()
-        futures: list[Future] = [pool.submit(self.client.fetch_static, slug), pool.submit(self.client.fetch_dynamic, slug)]
-        errors = [f.exception() for f in futures]
-        not_found = next((e for e in errors if isinstance(e, UpstreamNotFound)), None)
-        if not_found is not None:
-            raise not_found
-        first = next((e for e in errors if e is not None), None)
-        if first is not None:
-            raise first
-        return futures[0].result(), futures[1].result()
+        """Both halves in parallel: static in the fetch pool, dynamic in this thread."""
+        static_future = self._pool().submit(self.client.fetch_static, slug)
+        dynamic, dynamic_error = None, None
+        try:
+            dynamic = self.client.fetch_dynamic(slug)
+        except UpstreamError as exc:
+            dynamic_error = exc
+        try:
+            # Bounded: a queue of hung fetches in the pool must not hold this thread past its budget.
+            static = static_future.result(timeout=self.policy.wait_s)
+        except FutureTimeout:
+            static_future.cancel()
+            raise UpstreamTimeout("venue-api did not answer in time", upstream="venue-api") from None
+        except UpstreamError as exc:
+            if not isinstance(dynamic_error, UpstreamNotFound):
+                raise
+            raise dynamic_error from exc
+        if dynamic_error is not None:
+            raise dynamic_error
+        return static, dynamic
 
     def _fetch_uncached(self, slug: str) -> VenueData:
         self.stats["misses"] += 1
@@ -336,9 +392,8 @@ class VenueStore:
         if data is None:
             return None
         self.stats["db_loads"] += 1
-        entry = self._entry(data)
-        self._mem[slug] = entry
-        return entry
+        # setdefault: a refresh that finished meanwhile holds newer data than the database read
+        return self._mem.setdefault(slug, self._entry(data))
 
     def _persist(self, data: VenueData) -> None:
         try:

@@ -126,8 +126,9 @@ def test_partner_down_after_retries_is_503(client, app, mock):
     [
         (lambda m: m.post(REFERENCE_BASE + "/ml/resp/predict", body=requests.exceptions.ReadTimeout()), 504,
          "upstream_timeout"),
-        (lambda m: m.post(REFERENCE_BASE + "/offer/assign", body="{oops", content_type="application/json"), 502,
-         "upstream_invalid"),
+        # Every attempt (1 + 2 retries: the partner is idempotent) answers a body that is not JSON.
+        (lambda m: [m.post(REFERENCE_BASE + "/offer/assign", body="{oops", content_type="application/json")
+                    for _ in range(3)], 502, "upstream_invalid"),
     ],
 )
 def test_partner_failures_map_to_5xx(client, app, mock, register, status, code):
@@ -136,6 +137,15 @@ def test_partner_failures_map_to_5xx(client, app, mock, register, status, code):
     response = client.post(URL, json={"member_id": "F44DBBBC", "transactions": sample_transactions("F44DBBBC"),
                                       "as_of": "2024-01-05"})
     assert response.status_code == status and response.get_json()["code"] == code
+
+
+def test_one_malformed_partner_answer_is_retried_and_the_offer_still_answers(client, app, mock):
+    mock.post(REFERENCE_BASE + "/offer/assign", body="{oops", content_type="application/json")
+    route_to_app(mock, app)  # the retry reaches the real reference partner
+    response = client.post(URL, json={"member_id": "F44DBBBC", "transactions": sample_transactions("F44DBBBC"),
+                                      "as_of": "2024-01-05"})
+    assert response.status_code == 200, response.get_json()
+    assert [c.request.url for c in mock.calls].count(REFERENCE_BASE + "/offer/assign") == 2
 
 
 def _add_runs(app, n):

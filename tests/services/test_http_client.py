@@ -230,3 +230,119 @@ def test_refused_connection_is_retried_only_connect_retries_times():
     with pytest.raises(UpstreamUnavailable):
         HttpClient("up", f"http://127.0.0.1:{port}", policy).get_json("/x")
     assert time.monotonic() - started < 0.5  # one backoff (0 s, then 0.2 s would be the third try)
+
+
+@pytest.fixture
+def raw_server():
+    """A loopback server playing one scripted behaviour per connection (the last repeats).
+
+    Behaviours: ``ok`` (JSON, Connection: close), ``hang`` (reads the request, never answers),
+    ``malformed`` (200 with a body that is not JSON), ``trickle`` (headers, then one body byte every 0.2 s).
+    """
+    script: list[str] = []
+    seen: list[str] = []
+    stop = threading.Event()
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    server.settimeout(0.1)
+
+    def answer(conn: socket.socket, behaviour: str) -> None:
+        with conn:
+            conn.settimeout(5)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(4096)
+            body = b'{"ok": 1}'
+            if behaviour == "hang":
+                stop.wait(10)
+            elif behaviour == "malformed":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 7\r\n"
+                             b"Connection: close\r\n\r\n" + b'{"ok": ')
+            elif behaviour == "trickle":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n")
+                while not stop.wait(0.2):
+                    conn.sendall(b" ")
+            else:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                             b"Connection: close\r\n\r\n%s" % (len(body), body))
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            behaviour = script[min(len(seen), len(script) - 1)]
+            seen.append(behaviour)
+            threading.Thread(target=answer, args=(conn, behaviour), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}", script, seen
+    stop.set()
+    thread.join()
+    server.close()
+
+
+def test_a_hung_attempt_is_retried_within_the_deadline(raw_server):
+    url, script, seen = raw_server
+    script += ["hang", "ok"]
+    policy = HttpPolicy(connect_timeout_s=0.2, read_timeout_s=0.5, retries=3, backoff_factor_s=0.0,
+                        backoff_jitter_s=0.0, deadline_s=0.8)
+    # The second attempt has only 0.3 s left, less than a whole attempt (0.7 s): it still runs, with
+    # its timeouts cut to the time left, instead of the call failing after the first hang.
+    assert HttpClient("up", url, policy).get_json("/x") == {"ok": 1}
+    assert seen == ["hang", "ok"]
+
+
+def test_every_attempt_is_cut_to_the_deadline_when_all_hang(raw_server):
+    url, script, seen = raw_server
+    script.append("hang")
+    policy = HttpPolicy(connect_timeout_s=0.2, read_timeout_s=0.5, retries=5, backoff_factor_s=0.0,
+                        backoff_jitter_s=0.0, deadline_s=0.8)
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout):
+        HttpClient("up", url, policy).get_json("/x")
+    assert time.monotonic() - started < 0.8 + 0.15
+    assert len(seen) == 2  # 0.5 s, then the 0.3 s left; no attempt with less than min_attempt_s (0.1 s)
+
+
+def test_a_malformed_body_is_retried_like_a_failed_status(raw_server):
+    url, script, seen = raw_server
+    script += ["malformed", "ok"]
+    policy = HttpPolicy(retries=2, backoff_factor_s=0.0, backoff_jitter_s=0.0, deadline_s=2.0)
+    assert HttpClient("up", url, policy).get_json("/x") == {"ok": 1}
+    assert seen == ["malformed", "ok"]
+
+
+def test_unusable_data_is_retried_then_reported_with_the_parsers_reason(raw_server):
+    url, script, seen = raw_server
+    script.append("ok")
+
+    def parse(doc):
+        raise ValueError("data without the field we need")
+
+    policy = HttpPolicy(retries=2, backoff_factor_s=0.0, backoff_jitter_s=0.0, deadline_s=2.0)
+    with pytest.raises(UpstreamInvalid, match="up sent data without the field we need"):
+        HttpClient("up", url, policy).get_json("/x", parse=parse)
+    assert len(seen) == 3  # the first attempt and two retries
+
+
+def test_malformed_bodies_are_not_retried_for_a_post_not_declared_idempotent(raw_server):
+    url, script, seen = raw_server
+    script += ["malformed", "ok"]
+    policy = HttpPolicy(retries=2, backoff_factor_s=0.0, backoff_jitter_s=0.0, deadline_s=2.0)
+    with pytest.raises(UpstreamInvalid, match="not JSON"):
+        HttpClient("up", url, policy).post_json("/x", {"a": 1})
+    assert seen == ["malformed"]
+
+
+def test_a_trickling_body_is_bounded_by_the_deadline_not_each_read(raw_server):
+    url, script, _ = raw_server
+    script.append("trickle")  # one byte every 0.2 s: each read is well within the 0.5 s read timeout
+    policy = HttpPolicy(connect_timeout_s=0.2, read_timeout_s=0.5, retries=0, deadline_s=0.7)
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout, match="did not finish its answer in time"):
+        HttpClient("up", url, policy).get_json("/x")
+    assert time.monotonic() - started < 0.7 + 0.15  # without the bound: 200 bytes x 0.2 s = 40 s

@@ -84,3 +84,19 @@ def test_missing_or_bad_money_is_refused(mutate):
 def test_bad_coordinates_are_refused(coords):
     with pytest.raises(VenueDataError):
         parse_static({"venue_raw": {"location": {"coordinates": coords}}})
+
+
+@pytest.mark.parametrize(
+    "mutate, problem",
+    [
+        (lambda p: p.__setitem__("base_price", 10**30), "base_price must be at most"),
+        (lambda p: p["distance_ranges"][0].__setitem__("a", 10**12), "a must be at most"),
+        (lambda p: p["distance_ranges"][0].__setitem__("b", 1e300), "b must be at most"),
+        (lambda p: p["distance_ranges"][0].__setitem__("max", 10**15), "max must be at most"),
+    ],
+)
+def test_numbers_too_large_for_any_real_venue_are_refused(mutate, problem):
+    doc = copy.deepcopy(HELSINKI_DYNAMIC)
+    mutate(doc["venue_raw"]["delivery_specs"]["delivery_pricing"])
+    with pytest.raises(VenueDataError, match=problem):
+        parse_dynamic(doc)

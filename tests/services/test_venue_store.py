@@ -57,7 +57,7 @@ def test_fetched_data_is_persisted_for_other_workers(app, clock, mock):
     assert len(mock.calls) == 2 and other_worker.stats["db_loads"] == 1
 
 
-def test_dynamic_half_refreshes_after_its_ttl(app, clock, mock):
+def test_past_its_ttl_the_dynamic_half_is_served_at_once_and_refreshed_in_the_background(app, clock, mock):
     register_venue(mock, BASE, "helsinki")
     store = make_store(app, clock)
     store.get(SLUG)
@@ -65,7 +65,10 @@ def test_dynamic_half_refreshes_after_its_ttl(app, clock, mock):
     changed["venue_raw"]["delivery_specs"]["delivery_pricing"]["base_price"] = 250
     mock.replace(responses.GET, f"{BASE}/venues/{SLUG}/dynamic", json=changed)
     clock.now += 60
+    assert store.get(SLUG).dynamic.base_price == 190  # stale-while-revalidate
+    store.wait_for_refreshes()
     assert store.get(SLUG).dynamic.base_price == 250
+    assert store.stats["stale_served"] == 1 and store.stats["revalidations"] == 1
     assert [c.request.url.rsplit("/", 1)[1] for c in mock.calls][2:] == ["dynamic"]
 
 
@@ -75,6 +78,7 @@ def test_static_half_refreshes_after_its_ttl(app, clock, mock):
     store.get(SLUG)
     clock.now += 100
     store.get(SLUG)
+    store.wait_for_refreshes()
     assert [c.request.url.rsplit("/", 1)[1] for c in mock.calls][2:] == ["static"]
 
 
@@ -85,7 +89,9 @@ def test_stale_data_is_served_when_refresh_fails_and_failure_is_counted(app, clo
     mock.replace(responses.GET, f"{BASE}/venues/{SLUG}/dynamic", status=503)
     clock.now += 61
     assert store.get(SLUG) == good
-    assert store.stats["upstream_failures"] == 1 and store.stats["stale_served"] == 1
+    store.wait_for_refreshes()
+    assert store.get(SLUG) == good
+    assert store.stats["upstream_failures"] == 1 and store.stats["stale_served"] == 2
 
 
 def test_backoff_after_failure_means_no_upstream_call(app, clock, mock):
@@ -95,12 +101,15 @@ def test_backoff_after_failure_means_no_upstream_call(app, clock, mock):
     mock.replace(responses.GET, f"{BASE}/venues/{SLUG}/dynamic", status=503)
     clock.now += 61
     store.get(SLUG)
+    store.wait_for_refreshes()
     calls = len(mock.calls)
     clock.now += 4  # within the 5 s backoff
     store.get(SLUG)
-    assert len(mock.calls) == calls and store.stats["backoff_skips"] == 1
+    store.wait_for_refreshes()
+    assert len(mock.calls) == calls and store.stats["revalidations"] == 1
     clock.now += 2  # backoff over: try again
     store.get(SLUG)
+    store.wait_for_refreshes()
     assert len(mock.calls) > calls
 
 
@@ -111,14 +120,18 @@ def test_consecutive_failures_double_the_backoff(app, clock, mock):
     mock.replace(responses.GET, f"{BASE}/venues/{SLUG}/dynamic", status=503)
     clock.now += 61
     store.get(SLUG)  # failure 1: 5 s
+    store.wait_for_refreshes()
     clock.now += 5
     store.get(SLUG)  # failure 2: 10 s
+    store.wait_for_refreshes()
     calls = len(mock.calls)
     clock.now += 9
     store.get(SLUG)
+    store.wait_for_refreshes()
     assert len(mock.calls) == calls
     clock.now += 1
     store.get(SLUG)
+    store.wait_for_refreshes()
     assert len(mock.calls) > calls
 
 
@@ -278,3 +291,160 @@ def test_refresh_ahead_storm_with_a_slow_upstream_does_not_deadlock(app, clock):
         assert store.stats["refreshes_ahead"] == 10
         store.close()
 
+
+
+class GatedClient:
+    """A venue API client whose fetches wait for ``gate`` (a hanging upstream, released by the test)."""
+
+    def __init__(self, data):
+        import threading
+
+        self.data = data
+        self.gate = threading.Event()
+        self.started = threading.Semaphore(0)
+        self.calls = 0
+
+    def _wait(self):
+        self.calls += 1
+        self.started.release()
+        assert self.gate.wait(10), "the test never released the upstream"
+
+    def fetch_static(self, slug):
+        self._wait()
+        return self.data.static
+
+    def fetch_dynamic(self, slug):
+        self._wait()
+        return self.data.dynamic
+
+    def close(self):
+        pass
+
+
+def gated_store(app, clock, policy=POLICY):
+    from datetime import UTC, datetime
+
+    from services.pricing.venue_data import DynamicVenue, StaticVenue, VenueData
+
+    now = datetime.fromtimestamp(clock.now, UTC)
+    data = VenueData(SLUG, StaticVenue(60.17, 24.93), now, DynamicVenue(1000, 190, ()), now)
+    client = GatedClient(data)
+    return VenueStore(client, app.extensions["courier"].session_factory, policy, clock=clock), client, data
+
+
+def test_stale_data_is_served_at_once_while_the_upstream_hangs(app, clock):
+    store, client, data = gated_store(app, clock)
+    store._mem[SLUG] = store._entry(data)  # warm
+    clock.now += 120  # past the dynamic TTL
+    assert store.get(SLUG) is data  # answered although the refresh it started is still hanging
+    assert client.started.acquire(timeout=5)  # the background refresh did reach upstream
+    assert store.get(SLUG) is data and client.calls == 1  # one refresh at a time, not one per request
+    client.gate.set()
+    store.wait_for_refreshes()
+    assert store.stats["stale_served"] == 2 and store.stats["revalidations"] == 1
+    store.close()
+
+
+def test_concurrent_cold_requests_share_one_upstream_fetch(app, clock):
+    import threading
+
+    store, client, data = gated_store(app, clock)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(store.get(SLUG))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    assert client.started.acquire(timeout=5) and client.started.acquire(timeout=5)  # both halves asked once
+    client.gate.set()
+    for t in threads:
+        t.join(5)
+    assert len(results) == 4 and all(r.dynamic.base_price == 190 for r in results)
+    assert client.calls == 2 and store.stats["misses"] == 1
+    store.close()
+
+
+def test_a_request_waits_for_another_requests_fetch_no_longer_than_its_budget(app, clock):
+    import threading
+
+    policy = VenueCachePolicy(wait_s=0.2)
+    store, client, _ = gated_store(app, clock, policy)
+    leader = threading.Thread(target=lambda: store.get(SLUG), daemon=True)
+    leader.start()
+    assert client.started.acquire(timeout=5)
+    with pytest.raises(UpstreamTimeout):
+        store.get(SLUG)  # the leader's fetch hangs; this request gives up after wait_s
+    client.gate.set()
+    leader.join(5)
+    store.close()
+
+
+class NoRows:
+    """A session factory whose database holds no venue (what an unknown slug meets)."""
+
+    def __call__(self):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def get(self, model, key):
+        return None
+
+
+class UnknownToUpstream:
+    def fetch_static(self, slug):
+        from services.errors import UpstreamNotFound
+        raise UpstreamNotFound("venue-api has no such resource", upstream="venue-api")
+
+    fetch_dynamic = fetch_static
+
+    def close(self):
+        pass
+
+
+def test_a_flood_of_distinct_unknown_slugs_keeps_memory_flat(clock):
+    """100k distinct slugs in offline mode (the cheapest flood to send: no upstream call each)."""
+    import tracemalloc
+
+    from services.pricing.venue_store import MAX_SLUG_RECORDS
+
+    store = VenueStore(None, NoRows(), POLICY, clock=clock)
+    refused = []
+
+    def flood(start, count):
+        for i in range(start, start + count):
+            try:
+                store.get(f"random-slug-{i:08d}")
+            except NotFound:
+                refused.append(1)
+
+    tracemalloc.start()
+    flood(0, 20_000)  # past MAX_SLUG_RECORDS: the records are at their bound from here on
+    at_20k = tracemalloc.get_traced_memory()[0]
+    flood(20_000, 80_000)
+    at_100k = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(refused) == 100_000
+    assert len(store._missing) <= MAX_SLUG_RECORDS and not store._failures and not store._inflight
+    assert not store._mem
+    # 80k more slugs unbounded would be ~8 MB more of records (~100 bytes each); bounded, it stays put
+    # (the list of refusals above is the test's own, ~0.7 MB).
+    assert at_100k - at_20k < 1_500_000, f"memory grew by {at_100k - at_20k} bytes over 80k more slugs"
+    store.close()
+
+
+def test_slugs_the_upstream_does_not_know_are_remembered_within_the_same_bound(clock):
+    from services.pricing.venue_store import MAX_SLUG_RECORDS
+
+    store = VenueStore(UnknownToUpstream(), NoRows(), POLICY, clock=clock)
+    for i in range(MAX_SLUG_RECORDS * 3 // 2):
+        with pytest.raises(NotFound):
+            store.get(f"random-slug-{i:08d}")
+    assert MAX_SLUG_RECORDS * 9 // 10 <= len(store._missing) <= MAX_SLUG_RECORDS
+    assert not store._inflight and not store._failures and not store._mem
+    with pytest.raises(NotFound):  # the newest are still remembered: no upstream call for them
+        store.get(f"random-slug-{MAX_SLUG_RECORDS * 3 // 2 - 1:08d}")
+    assert store.stats["missing_hits"] == 1
+    store.close()
