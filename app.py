@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
-from config import DEFAULTS
+from config import DEFAULTS, ConfigError
 
 
 class _JsonProvider(DefaultJSONProvider):
@@ -42,12 +42,19 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         from services.offers.partners import service_url_from_bind
 
         app.config["SERVICE_URL"] = service_url_from_bind(os.environ.get("COURIER_BIND"))
+    from services.auth.api_keys import Scope
+
+    try:
+        app.config["OPEN_SCOPES"] = Scope.parse_list(str(app.config["OPEN_SCOPES"] or ""))
+    except ValueError as exc:
+        raise ConfigError(f"COURIER_OPEN_SCOPES={app.config['OPEN_SCOPES']!r}: {exc}") from None
     app.json = _JsonProvider(app)
     # Keep the documented key order of responses; compact bodies are cheaper to send.
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.compact = True  # type: ignore[attr-defined]
 
     from blueprints import register_blueprints
+    from blueprints.auth import protect
     from blueprints.errors import register_error_handlers
     from blueprints.hooks import register_request_hooks
     from blueprints.openapi import register_openapi
@@ -70,6 +77,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     register_request_hooks(app)
     register_error_handlers(app)
     register_blueprints(app)
+    protect(app, app.config["OPEN_SCOPES"])
     register_openapi(app)
     register_cli(app)
     return app

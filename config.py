@@ -17,6 +17,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent
 DATA_DIR = PROJECT_ROOT / "data"
 
 
+class ConfigError(Exception):
+    """A setting's value cannot be used; the message names the variable, the value and what is accepted."""
+
+
 @dataclass(frozen=True)
 class Setting:
     key: str
@@ -35,6 +39,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("LOG_LEVEL", "INFO", "Root log level."),
     Setting("ACCESS_LOG", True, "Emit one JSON log line per request (method, path, status, duration, request id)."),
     Setting("HTTP_POOL_MAXSIZE", 16, "Pooled connections kept per upstream host by each process."),
+    Setting("OPEN_SCOPES", "pricing:read estimate:read ops:read docs:read",
+            "Scopes open to every caller without an API key (space- or comma-separated). The others need a key "
+            "with the scope (`flask api-keys create`): `runs:read` (offer runs), `offers:score` (real-time "
+            "offers). Empty: every endpoint needs a key."),
     # --- pricing (DOPC) -----------------------------------------------------------------
     Setting("VENUE_API_URL", "https://consumer-api.development.dev.woltapi.com/home-assignment-api/v1",
             "Base URL of the upstream venue API. Empty string: offline, only stored venue data is used."),

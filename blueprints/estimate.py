@@ -9,8 +9,10 @@ from flask import Blueprint, current_app, jsonify
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 from werkzeug.exceptions import HTTPException
 
+from blueprints.auth import requires
 from blueprints.common import json_body, load_or_400
 from blueprints.errors import courier_error_response, http_error_response, internal_error_response
+from services.auth.api_keys import Scope
 from services.errors import CourierError
 from services.estimate.estimator import EstimateQuery, estimate_delivery
 from services.estimate.prep_times import MAX_VENUE_ID_LENGTH
@@ -75,6 +77,7 @@ _NULL_RESULT = {"result": None}
 
 @bp.post("/api/v1/delivery-estimate")
 @bp.post("/")
+@requires(Scope.ESTIMATE_READ)
 def delivery_estimate():
     data = load_or_400(_request_schema, json_body(), "Invalid estimate request.")
     runtime = current_app.extensions["courier"]

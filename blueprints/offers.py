@@ -9,8 +9,10 @@ from datetime import UTC, datetime
 from flask import Blueprint, Response, current_app, jsonify, stream_with_context
 from marshmallow import Schema, ValidationError, fields, validate
 
+from blueprints.auth import requires
 from blueprints.common import json_body, load_or_400, load_query
 from blueprints.hooks import db_session
+from services.auth.api_keys import Scope
 from services.errors import InvalidRequest, Unprocessable
 from services.offers import runs as run_service
 from services.offers.features import STANDARD_FEATURES, TRANSACTION_TYPES
@@ -149,6 +151,7 @@ _results_schema = ResultsQuerySchema()
 
 
 @bp.post("/api/v1/offers")
+@requires(Scope.OFFERS_SCORE)
 def realtime_offer():
     body = json_body()
     cap = int(current_app.config["OFFERS_MAX_TRANSACTIONS"])
@@ -170,6 +173,7 @@ def realtime_offer():
 
 
 @bp.get("/api/v1/offer-runs")
+@requires(Scope.RUNS_READ)
 def list_runs():
     args = load_query(_list_schema)
     items, cursor = run_service.list_runs(db_session(), args["limit"], args["cursor"])
@@ -177,11 +181,13 @@ def list_runs():
 
 
 @bp.get("/api/v1/offer-runs/<int:run_id>")
+@requires(Scope.RUNS_READ)
 def run_detail(run_id: int):
     return jsonify(run_service.run_record(run_service.get_run(db_session(), run_id)))
 
 
 @bp.get("/api/v1/offer-runs/<int:run_id>/results")
+@requires(Scope.RUNS_READ)
 def run_results(run_id: int):
     args = load_query(_results_schema)
     items, cursor = run_service.list_results(db_session(), run_id, status=args["status"], offer=args["offer"],
@@ -190,11 +196,13 @@ def run_results(run_id: int):
 
 
 @bp.get("/api/v1/offer-runs/<int:run_id>/results/<path:member_id>")
+@requires(Scope.RUNS_READ)
 def run_result(run_id: int, member_id: str):
     return jsonify(run_service.get_result(db_session(), run_id, member_id))
 
 
 @bp.get("/api/v1/offer-runs/<int:run_id>/export.csv")
+@requires(Scope.RUNS_READ)
 def run_export(run_id: int):
     # A session of its own: it must outlive the view, until the last chunk is sent.
     session = current_app.extensions["courier"].session()

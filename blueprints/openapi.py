@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
@@ -26,10 +27,12 @@ class ErrorSchema(Schema):
     details = fields.Dict(required=True, metadata={"description": "Per-field problems or context."})
 
 
-def error_responses(*statuses: int, schema: str = "Error") -> dict:
+def error_responses(*statuses: int, schema: str | dict = "Error") -> dict:
     """Response objects for ``statuses``, all using the shared error envelope (or ``schema``)."""
     reasons = {
         400: "Invalid request (details name each bad field)",
+        401: "No API key, or an invalid or revoked one (see WWW-Authenticate)",
+        403: "The API key lacks the scope this operation needs",
         404: "Not found",
         413: "Body too large",
         415: "Unsupported media type",
@@ -58,6 +61,41 @@ def build_spec(app: Flask) -> APISpec:
     return spec
 
 
+def _openapi_path(rule: str) -> str:
+    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
+
+
+def add_security(document: dict, app: Flask) -> None:
+    """Declare the API-key schemes, and on each operation whether it needs a key (and which scope)."""
+    from blueprints.auth import scope_of
+
+    document.setdefault("components", {})["securitySchemes"] = {
+        "bearerKey": {"type": "http", "scheme": "bearer",
+                      "description": "An API key from `flask api-keys create`: `Authorization: Bearer <key>`."},
+        "headerKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                      "description": "The same key in the X-API-Key header."},
+    }
+    open_scopes = app.config["OPEN_SCOPES"]
+    for rule in app.url_map.iter_rules():
+        scope = scope_of(app.view_functions[rule.endpoint])
+        operations = document.get("paths", {}).get(_openapi_path(rule.rule), {})
+        for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}:
+            operation = operations.get(method.lower())
+            if operation is None or scope is None:
+                continue
+            if scope in open_scopes:
+                operation["security"] = []
+                continue
+            # Scopes in a security requirement are only for OAuth2 in OpenAPI 3.0: name it here instead.
+            operation["security"] = [{"bearerKey": []}, {"headerKey": []}]
+            operation["x-required-scope"] = scope.value
+            operation["description"] = (operation.get("description", "") +
+                                        f"\n\nNeeds an API key with scope `{scope.value}`.").strip()
+            operation["responses"].update(error_responses(401, 403, schema={"$ref": "#/components/schemas/Error"}))
+
+
 def register_openapi(app: Flask) -> None:
-    app.extensions["courier_openapi"] = json.dumps(build_spec(app).to_dict()).encode()
+    document = build_spec(app).to_dict()
+    add_security(document, app)
+    app.extensions["courier_openapi"] = json.dumps(document).encode()
 

@@ -8,7 +8,9 @@ import re
 from flask import Blueprint, current_app, jsonify
 from marshmallow import Schema, ValidationError, fields
 
+from blueprints.auth import requires
 from blueprints.common import load_query
+from services.auth.api_keys import Scope
 from services.pricing.price import PriceQuery, price_order
 
 bp = Blueprint("pricing", __name__)
@@ -76,6 +78,7 @@ _schema = PriceQuerySchema()
 
 
 @bp.get("/api/v1/delivery-order-price")
+@requires(Scope.PRICING_READ)
 def delivery_order_price():
     args = load_query(_schema)
     quote = price_order(current_app.extensions["courier"].services["venues"], PriceQuery(**args))

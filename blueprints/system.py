@@ -6,8 +6,10 @@ from apispec import APISpec
 from flask import Blueprint, Flask, Response, current_app, jsonify, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
+from blueprints.auth import requires
 from blueprints.errors import envelope
 from blueprints.openapi import error_responses
+from services.auth.api_keys import Scope
 
 bp = Blueprint("system", __name__)
 
@@ -16,18 +18,20 @@ _DOCS_PAGE = """<!doctype html>
 <link rel="stylesheet" href="/docs/static/swagger-ui.css"></head>
 <body><div id="swagger-ui"></div>
 <script src="/docs/static/swagger-ui-bundle.js"></script>
-<script>window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui"});</script>
+<script>window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", persistAuthorization: true});</script>
 </body></html>
 """
 
 
 @bp.get("/healthz")
+@requires(Scope.OPS_READ)
 def healthz():
     """The process is alive and serving; checks nothing else, so it stays cheap."""
     return jsonify(status="ok")
 
 
 @bp.get("/readyz")
+@requires(Scope.OPS_READ)
 def readyz():
     """Ready to take traffic: every registered readiness check (database, migrations, model...) passes."""
     checks = current_app.extensions["courier"].readiness_checks
@@ -54,16 +58,19 @@ def readyz():
 
 
 @bp.get("/openapi.json")
+@requires(Scope.DOCS_READ)
 def openapi_json():
     return Response(current_app.extensions["courier_openapi"], mimetype="application/json")
 
 
 @bp.get("/docs")
+@requires(Scope.DOCS_READ)
 def docs():
     return Response(_DOCS_PAGE, mimetype="text/html")
 
 
 @bp.get("/docs/static/<path:filename>")
+@requires(Scope.DOCS_READ)
 def docs_static(filename: str):
     return send_from_directory(swagger_ui_path, filename, max_age=86400)
 

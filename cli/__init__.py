@@ -6,12 +6,14 @@ from flask import Flask
 
 
 def register_cli(app: Flask) -> None:
+    from cli.api_keys import api_keys_group
     from cli.db import db_group
     from cli.model import evaluate_model, train_model
     from cli.offers import partners_group, run_offers_command
     from cli.seed import seed_venues
 
     app.cli.add_command(db_group)
+    app.cli.add_command(api_keys_group)
     app.cli.add_command(seed_venues)
     app.cli.add_command(train_model)
     app.cli.add_command(evaluate_model)

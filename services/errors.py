@@ -90,3 +90,26 @@ class UpstreamNotFound(UpstreamError):
 
     status = 404
     code = "upstream_not_found"
+
+
+class Unauthenticated(CourierError):
+    """No API key, or one that is malformed, unknown or revoked (401 with ``WWW-Authenticate``)."""
+
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str, *, scope: str) -> None:
+        super().__init__(message, details={"required_scope": scope},
+                         headers={"WWW-Authenticate": f'Bearer realm="courier", scope="{scope}"'})
+
+
+class Forbidden(CourierError):
+    """A valid API key without the scope the endpoint needs."""
+
+    status = 403
+    code = "insufficient_scope"
+
+    def __init__(self, message: str, *, scope: str) -> None:
+        super().__init__(message, details={"required_scope": scope},
+                         headers={"WWW-Authenticate": f'Bearer realm="courier", error="insufficient_scope", '
+                                                      f'scope="{scope}"'})

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from services.db import Base
 
-__all__ = ["Base", "DataVersion", "OfferResult", "OfferRun", "Venue", "VenuePrepTime", "utcnow"]
+__all__ = ["ApiKey", "Base", "DataVersion", "OfferResult", "OfferRun", "Venue", "VenuePrepTime", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -122,3 +122,17 @@ class OfferResult(Base):
     ats_ms: Mapped[float | None] = mapped_column(Float)
     resp_ms: Mapped[float | None] = mapped_column(Float)
     offer_ms: Mapped[float | None] = mapped_column(Float)
+
+
+class ApiKey(Base):
+    """A key a client presents for member-level data; only a salted hash of its secret is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)  # public part of the key, shown by `list`
+    name: Mapped[str] = mapped_column(String(100), nullable=False)
+    scopes: Mapped[str] = mapped_column(String(200), nullable=False)  # space-separated
+    salt: Mapped[str] = mapped_column(String(32), nullable=False)  # hex
+    secret_sha256: Mapped[str] = mapped_column(String(64), nullable=False)  # hex of sha256(salt + secret)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -51,7 +51,25 @@ def app(app_config):
 
 
 @pytest.fixture
-def client(app):
+def api_key(app) -> str:
+    """A live key with every scope, created the way `flask api-keys create` does."""
+    from services.auth.api_keys import Scope, create_key
+
+    with app.extensions["courier"].session() as session, session.begin():
+        return create_key(session, "tests", set(Scope)).key
+
+
+@pytest.fixture
+def client(app, api_key):
+    """A client presenting a key with every scope (auth itself is tested with ``anonymous``)."""
+    test_client = app.test_client()
+    test_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {api_key}"
+    return test_client
+
+
+@pytest.fixture
+def anonymous(app):
+    """A client presenting no API key."""
     return app.test_client()
 
 

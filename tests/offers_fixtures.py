@@ -66,7 +66,14 @@ class LivePartner:
             rule = self.fail.get(path)
             return rule(body) if rule else None
 
-        app = make_app(self.PREFIX, intercept=intercept, on_connection=lambda client: self.peers.add(tuple(client)))
+        inner = make_app(self.PREFIX, intercept=intercept, on_connection=lambda client: self.peers.add(tuple(client)))
+        self.headers: list[dict[bytes, bytes]] = []  # request headers, one dict per request
+
+        async def app(scope, receive, send):
+            if scope["type"] == "http":
+                self.headers.append(dict(scope["headers"]))
+            await inner(scope, receive, send)
+
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", access_log=False,
                                 lifespan="off", loop="asyncio", http="httptools")
         self.server = uvicorn.Server(config)

@@ -9,6 +9,7 @@ import responses
 
 from config import DATA_DIR
 from services.offers.recording import EXPORT_COLUMNS
+from tests.auth_fixtures import keyed_client
 from tests.offers_fixtures import LivePartner, route_to_app
 
 SAMPLE = str(DATA_DIR / "member_data.csv")
@@ -137,7 +138,7 @@ def test_summary_json_and_run_record_agree_on_status(app_config, tmp_path):
     finally:
         partner.close()
     summary = json.loads((tmp_path / "out.csv.summary.json").read_text())
-    record = app.test_client().get("/api/v1/offer-runs/1").get_json()
+    record = keyed_client(app).get("/api/v1/offer-runs/1").get_json()
     assert result.exit_code == 1
     assert summary["status"] == record["status"] == "completed_with_failures"
     assert summary["members_failed"] == record["members_failed"] == 890
@@ -208,7 +209,7 @@ def test_a_password_in_the_partner_url_is_not_printed_or_recorded(app_config, tm
         '"{service}/partners/reference"', '"http://bob:s3cret@127.0.0.1:1/partners/reference"'))
     app = create_app({**app_config, "PARTNERS_FILE": str(registry)})
     result = app.test_cli_runner().invoke(args=[*ARGS, "--output", str(tmp_path / "out.csv")])
-    record = app.test_client().get("/api/v1/offer-runs/1").get_data(as_text=True)
+    record = keyed_client(app).get("/api/v1/offer-runs/1").get_data(as_text=True)
     assert result.exit_code == 1 and "did not answer its ping" in result.output
     assert "s3cret" not in result.output and "s3cret" not in record
     assert "s3cret" not in (tmp_path / "out.csv.summary.json").read_text()

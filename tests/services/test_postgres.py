@@ -14,6 +14,7 @@ from app import create_app
 from config import DATA_DIR
 from services import migrations
 from services.offers.pipeline import RunOptions, run_offers
+from tests.auth_fixtures import keyed_client
 
 PG_URL = os.environ.get("COURIER_TEST_POSTGRES_URL")
 pytestmark = pytest.mark.skipif(not PG_URL, reason="COURIER_TEST_POSTGRES_URL not set")
@@ -58,7 +59,7 @@ def test_offer_run_and_pagination_on_postgres(pg_app, live_partner):
                         RunOptions(str(DATA_DIR / "member_data.csv"), "reference", date(2024, 1, 5), 8))
     assert report.run.status == "succeeded"
     assert (report.run.members_scored, report.run.members_skipped) == (890, 100)
-    http = pg_app.test_client()
+    http = keyed_client(pg_app)
     seen, cursor = [], None
     while True:
         page = http.get(f"/api/v1/offer-runs/{report.run.id}/results?limit=200"
