@@ -108,7 +108,9 @@ class RunSchema(Schema):
     input_path = fields.String()
     input_sha256 = fields.String()
     as_of = fields.String()
-    status = fields.String(metadata={"enum": ["running", "succeeded", "failed", "interrupted"]})
+    status = fields.String(metadata={
+        "enum": ["running", "succeeded", "completed_with_failures", "failed", "interrupted", "abandoned"],
+        "description": "abandoned: was running, but its process stopped beating (killed); resume it."})
     started_at = fields.String()
     finished_at = fields.String(allow_none=True)
     concurrency = fields.Integer()
@@ -122,6 +124,8 @@ class RunSchema(Schema):
     rejected = fields.Dict()
     step_metrics = fields.Dict()
     error = fields.String(allow_none=True)
+    heartbeat_at = fields.String(allow_none=True, metadata={
+        "description": "Last sign of life of the process running it (every 5 s while running)."})
 
 
 class ResultSchema(Schema):

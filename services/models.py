@@ -90,6 +90,10 @@ class OfferRun(Base):
     rejected: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)  # counts by reason + sample rows
     step_metrics: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
     error: Mapped[str | None] = mapped_column(Text)
+    # The process running it ("host:pid:nonce") and its last sign of life: a run "running" whose
+    # heartbeat is older than the lease is dead (killed), and may be resumed by one process.
+    lease_owner: Mapped[str | None] = mapped_column(String(100))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class OfferResult(Base):

@@ -34,6 +34,7 @@ from services.errors import CourierError, UpstreamTimeout, UpstreamUnavailable
 from services.http_async import RetryEvent
 from services.models import OfferRun
 from services.offers.features import FeatureScan, InputError, read_header, scan_features
+from services.offers.lease import Heartbeat, claim, new_owner
 from services.offers.partners import PartnerConfig
 from services.offers.recording import (
     MemberOutcome,
@@ -184,13 +185,18 @@ def _rows(scan: FeatureScan, done: set[str], emit: Callable[[MemberOutcome], Non
                 yield row
 
 
-def _open_run(sessions: sessionmaker, options: RunOptions, sha: str) -> tuple[int, set[str]]:
-    """Create the run, or reopen the one to resume: its failed members are forgotten and retried."""
-    with sessions() as session, session.begin():
-        if options.resume_run_id is None:
+def _open_run(sessions: sessionmaker, options: RunOptions, sha: str, owner: str) -> tuple[int, set[str]]:
+    """Create the run, or take over the one to resume: its failed members are forgotten and retried.
+
+    Resuming takes the run's lease first (one conditional UPDATE), so of two ``--resume`` of one
+    run only one goes on, and a run whose process is alive cannot be resumed under it.
+    """
+    if options.resume_run_id is None:
+        with sessions() as session, session.begin():
             run = create_run(session, partner=options.partner, input_path=str(options.input_path),
-                             input_sha256=sha, as_of=options.as_of, concurrency=options.concurrency)
+                             input_sha256=sha, as_of=options.as_of, concurrency=options.concurrency, owner=owner)
             return run.id, set()
+    with sessions() as session:
         run = session.get(OfferRun, options.resume_run_id)
         if run is None:
             raise ResumeError(f"run {options.resume_run_id} does not exist")
@@ -199,10 +205,13 @@ def _open_run(sessions: sessionmaker, options: RunOptions, sha: str) -> tuple[in
         if run.input_sha256 != sha:
             raise ResumeError(f"run {run.id} read a different input (sha256 {run.input_sha256[:12]}..., "
                               f"this file {sha[:12]}...)")
-        forget_failed(session, run.id)
-        run.status = "running"
-        run.error = None
-        return run.id, recorded_members(session, run.id)
+        holder, beat_at = run.lease_owner, run.heartbeat_at
+    if not claim(sessions, options.resume_run_id, owner):
+        raise ResumeError(f"run {options.resume_run_id} is running in another process ({holder}, last heartbeat "
+                          f"{beat_at:%Y-%m-%d %H:%M:%S} UTC); only one process may run it at a time")
+    with sessions() as session, session.begin():
+        forget_failed(session, options.resume_run_id)
+        return options.resume_run_id, recorded_members(session, options.resume_run_id)
 
 
 def run_offers(
@@ -234,57 +243,67 @@ def run_offers(
         steps["read"].items, steps["read"].seconds = scan.rows_read, t1 - t0
         steps["features"].items, steps["features"].seconds = scan.rows_read, t2 - t1
 
-        run_id, done = _open_run(sessions, options, sha)
-        error: str | None = None
-        interrupted = False
+        owner = new_owner()
+        run_id, done = _open_run(sessions, options, sha, owner)
+        heartbeat = Heartbeat(sessions, run_id, owner, on_lost=stop.set)
+        heartbeat.start()
         try:
-            ping_partner(partner)
-        except (UpstreamUnavailable, UpstreamTimeout) as exc:
-            error = f"partner {partner.name} did not answer its ping ({partner.display_url}{partner.ping_path}): " \
-                    f"{exc.message}; nothing was scored"
-        except CourierError as exc:
-            # Any other answer (a 404 or 405 from a partner without a ping route, a body that is not
-            # JSON) still proves the partner is up: score, and say so in the log.
-            log.warning("partner ping answered oddly; scoring anyway",
-                        extra={"partner": partner.name, "error": exc.message})
-        if error is None:
-            if progress_start:
-                progress_start(max(0, scan.members + scan.skipped_members - len(done)))
-            writer = _Writer(sessions, run_id, steps["record"], progress, on_error=stop.set)
-            writer.start()
-            emitter = _Emitter(writer, steps)
-            scoring_started = time.perf_counter()
-            settings = ScoringSettings(concurrency=options.concurrency,
-                                       max_consecutive_failures=options.max_consecutive_failures,
-                                       use_batch=options.use_batch)
+            error: str | None = None
+            interrupted = False
             try:
-                result = score_stream(partner, _rows(scan, done, emitter), settings, emitter, stop, on_retry=retries)
-            finally:
-                scoring_seconds = time.perf_counter() - scoring_started
-                emitter.flush()
-                writer.queue.put(None)
-                writer.join()
-            for step in ("ats", "resp", "offer"):
-                steps[step].span(scoring_seconds)
-            interrupted = result.interrupted
-            if result.tripped:
-                error = (f"stopped after {options.max_consecutive_failures} consecutive member failures "
-                         f"(circuit breaker); last error: {result.last_error}")
-            if writer.error is not None:
-                error = f"writing results failed: {writer.error}"
+                ping_partner(partner)
+            except (UpstreamUnavailable, UpstreamTimeout) as exc:
+                error = f"partner {partner.name} did not answer its ping ({partner.display_url}{partner.ping_path}): " \
+                        f"{exc.message}; nothing was scored"
+            except CourierError as exc:
+                # Any other answer (a 404 or 405 from a partner without a ping route, a body that is not
+                # JSON) still proves the partner is up: score, and say so in the log.
+                log.warning("partner ping answered oddly; scoring anyway",
+                            extra={"partner": partner.name, "error": exc.message})
+            if error is None:
+                if progress_start:
+                    progress_start(max(0, scan.members + scan.skipped_members - len(done)))
+                writer = _Writer(sessions, run_id, steps["record"], progress, on_error=stop.set)
+                writer.start()
+                emitter = _Emitter(writer, steps)
+                scoring_started = time.perf_counter()
+                settings = ScoringSettings(concurrency=options.concurrency,
+                                           max_consecutive_failures=options.max_consecutive_failures,
+                                           use_batch=options.use_batch)
+                try:
+                    result = score_stream(partner, _rows(scan, done, emitter), settings, emitter, stop, on_retry=retries)
+                finally:
+                    scoring_seconds = time.perf_counter() - scoring_started
+                    emitter.flush()
+                    writer.queue.put(None)
+                    writer.join()
+                for step in ("ats", "resp", "offer"):
+                    steps[step].span(scoring_seconds)
+                interrupted = result.interrupted
+                if result.tripped:
+                    error = (f"stopped after {options.max_consecutive_failures} consecutive member failures "
+                             f"(circuit breaker); last error: {result.last_error}")
+                if writer.error is not None:
+                    error = f"writing results failed: {writer.error}"
 
-        steps_out = {name: s.as_dict() for name, s in steps.items()}
-        if retries.total:
-            steps_out["retries"] = {"total": retries.total, "by_reason": dict(sorted(retries.by_reason.items()))}
-        with sessions() as session, session.begin():
-            run = session.get(OfferRun, run_id)
-            finalise_run(session, run, status="failed" if error else ("interrupted" if interrupted else None),
-                         rows_read=scan.rows_read, rejected=scan.rejected.as_dict(), step_metrics=steps_out,
-                         error=error)
-        if error:
-            log.error("offers run failed", extra={"run_id": run_id, "error": error})
-        return RunReport(run=run, rows_read=scan.rows_read, steps=steps, elapsed_s=time.perf_counter() - started,
-                         interrupted=interrupted, retries=retries)
+            steps_out = {name: s.as_dict() for name, s in steps.items()}
+            if retries.total:
+                steps_out["retries"] = {"total": retries.total, "by_reason": dict(sorted(retries.by_reason.items()))}
+            if heartbeat.lost:
+                error = "another process took over this run (its heartbeat had stopped); its outcome is theirs"
+            with sessions() as session, session.begin():
+                run = session.get(OfferRun, run_id)
+                if run.lease_owner == owner:  # never overwrite the status of a process that took over
+                    finalise_run(session, run, status="failed" if error else ("interrupted" if interrupted else None),
+                                 rows_read=scan.rows_read, rejected=scan.rejected.as_dict(), step_metrics=steps_out,
+                                 error=error)
+            if error:
+                log.error("offers run failed", extra={"run_id": run_id, "error": error})
+            return RunReport(run=run, rows_read=scan.rows_read, steps=steps, elapsed_s=time.perf_counter() - started,
+                             interrupted=interrupted, retries=retries)
+
+        finally:
+            heartbeat.stop()
 
 
 __all__ = ["DEFAULT_MAX_CONSECUTIVE_FAILURES", "ResumeError", "RunOptions", "RunReport", "file_sha256", "run_offers"]

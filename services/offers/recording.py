@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from services.models import OfferResult, OfferRun, utcnow
 from services.offers.features import STANDARD_FEATURES
+from services.offers.lease import shown_status
 
 # UPPER_CASE feature name -> column of offer_results
 FEATURE_COLUMNS = {name: name.lower() for name in STANDARD_FEATURES}
@@ -51,9 +52,10 @@ class MemberOutcome:
 
 
 def create_run(session: Session, *, partner: str, input_path: str, input_sha256: str, as_of: date,
-               concurrency: int) -> OfferRun:
+               concurrency: int, owner: str | None = None) -> OfferRun:
     run = OfferRun(partner=partner, input_path=input_path, input_sha256=input_sha256, as_of=as_of,
-                   status="running", concurrency=concurrency, offers={}, rejected={}, step_metrics={})
+                   status="running", concurrency=concurrency, offers={}, rejected={}, step_metrics={},
+                   lease_owner=owner, heartbeat_at=utcnow())
     session.add(run)
     session.flush()
     return run
@@ -144,13 +146,14 @@ def _iso(dt) -> str | None:
 def run_record(run: OfferRun) -> dict[str, Any]:
     return {
         "id": run.id, "partner": run.partner, "input_path": run.input_path, "input_sha256": run.input_sha256,
-        "as_of": run.as_of.isoformat(), "status": run.status,
+        "as_of": run.as_of.isoformat(), "status": shown_status(run),
         "started_at": _iso(run.started_at),
         "finished_at": _iso(run.finished_at),
         "concurrency": run.concurrency, "rows_read": run.rows_read, "rows_rejected": run.rows_rejected,
         "members_total": run.members_total, "members_scored": run.members_scored,
         "members_skipped": run.members_skipped, "members_failed": run.members_failed,
         "offers": run.offers, "rejected": run.rejected, "step_metrics": run.step_metrics, "error": run.error,
+        "heartbeat_at": _iso(run.heartbeat_at),
     }
 
 
