@@ -207,7 +207,8 @@ def _classified(raw: pl.LazyFrame) -> pl.LazyFrame:
         # As long as REST accepts and the results table stores (a longer one failed a PostgreSQL run).
         .when(pl.col("member_id").str.len_chars() > MAX_MEMBER_ID_LENGTH).then(pl.lit("member id too long"))
         .when(pl.col("id_only")).then(pl.lit(None, dtype=pl.String))
-        .when(pl.col("ts").is_null()).then(pl.lit("invalid timestamp"))
+        # Year 0 parses in polars (proleptic calendar) but is no date REST or Python accepts.
+        .when(pl.col("ts").is_null() | (pl.col("ts").dt.year() < 1)).then(pl.lit("invalid timestamp"))
         .when(bad_type).then(pl.lit("invalid transaction type"))
         .when(bad_points).then(pl.lit("invalid points"))
         .when(bad_revenue).then(pl.lit("invalid revenue"))

@@ -236,12 +236,14 @@ def run_offers(
 
     read_header(options.input_path)  # fail fast, naming the file, before any work
     t0 = time.perf_counter()
-    sha = file_sha256(options.input_path)
-    t1 = time.perf_counter()
+    # Features first: a file that is not a transaction CSV (e.g. 1 GB of NUL bytes) is refused at its
+    # first overlong line instead of after hashing all of it.
     with scan_features(options.input_path, options.as_of) as scan:
+        t1 = time.perf_counter()
+        sha = file_sha256(options.input_path)
         t2 = time.perf_counter()
-        steps["read"].items, steps["read"].seconds = scan.rows_read, t1 - t0
-        steps["features"].items, steps["features"].seconds = scan.rows_read, t2 - t1
+        steps["read"].items, steps["read"].seconds = scan.rows_read, t2 - t1
+        steps["features"].items, steps["features"].seconds = scan.rows_read, t1 - t0
 
         owner = new_owner()
         run_id, done = _open_run(sessions, options, sha, owner)

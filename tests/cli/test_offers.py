@@ -213,3 +213,14 @@ def test_a_password_in_the_partner_url_is_not_printed_or_recorded(app_config, tm
     assert result.exit_code == 1 and "did not answer its ping" in result.output
     assert "s3cret" not in result.output and "s3cret" not in record
     assert "s3cret" not in (tmp_path / "out.csv.summary.json").read_text()
+
+
+def test_a_sparse_gigabyte_input_is_refused_at_once_naming_the_line(app, tmp_path):
+    path = tmp_path / "sparse.csv"
+    with open(path, "wb") as handle:
+        handle.write((DATA_DIR / "member_data.csv").read_bytes().split(b"\n", 1)[0] + b"\n")
+        handle.truncate(1 << 30)  # 1 GB, all NUL bytes after the header: no disk used
+    result = app.test_cli_runner().invoke(args=["run-offers", "--input", str(path), "--as-of", "2024-01-05"])
+    assert result.exit_code == 2
+    assert "line 2 is longer than 65536 bytes; not a transaction CSV" in result.output
+    assert "Traceback" not in result.output
