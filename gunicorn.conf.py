@@ -6,6 +6,11 @@
 | COURIER_TIMEOUT | 30 | seconds before a silent worker is killed and replaced |
 | COURIER_GRACEFUL_TIMEOUT | 30 | seconds a worker gets to finish in-flight requests on shutdown |
 | COURIER_KEEPALIVE | 2 | seconds to keep an idle client connection (sync workers close anyway) |
+| COURIER_CONTROL_SOCKET | ~/.gunicorn/courier-<bind>.ctl | gunicornc control socket; one per instance |
+
+Sync workers serve one connection at a time, from the request's first byte to the response's
+last: slow clients can hold every worker.  Run Courier behind a buffering reverse proxy
+(deploy/nginx-courier.conf, tested in tests/test_deployment.py); never expose gunicorn directly.
 """
 
 import multiprocessing
@@ -17,6 +22,11 @@ worker_class = "sync"
 timeout = int(os.environ.get("COURIER_TIMEOUT", 30))
 graceful_timeout = int(os.environ.get("COURIER_GRACEFUL_TIMEOUT", 30))
 keepalive = int(os.environ.get("COURIER_KEEPALIVE", 2))
+# gunicorn >= 25 opens a control socket at one fixed path per user by default, so a second instance
+# on the same machine (a benchmark's, a test's) took over the first one's: one socket per bind.
+control_socket = os.environ.get("COURIER_CONTROL_SOCKET") or os.path.join(
+    os.environ.get("XDG_RUNTIME_DIR") or os.path.join(os.path.expanduser("~"), ".gunicorn"),
+    "courier-" + "".join(c if c.isalnum() or c in ".-" else "-" for c in bind) + ".ctl")
 # Access lines come from the app itself (JSON, with the request id); gunicorn's would double them.
 accesslog = None
 errorlog = "-"

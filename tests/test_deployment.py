@@ -1,0 +1,148 @@
+"""gunicorn as deployed: slow clients behind the buffering proxy (deploy/nginx-courier.conf), control sockets."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import runpy
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(port: int, path: str, timeout: float) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def wait_until_up(port: int, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the server exited"
+        try:
+            if get(port, "/healthz", 1) == 200:
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("server did not come up")
+
+
+def slow_client(port: int) -> socket.socket:
+    """A client that sends half a request line and then nothing (a phone in a tunnel, or an attack)."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    return sock
+
+
+def test_each_instance_gets_its_own_control_socket(monkeypatch):
+    paths = set()
+    for bind in ("127.0.0.1:8000", "127.0.0.1:8001", "0.0.0.0:8000"):
+        monkeypatch.setenv("COURIER_BIND", bind)
+        monkeypatch.delenv("COURIER_CONTROL_SOCKET", raising=False)
+        paths.add(runpy.run_path(str(ROOT / "gunicorn.conf.py"))["control_socket"])
+    assert len(paths) == 3
+    monkeypatch.setenv("COURIER_CONTROL_SOCKET", "/run/courier/a.ctl")
+    assert runpy.run_path(str(ROOT / "gunicorn.conf.py"))["control_socket"] == "/run/courier/a.ctl"
+
+
+@pytest.fixture
+def gunicorn_server(db_url, tmp_path):
+    port = free_port()
+    env = {**os.environ, "COURIER_DATABASE_URL": db_url, "COURIER_BIND": f"127.0.0.1:{port}", "COURIER_WORKERS": "2",
+           "COURIER_LOG_LEVEL": "WARNING", "COURIER_GUNICORN_LOG_LEVEL": "warning",
+           "COURIER_CONTROL_SOCKET": str(tmp_path / "gunicorn.ctl")}
+    proc = subprocess.Popen([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until_up(port, proc)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@pytest.fixture
+def nginx_proxy(gunicorn_server, tmp_path):
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if nginx is None:
+        pytest.skip("nginx is not installed (apt-get install nginx-light; .ci/run installs it)")
+    port = free_port()
+    server_block = (ROOT / "deploy" / "nginx-courier.conf").read_text()
+    server_block = server_block.replace("listen 80;", f"listen 127.0.0.1:{port};").replace(
+        "server 127.0.0.1:8000;", f"server 127.0.0.1:{gunicorn_server};")
+    temp = {name: tmp_path / name for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(f"""
+daemon off;
+pid {tmp_path / 'nginx.pid'};
+error_log {tmp_path / 'error.log'} warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {temp['body']};
+    proxy_temp_path {temp['proxy']};
+    fastcgi_temp_path {temp['fastcgi']};
+    uwsgi_temp_path {temp['uwsgi']};
+    scgi_temp_path {temp['scgi']};
+{server_block}
+}}
+""")
+    proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(tmp_path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        wait_until_up(port, proc)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_slow_clients_hold_every_sync_worker_without_a_proxy(gunicorn_server):
+    held = [slow_client(gunicorn_server) for _ in range(2)]  # as many as workers
+    try:
+        time.sleep(0.2)  # let each worker accept one of them
+        with pytest.raises(OSError):  # socket.timeout: no worker is free for 30 s (COURIER_TIMEOUT)
+            get(gunicorn_server, "/healthz", timeout=1.0)
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_behind_the_buffering_proxy_slow_clients_hold_no_worker(nginx_proxy):
+    held = [slow_client(nginx_proxy) for _ in range(10)]  # five times the workers
+    try:
+        time.sleep(0.2)
+        for _ in range(5):
+            assert get(nginx_proxy, "/healthz", timeout=5) == 200
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_the_proxy_passes_a_request_id_through_or_makes_one(nginx_proxy):
+    conn = http.client.HTTPConnection("127.0.0.1", nginx_proxy, timeout=5)
+    conn.request("GET", "/healthz", headers={"X-Request-ID": "client-chosen-1"})
+    assert conn.getresponse().getheader("X-Request-ID") == "client-chosen-1"
+    conn.close()
+    conn = http.client.HTTPConnection("127.0.0.1", nginx_proxy, timeout=5)
+    conn.request("GET", "/healthz")
+    assert len(conn.getresponse().getheader("X-Request-ID")) == 32  # nginx's $request_id
+    conn.close()
