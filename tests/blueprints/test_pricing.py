@@ -242,3 +242,31 @@ def test_no_failed_requests_with_20_percent_upstream_429s(app_config, standin):
     statuses = [client.get(URL, query_string=params()).status_code for _ in range(60)]
     assert statuses == [200] * 60
     assert standin.app.stats["429"] > 0  # the upstream really did fail, and we absorbed it
+
+
+@pytest.mark.parametrize("fault", ["share_hang", "share_malformed"])
+def test_cold_requests_survive_20_percent_hung_or_malformed_upstream_answers(app_config, standin, fault):
+    # Before: a hung or malformed attempt ended the call (31% / 36% of cold requests failed).
+    setattr(standin.app.knobs, fault, 0.2)
+    standin.app.knobs.hang_s = 5.0
+    client = live_app(app_config, standin.url, VENUE_CACHE_ENABLED=False, VENUE_API_READ_TIMEOUT_S=0.1,
+                      VENUE_API_DEADLINE_S=1.5).test_client()
+    statuses = [client.get(URL, query_string=params()).status_code for _ in range(40)]
+    assert statuses == [200] * 40
+    assert standin.app.stats["hang" if fault == "share_hang" else "malformed"] > 0
+
+
+def test_past_the_ttl_a_hanging_upstream_does_not_delay_the_answer(app_config, standin):
+    app = live_app(app_config, standin.url, VENUE_DYNAMIC_TTL_S=60)
+    client = app.test_client()
+    assert client.get(URL, query_string=params()).status_code == 200  # warm
+    store = app.extensions["courier"].services["venues"]
+    entry = store._mem["home-assignment-venue-helsinki"]
+    store._mem["home-assignment-venue-helsinki"] = type(entry)(entry.data, entry.static_at, entry.dynamic_at - 120)
+    standin.app.knobs.share_hang, standin.app.knobs.hang_s = 1.0, 3.0
+    hung_before = standin.app.stats["hang"]
+    response = client.get(URL, query_string=params())  # past the TTL: served stale at once
+    assert response.status_code == 200 and response.get_json()["total_price"] == 1190
+    assert store.stats["stale_served"] == 1 and store.stats["revalidations"] == 1
+    store.wait_for_refreshes(timeout=10)  # the one background refresh did meet the hanging upstream
+    assert standin.app.stats["hang"] > hung_before
