@@ -8,6 +8,8 @@ gunicorn (sync workers) against the venue API stand-in with faults drawn per ups
   cold, 20% malformed    same, 20% of bodies cut short (not JSON)
   cold, all hang         every upstream call hangs: how long until the 504
   warm past TTL, all hang  cache on, dynamic TTL 1 s, every refresh hangs: stale answers
+  --slug-flood N         N requests for N distinct unknown slugs (offline, and upstream 404): the
+                         workers' resident memory before and after (wrk with bench/wrk_random_slugs.lua)
 
 Targets (issue 14): <= 1% failed with 20% hangs or 20% malformed; no answer later than the venue
 deadline (2.5 s) + 0.5 s; warm p99 under 50 ms whatever the upstream does.  The load is a Python
@@ -18,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -68,20 +72,39 @@ def hammer(url: str, seconds: float, connections: int) -> dict:
             "max": lat[-1] * 1000, "statuses": statuses}
 
 
+def worker_rss_kb(url: str) -> list[int]:
+    """Resident memory of each gunicorn worker serving ``url`` (the master's children)."""
+    port = url.rsplit(":", 1)[1]
+    out = subprocess.run(["pgrep", "-f", "gunicorn -c gunicorn.conf.py"], capture_output=True, text=True).stdout
+    rss = []
+    for pid in out.split():
+        try:
+            status = open(f"/proc/{pid}/status").read()
+            environ = open(f"/proc/{pid}/environ", "rb").read()
+        except OSError:
+            continue
+        ppid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+        if f"127.0.0.1:{port}".encode() in environ and str(ppid) in out.split():
+            rss.append(int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))))
+    return sorted(rss)
+
+
+def slug_flood(url: str, requests: int, connections: int) -> dict:
+    lua = Path(__file__).with_name("wrk_random_slugs.lua")
+    before = worker_rss_kb(url)
+    rate_s = max(5, requests // 1500)  # wrk runs for a duration: aim for about ``requests`` requests
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{rate_s}s", "-s", str(lua), url],
+                         capture_output=True, text=True, check=True).stdout
+    sent = json.loads(next(line for line in out.splitlines() if line.startswith("{")))["requests"]
+    return {"requests": sent, "before": before, "after": worker_rss_kb(url)}
+
+
 def row(label: str, r: dict) -> str:
     return (f"{label:<28} {r['requests']:>8} {r['failed'] / max(1, r['requests']) * 100:>7.2f}% "
             f"{r['p50']:>8.1f} {r['p99']:>8.1f} {r['max']:>8.1f}  {r['statuses']}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--connections", type=int, default=None,
-                        help="default: one per worker, so an answer's time is the server's, not queueing")
-    args = parser.parse_args()
-    args.connections = args.connections or args.workers
-    print(f"machine: {machine()}; gunicorn sync workers: {args.workers}; connections: {args.connections}")
+def fault_rows(args) -> list[tuple[str, dict]]:
     rows = []
     with StandInServer(Knobs(seed=1, hang_s=30)) as standin:
         knobs = standin.app.knobs
@@ -100,9 +123,35 @@ def main() -> None:
             knobs.share_hang = 1.0
             rows.append(("warm past TTL, all hang", hammer(url, args.seconds, args.connections)))
             knobs.share_hang = 0.0
-    print(f"{'scenario':<28} {'requests':>8} {'failed':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}  statuses")
-    for label, r in rows:
-        print(row(label, r))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--connections", type=int, default=None,
+                        help="default: one per worker, so an answer's time is the server's, not queueing")
+    parser.add_argument("--slug-flood", type=int, default=0, help="also flood N distinct unknown slugs")
+    parser.add_argument("--flood-only", action="store_true", help="skip the fault scenarios")
+    args = parser.parse_args()
+    args.connections = args.connections or args.workers
+    print(f"machine: {machine()}; gunicorn sync workers: {args.workers}; connections: {args.connections}")
+    if not args.flood_only:
+        rows = fault_rows(args)
+        print(f"{'scenario':<28} {'requests':>8} {'failed':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}  statuses")
+        for label, r in rows:
+            print(row(label, r))
+    if args.slug_flood:
+        floods = []
+        with StandInServer(Knobs(seed=1)) as standin:
+            for label, extra in (("offline", {"COURIER_VENUE_API_URL": ""}),
+                                 ("upstream 404", {"COURIER_VENUE_API_URL": standin.url})):
+                with prepared_env(extra) as env, gunicorn(env, args.workers) as url:
+                    floods.append((label, slug_flood(url, args.slug_flood, 8)))
+        for label, f in floods:
+            print(f"slug flood, {label}: {f['requests']} distinct slugs; worker RSS before {f['before']} KB, "
+                  f"after {f['after']} KB")
 
 
 if __name__ == "__main__":
