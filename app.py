@@ -97,7 +97,9 @@ def _init_estimate(app: Flask, runtime) -> None:
         problem = str(exc)
         logging.getLogger("courier.estimate").error("model not loaded", extra={"problem": problem})
     runtime.services["estimate_model"] = model
-    runtime.services["prep_times"] = PrepTimeCache(runtime.session_factory, float(app.config["PREP_TIMES_RELOAD_S"]))
+    prep_times = PrepTimeCache(runtime.session_factory, float(app.config["PREP_TIMES_RELOAD_S"]))
+    runtime.services["prep_times"] = prep_times
+    runtime.warmers["prep_times"] = prep_times.get
     runtime.readiness_checks["model"] = lambda: problem
 
 

@@ -41,6 +41,15 @@ def post_fork(server, worker):
         runtime.engine.dispose(close=False)
 
 
+def post_worker_init(worker):
+    """Load per-process caches (the estimate's preparation times) before taking traffic: a worker
+    that first meets the database during an outage cannot answer estimates; one warmed here can."""
+    app = getattr(worker, "wsgi", None)
+    runtime = getattr(app, "extensions", {}).get("courier") if app is not None else None
+    if runtime is not None:
+        runtime.warm_up()
+
+
 def worker_exit(server, worker):
     """Graceful shutdown: close pooled HTTP sessions and database connections."""
     app = getattr(worker, "wsgi", None)

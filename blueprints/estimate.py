@@ -7,11 +7,17 @@ from datetime import datetime
 
 from flask import Blueprint, current_app, jsonify
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from blueprints.auth import requires
 from blueprints.common import json_body, load_or_400
-from blueprints.errors import courier_error_response, http_error_response, internal_error_response
+from blueprints.errors import (
+    courier_error_response,
+    database_error_response,
+    http_error_response,
+    internal_error_response,
+)
 from services.auth.api_keys import Scope
 from services.errors import CourierError
 from services.estimate.estimator import EstimateQuery, estimate_delivery
@@ -101,6 +107,14 @@ def _courier_error(exc):
 @bp.errorhandler(HTTPException)
 def _http_error(exc):
     return http_error_response(exc, _NULL_RESULT)
+
+
+# Blueprint handlers are consulted before the app's, so this endpoint needs its own database one:
+# without it, its Exception handler turned a database outage on a cold worker into a 500.
+@bp.errorhandler(OperationalError)
+@bp.errorhandler(InterfaceError)
+def _database_error(exc):
+    return database_error_response(exc, _NULL_RESULT)
 
 
 @bp.errorhandler(Exception)

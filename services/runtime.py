@@ -6,6 +6,7 @@ Built once by the app factory; ``close()`` is called on graceful shutdown (gunic
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,9 +25,23 @@ class Runtime:
     readiness_checks: dict[str, ReadinessCheck] = field(default_factory=dict)
     closers: list[Callable[[], Any]] = field(default_factory=list)
     services: dict[str, Any] = field(default_factory=dict)
+    # Loads worth doing once per process before traffic (gunicorn's post_worker_init calls warm_up).
+    warmers: dict[str, Callable[[], Any]] = field(default_factory=dict)
 
     def session(self) -> Session:
         return self.session_factory()
+
+    def warm_up(self) -> dict[str, str]:
+        """Run every warmer; a failure is logged and returned, never raised (the worker still serves)."""
+        failures = {}
+        for name, warm in self.warmers.items():
+            try:
+                warm()
+            except Exception as exc:  # noqa: BLE001 - e.g. database down: the first request retries
+                failures[name] = f"{type(exc).__name__}"
+                logging.getLogger("courier").warning("warm-up failed", extra={"cache": name,
+                                                                              "error": failures[name]})
+        return failures
 
     def close(self) -> None:
         for close in reversed(self.closers):
