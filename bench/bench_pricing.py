@@ -1,6 +1,13 @@
 """Pricing benchmark: gunicorn (N sync workers) against the venue API stand-in, load on loopback.
 
-    .venv/bin/python bench/bench_pricing.py [--workers 2] [--seconds 10]
+    .venv/bin/python bench/bench_pricing.py [--workers 2] [--seconds 10] [--runs 3] [--only-bare-comparison]
+
+First, next to a bare Flask route (bench/bare_app.py: read the query string, answer a small JSON
+object) under the same gunicorn settings in the same run, at 8 and 64 connections, median of
+--runs runs, access log on:
+  warm, one query      the README's Helsinki example, again and again
+  warm, mixed          500 queries: the five venues, random addresses within delivery range, carts
+Target (issue 13): >= 75% of the bare route's req/s; p99 at 64 connections <= 1.3x the bare route's.
 
 Scenarios, each at two concurrencies (one connection per worker: latency; four: throughput):
   warm               venue data in memory: no network, no database
@@ -15,23 +22,87 @@ Targets (benchmarks, not tests): warm p99 <= 5 ms at 2 workers; 0 failed client 
 from __future__ import annotations
 
 import argparse
+import math
+import random
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import HEADER, gunicorn, load, machine, prepared_env  # noqa: E402
+from bench.harness import HEADER, compare_row, gunicorn, load, machine, median_load, prepared_env  # noqa: E402
 from bench.venue_standin import Knobs, StandInServer  # noqa: E402
 
 PATH = ("/api/v1/delivery-order-price?venue_slug=home-assignment-venue-helsinki&cart_value=1000"
         "&user_lat=60.17094&user_lon=24.93087")
 
 
+VENUES = {  # slug: (latitude, longitude) of the bundled snapshots
+    "home-assignment-venue-helsinki": (60.17012143, 24.92813512),
+    "home-assignment-venue-stockholm": (59.3466978, 18.0314984),
+    "home-assignment-venue-berlin": (52.5003197, 13.4536149),
+    "home-assignment-venue-tallinn": (59.4294374, 24.7712316),
+    "home-assignment-venue-tokyo": (35.6617298, 139.7040915),
+}
+
+
+def mixed_queries(count: int = 500, seed: int = 11) -> list[str]:
+    """Queries at random addresses up to ~900 m from a random venue (all deliverable), random carts."""
+    rng = random.Random(seed)
+    paths = []
+    for _ in range(count):
+        slug, (lat, lon) = rng.choice(list(VENUES.items()))
+        metres, bearing = rng.uniform(0, 900), rng.uniform(0, 2 * math.pi)
+        user_lat = lat + metres * math.cos(bearing) / 111_320
+        user_lon = lon + metres * math.sin(bearing) / (111_320 * math.cos(math.radians(lat)))
+        paths.append(f"/api/v1/delivery-order-price?venue_slug={slug}&cart_value={rng.randrange(100, 5000)}"
+                     f"&user_lat={user_lat:.6f}&user_lon={user_lon:.6f}")
+    return paths
+
+
+def bare_comparison(args, standin_url: str) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="courier-bench-pricing-"))
+    queries = mixed_queries()
+    mixed = folder / "mixed.tsv"
+    mixed.write_text("".join(f"GET\t{q}\t\n" for q in queries))
+    bare_mixed = folder / "bare-mixed.tsv"
+    bare_mixed.write_text("".join(f"GET\t/query?{q.split('?', 1)[1]}\t\n" for q in queries))
+    levels, bare, ours = [8, 64], {}, {}
+    get = {"seconds": args.seconds}
+    with prepared_env({"COURIER_VENUE_API_URL": standin_url, "COURIER_ACCESS_LOG": "true",
+                       "COURIER_LOG_LEVEL": "INFO"}) as env:
+        with gunicorn(env, args.workers, target="bench.bare_app:app", health="/query", quiet=True) as url:
+            load("warm-up", url, "/query", seconds=2, connections=8)
+            for c in levels:
+                bare[("one", c)] = median_load(args.runs, f"bare /query c={c}", url, "/query?" + PATH.split("?")[1],
+                                               connections=c, **get)
+                bare[("mixed", c)] = median_load(args.runs, f"bare /query mixed c={c}", url, "/query",
+                                                 requests_file=str(bare_mixed), connections=c, **get)
+        with gunicorn(env, args.workers, quiet=True) as url:
+            load("warm-up", url, PATH, seconds=2, connections=8)  # every worker has the venue in memory
+            load("warm-up", url, "/", requests_file=str(mixed), seconds=2, connections=8)
+            for c in levels:
+                ours[("one", c)] = median_load(args.runs, f"price, warm, one query c={c}", url, PATH, connections=c,
+                                               **get)
+                ours[("mixed", c)] = median_load(args.runs, f"price, warm, 500 queries c={c}", url, "/",
+                                                 requests_file=str(mixed), connections=c, **get)
+    for c in levels:
+        print(compare_row(ours[("one", c)], bare[("one", c)]))
+        print(compare_row(ours[("mixed", c)], bare[("mixed", c)]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--only-bare-comparison", action="store_true", help="skip the upstream scenarios")
     args = parser.parse_args()
+    if args.only_bare_comparison:
+        print(f"machine: {machine()}; gunicorn sync workers: {args.workers}; median of {args.runs} runs")
+        with StandInServer(Knobs(seed=1)) as standin:
+            bare_comparison(args, standin.url)
+        return
     levels = [args.workers, args.workers * 4]
     print(f"machine: {machine()}; gunicorn sync workers: {args.workers}; connections: {levels}")
     results = []

@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 WRK_LUA = Path(__file__).with_name("wrk_report.lua")
+WRK_MIXED_LUA = Path(__file__).with_name("wrk_mixed.lua")
 
 
 @dataclass
@@ -92,9 +93,14 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 
 
 @contextmanager
-def served(cmd: list[str], port: int, health_path: str, env: dict | None = None):
-    """Run a server command on ``port`` until the block ends; yields its base URL once it answers."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+def served(cmd: list[str], port: int, health_path: str, env: dict | None = None, quiet: bool = False):
+    """Run a server command on ``port`` until the block ends; yields its base URL once it answers.
+
+    ``quiet``: its stderr (log lines, e.g. one access line per request) goes to /dev/null: still
+    written, as in production, but not onto the terminal.
+    """
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL if quiet else None)
     try:
         wait_http(f"http://127.0.0.1:{port}{health_path}")
         yield f"http://127.0.0.1:{port}"
@@ -104,20 +110,24 @@ def served(cmd: list[str], port: int, health_path: str, env: dict | None = None)
 
 
 @contextmanager
-def gunicorn(env: dict, workers: int, port: int | None = None):
+def gunicorn(env: dict, workers: int, port: int | None = None, target: str = "wsgi:app", health: str = "/healthz",
+             quiet: bool = False):
+    """gunicorn with Courier's gunicorn.conf.py serving ``target`` (another app: same settings)."""
     port = port or free_port()
-    with served([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"], port, "/healthz",
+    with served([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", target], port, health, quiet=quiet,
                 env={**env, "COURIER_BIND": f"127.0.0.1:{port}", "COURIER_WORKERS": str(workers),
                      "COURIER_GUNICORN_LOG_LEVEL": "warning"}) as url:
         yield url
 
 
 def _wrk(label: str, url: str, path: str, method: str, body: str | None, seconds: int, connections: int,
-         cpus: str | None = None) -> LoadResult:
-    env = {**os.environ, "WRK_METHOD": method, "WRK_BODY": body or ""}
+         cpus: str | None = None, requests_file: str | None = None) -> LoadResult:
+    env = {**os.environ, "WRK_METHOD": method, "WRK_BODY": body or "", "WRK_REQUESTS_FILE": requests_file or ""}
     pin = ["taskset", "-c", cpus] if cpus else []
-    out = subprocess.run([*pin, "wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(WRK_LUA),
-                          url + path], env=env, capture_output=True, text=True, check=True).stdout
+    script = WRK_MIXED_LUA if requests_file else WRK_LUA
+    out = subprocess.run([*pin, "wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s", "--timeout",
+                          "5s", "-s", str(script), url + path], env=env, capture_output=True, text=True,
+                         check=True).stdout
     report = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
     failed = sum(report[k] for k in ("errors_connect", "errors_read", "errors_write", "errors_status",
                                      "errors_timeout"))
@@ -172,11 +182,28 @@ def _python_load(label, url, path, method, body, seconds, connections) -> LoadRe
 
 
 def load(label: str, url: str, path: str, *, method: str = "GET", body: str | None = None, seconds: int = 10,
-         connections: int = 8, cpus: str | None = None) -> LoadResult:
-    """``cpus`` pins wrk (taskset list); the Python generator ignores it."""
+         connections: int = 8, cpus: str | None = None, requests_file: str | None = None) -> LoadResult:
+    """``cpus`` pins wrk (taskset list); the Python generator ignores it.
+
+    ``requests_file``: draw each request from this file ("METHOD<TAB>PATH<TAB>BODY" lines; wrk only).
+    """
     if shutil.which("wrk") and not os.environ.get("COURIER_BENCH_PYTHON_LOAD"):
-        return _wrk(label, url, path, method, body, seconds, connections, cpus)
+        return _wrk(label, url, path, method, body, seconds, connections, cpus, requests_file)
+    if requests_file:
+        raise RuntimeError("mixed request sets need wrk (apt-get install wrk)")
     return _python_load(label, url, path, method, body, seconds, connections)
+
+
+def median_load(runs: int, label: str, url: str, path: str, **kwargs) -> LoadResult:
+    """The run with the median req/s out of ``runs`` (its percentiles come with it)."""
+    results = sorted((load(label, url, path, **kwargs) for _ in range(runs)), key=lambda r: r.rps)
+    return results[len(results) // 2]
+
+
+def compare_row(ours: LoadResult, bare: LoadResult) -> str:
+    """Our req/s as a % of the bare route's, and our p99 as a multiple of its p99."""
+    return (f"{ours.label:<40} {ours.rps:>8.0f} req/s = {ours.rps / bare.rps * 100:5.1f}% of bare ({bare.rps:.0f}); "
+            f"p99 {ours.p99_ms:.2f} ms = {ours.p99_ms / max(bare.p99_ms, 1e-9):.2f}x bare ({bare.p99_ms:.2f} ms)")
 
 
 def machine() -> str:
