@@ -69,6 +69,25 @@ class EstimateRequestSchema(Schema):
             data = {**data, "venue_id": data["venue_id"].strip()}
         return super().load(data, *args, **kwargs)
 
+    def quick_load(self, data) -> dict | None:
+        """What ``load`` returns for a well-formed body, without marshmallow's generic machinery
+        (~15 us of an estimate); None for anything else, and the full ``load`` names each bad field.
+        Every check is the field's own: same expression, same bounds, same parsing."""
+        if type(data) is not dict:
+            return None
+        venue_id, stamp, retail = data.get("venue_id"), data.get("time_received"), data.get("is_retail")
+        if type(venue_id) is not str or type(stamp) is not str or not (
+                retail is True or retail is False or (type(retail) is int and retail in (0, 1))):
+            return None
+        venue_id, stamp = venue_id.strip(), stamp.strip()
+        if not 1 <= len(venue_id) <= MAX_VENUE_ID_LENGTH or not _TIME_RE.match(stamp):
+            return None
+        try:
+            received = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return {"venue_id": venue_id, "time_received": received, "is_retail": bool(retail)}
+
 
 class EstimateResponseSchema(Schema):
     result = fields.Float(required=True, metadata={"description": "Predicted delivery time, minutes."})

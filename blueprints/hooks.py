@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import re
 import time
-import uuid
 
 from flask import Flask, current_app, g, request
 from sqlalchemy.orm import Session
 
-from services.logs import request_id_var
-
-access_log = logging.getLogger("courier.access")
+from services.logs import AccessLog, new_request_id, request_id_var
 
 # An incoming id is echoed into logs and headers: accept only a bounded, printable token.
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -28,32 +24,29 @@ def db_session() -> Session:
 
 
 def register_request_hooks(app: Flask) -> None:
-    log_access = bool(app.config["ACCESS_LOG"])
+    access_log = AccessLog() if app.config["ACCESS_LOG"] else None
+    valid_id = _VALID_REQUEST_ID.match
 
+    # The request id and start time live in the WSGI environ: one proxy lookup per hook instead of
+    # one per attribute of ``g`` (each ~1 us).
     @app.before_request
     def _start() -> None:
-        incoming = request.headers.get("X-Request-ID")
-        rid = incoming if incoming and _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        g.request_id = rid
-        g.started = time.perf_counter()
+        environ = request.environ
+        incoming = environ.get("HTTP_X_REQUEST_ID")
+        rid = incoming if incoming and valid_id(incoming) else new_request_id()
+        environ["courier.request_id"] = rid
+        environ["courier.started"] = time.perf_counter()
         request_id_var.set(rid)
 
     @app.after_request
     def _finish(response):
-        rid = g.get("request_id")
+        environ = request.environ
+        rid = environ.get("courier.request_id")
         if rid is not None:
             response.headers["X-Request-ID"] = rid
-            if log_access:
-                access_log.info(
-                    "request",
-                    extra={
-                        "method": request.method,
-                        "path": request.path,
-                        "status": response.status_code,
-                        "duration_ms": round((time.perf_counter() - g.started) * 1000, 3),
-                        "request_id": rid,
-                    },
-                )
+            if access_log is not None:
+                access_log.write(environ["REQUEST_METHOD"], request.path, response.status_code,
+                                 round((time.perf_counter() - environ["courier.started"]) * 1000, 3), rid)
         return response
 
     @app.teardown_appcontext

@@ -61,6 +61,25 @@ class PriceQuerySchema(Schema):
     user_lat = Coordinate(required=True, metadata={"type": "number", "limit": 90, "example": 60.17094})
     user_lon = Coordinate(required=True, metadata={"type": "number", "limit": 180, "example": 24.93087})
 
+    def quick_load(self, data: dict) -> dict | None:
+        """What ``load`` returns for a well-formed query, in a tenth of its time; None for anything else.
+
+        marshmallow's generic machinery was ~20 us of a ~120 us warm price.  Every check here is
+        the field's own (same regular expressions, same bounds); any doubt returns None and the
+        full ``load`` names each bad field.
+        """
+        try:
+            slug, cart, lat, lon = data["venue_slug"], data["cart_value"], data["user_lat"], data["user_lon"]
+        except KeyError:
+            return None
+        if not (type(slug) is str and type(cart) is str and type(lat) is str and type(lon) is str
+                and SLUG_RE.match(slug) and _INT_RE.match(cart) and _FLOAT_RE.match(lat) and _FLOAT_RE.match(lon)):
+            return None
+        cart_value, user_lat, user_lon = int(cart), float(lat), float(lon)
+        if cart_value > _cart_cap() or not (-90 <= user_lat <= 90 and -180 <= user_lon <= 180):
+            return None  # NaN fails the comparisons too; inf is out of range
+        return {"venue_slug": slug, "cart_value": cart_value, "user_lat": user_lat, "user_lon": user_lon}
+
 
 class DeliverySchema(Schema):
     fee = fields.Integer(required=True)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextvars
+import itertools
 import json
 import logging
+import os
 import sys
 import time
+from json.encoder import encode_basestring_ascii
 
 # Set by the web layer per request and by CLI commands per run; read by the log filter, so
 # any module's log lines carry the id without passing it around.
@@ -52,3 +55,73 @@ def configure_logging(level: str = "INFO") -> None:
     root.addHandler(handler)
     # Alembic narrates every step at INFO; keep admins' terminals to what matters.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+class _RequestIds:
+    """32 hex digits: a random per-process prefix and a counter.
+
+    As unique as a uuid4 for our purpose (64 random bits per process, then a sequence) at a tenth of
+    its cost: uuid4 reads the OS's random source on every request (2.1 vs 0.24 us measured).  The
+    prefix is drawn again in every forked child, so gunicorn workers never share one.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+new_request_id = _RequestIds()
+
+
+class AccessLog:
+    """One line per request, exactly as :class:`JsonFormatter` writes a ``courier.access`` record.
+
+    When the only destination is Courier's own JSON handler (production), the line is formatted
+    directly and written under the handler's lock: a LogRecord, its filter and the generic
+    formatter cost ~45 us per request, a third of an estimate's time in the worker (measured
+    in-process: 165 -> 119 us per estimate with the access log off).  With any other handler
+    attached (tests' caplog, a custom logging config) it goes through ``logging`` as usual.
+    """
+
+    def __init__(self) -> None:
+        self.logger = logging.getLogger("courier.access")
+        self._second = -1
+        self._stamp = ""
+
+    def _direct_handler(self) -> logging.StreamHandler | None:
+        logger, root = self.logger, logging.getLogger()
+        if logger.handlers or not logger.propagate or logger.filters or not logger.isEnabledFor(logging.INFO):
+            return None
+        handlers = root.handlers
+        if len(handlers) != 1 or not getattr(handlers[0], "_courier", False) or root.filters:
+            return None
+        return handlers[0]  # type: ignore[return-value]
+
+    def write(self, method: str, path: str, status: int, duration_ms: float, request_id: str) -> None:
+        handler = self._direct_handler()
+        if handler is None:
+            self.logger.info("request", extra={"method": method, "path": path, "status": status,
+                                               "duration_ms": duration_ms, "request_id": request_id})
+            return
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        line = (f'{{"ts": "{self._stamp}.{int((now - second) * 1000):03d}Z", "level": "INFO", '
+                f'"logger": "courier.access", "msg": "request", "method": {encode_basestring_ascii(method)}, '
+                f'"path": {encode_basestring_ascii(path)}, "status": {status}, "duration_ms": {duration_ms!r}, '
+                f'"request_id": {encode_basestring_ascii(request_id)}}}\n')
+        with handler.lock:  # type: ignore[union-attr]
+            try:
+                handler.stream.write(line)
+                handler.flush()
+            except Exception:  # noqa: BLE001 - as logging does: a broken log stream never fails a request
+                handler.handleError(logging.makeLogRecord({"msg": line}))

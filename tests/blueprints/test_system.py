@@ -86,3 +86,53 @@ def test_readyz_shows_this_process_counters(client):
         client.get(f"/api/v1/delivery-order-price?{query}")
     counters = client.get("/readyz").get_json()["counters"]["venues"]
     assert counters["misses"] == 1 and counters["hits"] == 1
+
+
+def test_the_direct_access_line_is_what_the_json_formatter_writes(monkeypatch):
+    """Production writes access lines without a LogRecord; they must read exactly like the others."""
+    import io
+
+    from services.logs import AccessLog, RequestIdFilter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RequestIdFilter())
+    handler._courier = True
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [handler])
+    monkeypatch.setattr(root, "level", logging.INFO)
+    access = AccessLog()
+    access.write("GET", '/api/v1/x?q="é\\', 200, 0.125, "rid-1")
+    assert access._direct_handler() is handler  # the direct path was the one taken
+    access.logger.info("request", extra={"method": "GET", "path": '/api/v1/x?q="é\\', "status": 200,
+                                         "duration_ms": 0.125, "request_id": "rid-1"})
+    direct, via_logging = stream.getvalue().splitlines()
+    assert list(json.loads(direct)) == list(json.loads(via_logging))  # same keys, same order
+    assert {**json.loads(direct), "ts": None} == {**json.loads(via_logging), "ts": None}
+    assert direct.split('"level"')[1] == via_logging.split('"level"')[1]  # byte for byte after the time
+
+
+def test_generated_request_ids_are_32_hex_digits_and_unique():
+    from services.logs import new_request_id
+
+    ids = {new_request_id() for _ in range(10_000)}
+    assert len(ids) == 10_000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
+def test_a_forked_worker_draws_its_own_request_id_prefix():
+    import os
+
+    from services.logs import new_request_id
+
+    parent = new_request_id()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child, like a gunicorn worker after fork
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert child[:16] != parent[:16]

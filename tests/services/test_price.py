@@ -64,7 +64,21 @@ def test_distance_rounds_half_up(monkeypatch, metres, expected):
             return metres / 1000  # geopy measures in kilometres
 
     monkeypatch.setattr(price, "_GEODESIC", FakeGeodesic())
+    price._distance_m.cache_clear()  # remembered distances come from the real geodesic
     assert delivery_distance(0.0, 0.0, StaticVenue(0.0, 0.0)) == expected
+    price._distance_m.cache_clear()
+
+
+def test_remembered_distances_equal_computed_ones():
+    import math
+    import random
+
+    rng = random.Random(3)
+    venue = StaticVenue(60.17012143, 24.92813512)
+    for _ in range(200):
+        lat, lon = 60.17 + rng.uniform(-0.02, 0.02), 24.93 + rng.uniform(-0.04, 0.04)
+        expected = math.floor(price._GEODESIC.measure((lat, lon), (venue.latitude, venue.longitude)) * 1000 + 0.5)
+        assert delivery_distance(lat, lon, venue) == expected == delivery_distance(lat, lon, venue)
 
 
 def test_distance_is_geodesic_on_wgs84():
