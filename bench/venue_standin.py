@@ -14,6 +14,7 @@ Point Courier at it with ``COURIER_VENUE_API_URL=http://127.0.0.1:8081``.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import random
 import re
@@ -21,9 +22,8 @@ import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, fields
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-
-from werkzeug.serving import WSGIRequestHandler, make_server
 
 VENUES_DIR = Path(__file__).resolve().parent.parent / "data" / "venues"
 _PATH = re.compile(r"^/venues/([^/]+)/(static|dynamic)$")
@@ -99,11 +99,45 @@ class VenueStandIn:
         return self._respond(start_response, "200 OK", doc)
 
 
-class QuietHandler(WSGIRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, like a real API behind a load balancer
+class KeepAliveHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 with persistent connections, like a real API behind a load balancer.
 
-    def log_request(self, *args, **kwargs) -> None:
+    (Werkzeug's development server closes every connection, so each upstream call paid a new
+    TCP connection and a thread: not what Courier meets in production.)
+    """
+
+    protocol_version = "HTTP/1.1"
+    app: VenueStandIn
+
+    def _serve(self) -> None:
+        size = int(self.headers.get("Content-Length") or 0)
+        path, _, query = self.path.partition("?")
+        environ = {"REQUEST_METHOD": self.command, "PATH_INFO": path, "QUERY_STRING": query,
+                   "CONTENT_LENGTH": str(size), "wsgi.input": io.BytesIO(self.rfile.read(size) if size else b"")}
+        captured: dict = {}
+
+        def start_response(status, headers, exc_info=None):
+            captured["status"], captured["headers"] = status, headers
+
+        body = b"".join(self.app(environ, start_response))
+        code, _, reason = captured["status"].partition(" ")
+        self.send_response(int(code), reason)
+        for key, value in captured["headers"]:
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _serve
+
+    def log_message(self, *args) -> None:
         pass
+
+
+def make_standin_server(app: VenueStandIn, port: int) -> ThreadingHTTPServer:
+    handler = type("Handler", (KeepAliveHandler,), {"app": app})
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    server.daemon_threads = True
+    return server
 
 
 class StandInServer:
@@ -111,9 +145,8 @@ class StandInServer:
 
     def __init__(self, knobs: Knobs | None = None, port: int = 0) -> None:
         self.app = VenueStandIn(knobs)
-        self.server = make_server("127.0.0.1", port, self.app, threaded=True, request_handler=QuietHandler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.server = make_standin_server(self.app, port)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> StandInServer:
@@ -134,7 +167,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args()
     knobs = Knobs(**{f.name: getattr(args, f.name) for f in fields(Knobs)})
-    server = make_server("127.0.0.1", args.port, VenueStandIn(knobs), threaded=True, request_handler=QuietHandler)
+    server = make_standin_server(VenueStandIn(knobs), args.port)
     print(f"venue API stand-in on http://127.0.0.1:{args.port} with {asdict(knobs)}", flush=True)
     try:
         server.serve_forever()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from services.errors import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -291,6 +293,15 @@ class HttpClient:
         """
         raw = response.raw
         sock = getattr(getattr(raw, "connection", None), "sock", None)
+        if sock is not None and _QUICKACK is not None:
+            # Acknowledge the headers now.  A server that writes its headers and its body separately
+            # (Nagle on) holds the body until our ACK, which Linux delays up to 40 ms while we have
+            # nothing to send: measured 44 ms per cache-off price against such a server, 2.5 ms with
+            # this.  Setting TCP_QUICKACK sends a pending ACK at once.
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+            except OSError:
+                pass
         chunks: list[bytes] = []
         try:
             while True:
@@ -317,6 +328,9 @@ class HttpClient:
             raise _BadBody(error) from exc
         response._content = b"".join(chunks)  # what ``response.content`` would have read
         response._content_consumed = True
+        # Read to the end: the connection goes back to the pool for the next call (a streamed
+        # response is not released on its own, and each call then paid a new TCP connection).
+        raw.release_conn()
 
     def _convert(self, exc: requests.exceptions.RequestException, url: str) -> UpstreamError:
         if isinstance(exc, requests.exceptions.RetryError):
