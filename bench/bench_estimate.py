@@ -24,7 +24,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import ROOT, compare_row, gunicorn, machine, median_load, prepared_env  # noqa: E402
+from bench.harness import (  # noqa: E402
+    ROOT,
+    compare_row,
+    gunicorn,
+    machine,
+    median_load,
+    prepared_env,
+    server_usage,
+    usage_row,
+)
 
 BODY = json.dumps({"venue_id": "8a61b8c", "time_received": "2017-01-25 03:16:07.938113", "is_retail": True})
 
@@ -68,23 +77,30 @@ def main() -> None:
     with prepared_env({"COURIER_ACCESS_LOG": "true", "COURIER_LOG_LEVEL": "INFO"}) as env:
         with gunicorn(env, args.workers, target="bench.bare_app:app", health="/echo", quiet=True) as url:
             median_load(1, "warm-up", url, "/echo", body=BODY, connections=8, method="POST", seconds=2)
+            start = server_usage(url)
             for c in levels:
                 bare[("single", c)] = median_load(args.runs, f"bare /echo c={c}", url, "/echo", body=BODY,
                                                   connections=c, **post)
                 bare[("mixed", c)] = median_load(args.runs, f"bare /echo mixed c={c}", url, "/echo",
                                                  requests_file=bare_mixed, connections=c, **post)
+            usage = [("bare (every scenario)", start, server_usage(url), bare)]
         with gunicorn(env, args.workers, quiet=True) as url:
             median_load(1, "warm-up", url, "/api/v1/delivery-estimate", body=BODY, connections=8, **post)
+            start = server_usage(url)
             for c in levels:
                 for path in ("/api/v1/delivery-estimate", "/"):
                     ours[(path, c)] = median_load(args.runs, f"estimate {path} c={c}", url, path, body=BODY,
                                                   connections=c, **post)
                 ours[("mixed", c)] = median_load(args.runs, f"estimate mixed 500 bodies c={c}", url, "/",
                                                  requests_file=mixed, connections=c, **post)
+            usage.append(("courier estimate (every scenario)", start, server_usage(url), ours))
     for c in levels:
         for path in ("/api/v1/delivery-estimate", "/"):
             print(compare_row(ours[(path, c)], bare[("single", c)]))
         print(compare_row(ours[("mixed", c)], bare[("mixed", c)]))
+    for label, before, after, results in usage:
+        # Requests of the median runs times the runs: an estimate of all requests served.
+        print(usage_row(label, before, after, sum(r.requests for r in results.values()) * args.runs))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import HEADER, compare_row, gunicorn, load, machine, median_load, prepared_env  # noqa: E402
+from bench.harness import (  # noqa: E402
+    HEADER,
+    compare_row,
+    gunicorn,
+    load,
+    machine,
+    median_load,
+    prepared_env,
+    server_usage,
+    usage_row,
+)
 from bench.venue_standin import Knobs, StandInServer  # noqa: E402
 
 PATH = ("/api/v1/delivery-order-price?venue_slug=home-assignment-venue-helsinki&cart_value=1000"
@@ -73,22 +83,28 @@ def bare_comparison(args, standin_url: str) -> None:
                        "COURIER_LOG_LEVEL": "INFO"}) as env:
         with gunicorn(env, args.workers, target="bench.bare_app:app", health="/query", quiet=True) as url:
             load("warm-up", url, "/query", seconds=2, connections=8)
+            start = server_usage(url)
             for c in levels:
                 bare[("one", c)] = median_load(args.runs, f"bare /query c={c}", url, "/query?" + PATH.split("?")[1],
                                                connections=c, **get)
                 bare[("mixed", c)] = median_load(args.runs, f"bare /query mixed c={c}", url, "/query",
                                                  requests_file=str(bare_mixed), connections=c, **get)
+            usage = [("bare (every scenario)", start, server_usage(url), bare)]
         with gunicorn(env, args.workers, quiet=True) as url:
             load("warm-up", url, PATH, seconds=2, connections=8)  # every worker has the venue in memory
             load("warm-up", url, "/", requests_file=str(mixed), seconds=2, connections=8)
+            start = server_usage(url)
             for c in levels:
                 ours[("one", c)] = median_load(args.runs, f"price, warm, one query c={c}", url, PATH, connections=c,
                                                **get)
                 ours[("mixed", c)] = median_load(args.runs, f"price, warm, 500 queries c={c}", url, "/",
                                                  requests_file=str(mixed), connections=c, **get)
+            usage.append(("courier price (every scenario)", start, server_usage(url), ours))
     for c in levels:
         print(compare_row(ours[("one", c)], bare[("one", c)]))
         print(compare_row(ours[("mixed", c)], bare[("mixed", c)]))
+    for label, before, after, results in usage:
+        print(usage_row(label, before, after, sum(r.requests for r in results.values()) * args.runs))
 
 
 def main() -> None:

@@ -208,3 +208,41 @@ def compare_row(ours: LoadResult, bare: LoadResult) -> str:
 
 def machine() -> str:
     return f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, {os.uname().sysname} {os.uname().machine}"
+
+
+@dataclass
+class ServerUsage:
+    """CPU seconds used so far by a server's processes (master and workers) and the workers' RSS."""
+
+    cpu_s: float
+    rss_kb: list[int]
+
+
+def server_usage(url: str) -> ServerUsage:
+    """Read /proc for the processes listening as ``url`` (found by COURIER_BIND in their environment)."""
+    bind = url.split("//", 1)[1].encode()
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu, rss = 0.0, []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                if b"COURIER_BIND=" + bind not in handle.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/status") as handle:
+                status = handle.read()
+        except OSError:
+            continue
+        cpu += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        ppid = int(fields[1])
+        if ppid != os.getpid():  # a worker (the master is our child)
+            rss.append(int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))))
+    return ServerUsage(cpu, sorted(rss))
+
+
+def usage_row(label: str, before: ServerUsage, after: ServerUsage, requests: int) -> str:
+    per_request_us = (after.cpu_s - before.cpu_s) / max(1, requests) * 1e6
+    return f"{label:<40} server CPU {per_request_us:6.0f} us per request; worker RSS {after.rss_kb} KB"
