@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
-from config import DEFAULTS, ConfigError
+from config import ConfigError, load_settings
 
 
 class _JsonProvider(DefaultJSONProvider):
@@ -48,15 +48,13 @@ class CourierFlask(Flask):
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build a fully wired Courier app.
 
-    Configuration: ``config.DEFAULTS``, then ``COURIER_*`` environment variables, then
-    ``config``.  Nothing is created at import time; everything a process holds (engine,
+    Configuration: ``config.SETTINGS`` defaults, then ``COURIER_*`` environment variables, then
+    ``config``, each value parsed and checked by ``config.load_settings`` (a bad one raises
+    ``ConfigError``).  Nothing is created at import time; everything a process holds (engine,
     HTTP sessions, model) hangs off ``app.extensions["courier"]`` (a ``Runtime``).
     """
     app = CourierFlask(__name__, instance_relative_config=True)
-    app.config.from_mapping(DEFAULTS)
-    app.config.from_prefixed_env("COURIER")
-    if config:
-        app.config.from_mapping(config)
+    app.config.update(load_settings(os.environ, config))  # typed and checked once; ConfigError names the culprit
     if not app.config["DATABASE_URL"]:
         os.makedirs(app.instance_path, exist_ok=True)
         app.config["DATABASE_URL"] = "sqlite:///" + os.path.join(app.instance_path, "courier.db")
@@ -67,13 +65,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from services.auth.api_keys import Scope
 
     try:
-        app.config["OPEN_SCOPES"] = Scope.parse_list(str(app.config["OPEN_SCOPES"] or ""))
+        app.config["OPEN_SCOPES"] = Scope.parse_list(app.config["OPEN_SCOPES"] or "")
     except ValueError as exc:
         raise ConfigError(f"COURIER_OPEN_SCOPES={app.config['OPEN_SCOPES']!r}: {exc}") from None
     app.json = _JsonProvider(app)
     # Keep the documented key order of responses; compact bodies are cheaper to send.
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.compact = True  # type: ignore[attr-defined]
+
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
     from blueprints import register_blueprints
     from blueprints.auth import protect
@@ -87,7 +87,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from services.runtime import Runtime
 
     configure_logging(app.config["LOG_LEVEL"])
-    engine = make_engine(app.config["DATABASE_URL"], sqlite_busy_timeout_ms=app.config["SQLITE_BUSY_TIMEOUT_MS"])
+    try:
+        engine = make_engine(app.config["DATABASE_URL"], sqlite_busy_timeout_ms=app.config["SQLITE_BUSY_TIMEOUT_MS"])
+    except (ImportError, NoSuchModuleError, ArgumentError) as exc:
+        extra = " (pip install -e '.[postgres]')" if "postgres" in app.config["DATABASE_URL"] else ""
+        raise ConfigError(f"COURIER_DATABASE_URL cannot be used: {type(exc).__name__}: {exc}; is its database "
+                          f"driver installed?{extra}") from None
     runtime = Runtime(engine=engine, session_factory=make_session_factory(engine))
     app.extensions["courier"] = runtime
     runtime.readiness_checks["database"] = database_readiness(engine)
@@ -119,7 +124,7 @@ def _init_estimate(app: Flask, runtime) -> None:
         problem = str(exc)
         logging.getLogger("courier.estimate").error("model not loaded", extra={"problem": problem})
     runtime.services["estimate_model"] = model
-    prep_times = PrepTimeCache(runtime.session_factory, float(app.config["PREP_TIMES_RELOAD_S"]))
+    prep_times = PrepTimeCache(runtime.session_factory, app.config["PREP_TIMES_RELOAD_S"])
     runtime.services["prep_times"] = prep_times
     runtime.warmers["prep_times"] = prep_times.get
     runtime.readiness_checks["model"] = lambda: problem
@@ -133,13 +138,13 @@ def _init_pricing(app: Flask, runtime) -> None:
     client = None
     if cfg["VENUE_API_URL"]:
         client = VenueApiClient(cfg["VENUE_API_URL"], venue_api_policy(
-            connect_timeout_s=float(cfg["VENUE_API_CONNECT_TIMEOUT_S"]), read_timeout_s=float(cfg["VENUE_API_READ_TIMEOUT_S"]),
-            retries=int(cfg["VENUE_API_RETRIES"]), deadline_s=float(cfg["VENUE_API_DEADLINE_S"]),
-            pool_maxsize=int(cfg["HTTP_POOL_MAXSIZE"])))
+            connect_timeout_s=cfg["VENUE_API_CONNECT_TIMEOUT_S"], read_timeout_s=cfg["VENUE_API_READ_TIMEOUT_S"],
+            retries=cfg["VENUE_API_RETRIES"], deadline_s=cfg["VENUE_API_DEADLINE_S"],
+            pool_maxsize=cfg["HTTP_POOL_MAXSIZE"]))
     store = VenueStore(client, runtime.session_factory, VenueCachePolicy(
-        static_ttl_s=float(cfg["VENUE_STATIC_TTL_S"]), dynamic_ttl_s=float(cfg["VENUE_DYNAMIC_TTL_S"]),
-        max_stale_s=float(cfg["VENUE_MAX_STALE_S"]), failure_backoff_s=float(cfg["VENUE_FAILURE_BACKOFF_S"]),
-        enabled=bool(cfg["VENUE_CACHE_ENABLED"]), wait_s=float(cfg["VENUE_API_DEADLINE_S"]) + 0.5))
+        static_ttl_s=cfg["VENUE_STATIC_TTL_S"], dynamic_ttl_s=cfg["VENUE_DYNAMIC_TTL_S"],
+        max_stale_s=cfg["VENUE_MAX_STALE_S"], failure_backoff_s=cfg["VENUE_FAILURE_BACKOFF_S"],
+        enabled=cfg["VENUE_CACHE_ENABLED"], wait_s=cfg["VENUE_API_DEADLINE_S"] + 0.5))
     runtime.services["venues"] = store
     runtime.closers.append(store.close)
 
@@ -147,7 +152,7 @@ def _init_pricing(app: Flask, runtime) -> None:
 def _init_offers(app: Flask, runtime) -> None:
     from services.offers.realtime import RealtimeOffers
 
-    realtime = RealtimeOffers(app.config["PARTNERS_FILE"], float(app.config["OFFERS_REALTIME_DEADLINE_S"]),
+    realtime = RealtimeOffers(app.config["PARTNERS_FILE"], app.config["OFFERS_REALTIME_DEADLINE_S"],
                               service_url=app.config["SERVICE_URL"])
     runtime.services["realtime_offers"] = realtime
     runtime.closers.append(realtime.close)

@@ -1,14 +1,19 @@
-"""Every configuration key Courier reads, with its default and meaning, in one place.
+"""Every configuration key Courier reads: its type, constraints, default and meaning, in one place.
 
-Precedence (lowest to highest): these defaults, then ``COURIER_<KEY>`` environment
-variables (parsed as JSON where they parse, so ``COURIER_VENUE_STATIC_TTL_S=30`` is the
-int 30 and ``COURIER_VENUE_API_URL=`` is the empty string), then the mapping passed to
-``create_app(config)``.  The README's configuration table is checked against this list
-by a test, so a key added here without documentation fails the suite.
+Precedence (lowest to highest): these defaults, then ``COURIER_<KEY>`` environment variables,
+then the mapping passed to ``create_app(config)``.  Every value is parsed and checked once, by
+:func:`load_settings` at start-up, against its declaration: booleans accept
+true/false/1/0/yes/no/on/off, numbers their range, choices their list.  A bad value stops
+start-up (and every CLI command) with one :class:`ConfigError` naming the variable, the value and
+what is accepted; nothing is cast at request time.  The README's configuration table is checked
+against this list by a test, so a key added here without documentation fails the suite.
 """
 
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,67 +26,309 @@ class ConfigError(Exception):
     """A setting's value cannot be used; the message names the variable, the value and what is accepted."""
 
 
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
 @dataclass(frozen=True)
 class Setting:
+    """One key: ``kind`` is bool, int, float, str, "choice", "url" or "path"; bounds are inclusive."""
+
     key: str
     default: Any
     help: str
+    kind: Any = str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    optional: bool = False  # None / empty string allowed (means "derive it" or "off")
+    above_zero: bool = False  # strictly positive (timeouts)
+
+    @property
+    def variable(self) -> str:
+        return f"COURIER_{self.key}"
+
+    @staticmethod
+    def _num(x: float) -> str:
+        return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
+
+    def accepted(self) -> str:
+        """What a value must be, in words (for error messages and the README)."""
+        if self.kind is bool:
+            return "true/false (also 1/0, yes/no, on/off)"
+        if self.kind in (int, float):
+            noun = "a whole number" if self.kind is int else "a number"
+            if self.above_zero:
+                noun += " above 0"
+            if self.minimum is not None and self.maximum is not None:
+                return f"{noun} from {self._num(self.minimum)} to {self._num(self.maximum)}"
+            if self.minimum is not None:
+                return f"{noun} of at least {self._num(self.minimum)}"
+            if self.maximum is not None:
+                return f"{noun} up to {self._num(self.maximum)}"
+            return noun
+        if self.kind == "choice":
+            return "one of " + ", ".join(self.choices)
+        if self.kind == "url":
+            return "an http:// or https:// URL" + (" (or empty)" if self.optional else "")
+        if self.kind == "path":
+            return "a file path" + (" (or empty)" if self.optional else "")
+        return "text"
+
+    def parse(self, value: Any) -> Any:
+        """The typed value of ``value`` (a string from the environment, or a Python value); ValueError if bad."""
+        if value is None or (isinstance(value, str) and value.strip() == "" and self.optional):
+            if self.optional:
+                return None if value is None or self.kind != "url" else ""
+            raise ValueError("a value is required")
+        if self.kind is bool:
+            if isinstance(value, bool):
+                return value
+            word = str(value).strip().lower()
+            if word in _TRUE:
+                return True
+            if word in _FALSE:
+                return False
+            raise ValueError("not a boolean")
+        if self.kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError("not a whole number")
+            try:
+                number: float = int(value) if not isinstance(value, str) else int(value.strip().replace("_", ""))
+            except ValueError:
+                raise ValueError("not a whole number") from None
+            return self._in_range(number)
+        if self.kind is float:
+            if isinstance(value, bool):
+                raise ValueError("not a number")
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise ValueError("not a number") from None
+            if not math.isfinite(number):
+                raise ValueError("not a finite number")
+            return self._in_range(number)
+        text = str(value).strip()
+        if self.kind == "choice":
+            folded = {c.lower(): c for c in self.choices}
+            if text.lower() not in folded:
+                raise ValueError("not one of the choices")
+            return folded[text.lower()]
+        if self.kind == "url" and not text.startswith(("http://", "https://")):
+            raise ValueError("not an http(s) URL")
+        if not text and not self.optional:
+            raise ValueError("a value is required")
+        return text
+
+    def _in_range(self, number: float) -> float:
+        if self.above_zero and number <= 0:
+            raise ValueError("must be above 0")
+        if self.minimum is not None and number < self.minimum:
+            raise ValueError(f"below {self._num(self.minimum)}")
+        if self.maximum is not None and number > self.maximum:
+            raise ValueError(f"above {self._num(self.maximum)}")
+        return number
 
 
 SETTINGS: tuple[Setting, ...] = (
     # --- core -------------------------------------------------------------------------
     Setting("DATABASE_URL", None,
             "SQLAlchemy URL. Default: SQLite file `courier.db` in Flask's instance folder. "
-            "PostgreSQL: `postgresql+psycopg://user:pass@host/db` (install the `postgres` extra)."),
+            "PostgreSQL: `postgresql+psycopg://user:pass@host/db` (install the `postgres` extra).",
+            kind="database_url", optional=True),
     Setting("SQLITE_BUSY_TIMEOUT_MS", 5000,
-            "How long a SQLite writer waits for another worker's lock before failing."),
-    Setting("MAX_CONTENT_LENGTH", 1024 * 1024, "Largest accepted request body in bytes (larger: 413)."),
-    Setting("LOG_LEVEL", "INFO", "Root log level."),
-    Setting("ACCESS_LOG", True, "Emit one JSON log line per request (method, path, status, duration, request id)."),
-    Setting("HTTP_POOL_MAXSIZE", 16, "Pooled connections kept per upstream host by each process."),
+            "How long a SQLite writer waits for another worker's lock before failing.",
+            kind=int, minimum=0, maximum=600_000),
+    Setting("MAX_CONTENT_LENGTH", 1024 * 1024, "Largest accepted request body in bytes (larger: 413).",
+            kind=int, minimum=1024, maximum=1 << 30),
+    Setting("LOG_LEVEL", "INFO", "Root log level.",
+            kind="choice", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
+    Setting("ACCESS_LOG", True, "Emit one JSON log line per request (method, path, status, duration, request id).",
+            kind=bool),
+    Setting("HTTP_POOL_MAXSIZE", 16, "Pooled connections kept per upstream host by each process.",
+            kind=int, minimum=1, maximum=1000),
     Setting("OPEN_SCOPES", "pricing:read estimate:read ops:read docs:read",
             "Scopes open to every caller without an API key (space- or comma-separated). The others need a key "
             "with the scope (`flask api-keys create`): `runs:read` (offer runs), `offers:score` (real-time "
-            "offers). Empty: every endpoint needs a key."),
+            "offers). Empty: every endpoint needs a key.",
+            kind=str, optional=True),
     # --- pricing (DOPC) -----------------------------------------------------------------
     Setting("VENUE_API_URL", "https://consumer-api.development.dev.woltapi.com/home-assignment-api/v1",
-            "Base URL of the upstream venue API. Empty string: offline, only stored venue data is used."),
-    Setting("VENUE_API_CONNECT_TIMEOUT_S", 0.5, "Connect timeout of one venue API attempt."),
+            "Base URL of the upstream venue API. Empty string: offline, only stored venue data is used.",
+            kind="url", optional=True),
+    Setting("VENUE_API_CONNECT_TIMEOUT_S", 0.5, "Connect timeout of one venue API attempt.",
+            kind=float, above_zero=True, maximum=60),
     Setting("VENUE_API_READ_TIMEOUT_S", 0.5,
-            "Read timeout of one venue API attempt (each attempt is also cut to the time left before the deadline)."),
-    Setting("VENUE_API_RETRIES", 5, "Retries of one venue API call (429, 5xx, connection errors)."),
+            "Read timeout of one venue API attempt (each attempt is also cut to the time left before the deadline).",
+            kind=float, above_zero=True, maximum=60),
+    Setting("VENUE_API_RETRIES", 5, "Retries of one venue API call (429, 5xx, connection errors).",
+            kind=int, minimum=0, maximum=20),
     Setting("VENUE_API_DEADLINE_S", 2.5,
-            "Total time budget of one venue lookup, retries and backoff included; no retry starts past it."),
-    Setting("VENUE_STATIC_TTL_S", 3600, "Seconds a venue's static half (location) is fresh."),
-    Setting("VENUE_DYNAMIC_TTL_S", 60, "Seconds a venue's dynamic half (minimum, prices, ranges) is fresh."),
+            "Total time budget of one venue lookup, retries and backoff included; no retry starts past it.",
+            kind=float, above_zero=True, maximum=60),
+    Setting("VENUE_STATIC_TTL_S", 3600, "Seconds a venue's static half (location) is fresh.",
+            kind=float, minimum=0),
+    Setting("VENUE_DYNAMIC_TTL_S", 60, "Seconds a venue's dynamic half (minimum, prices, ranges) is fresh.",
+            kind=float, minimum=0),
     Setting("VENUE_MAX_STALE_S", 86400,
-            "When a refresh fails, stored data younger than this is still served (stale-if-error)."),
+            "When a refresh fails, stored data younger than this is still served (stale-if-error).",
+            kind=float, minimum=0),
     Setting("VENUE_FAILURE_BACKOFF_S", 5.0,
-            "After an upstream failure for a slug, no new upstream attempt for it for this many seconds."),
+            "After an upstream failure for a slug, no new upstream attempt for it for this many seconds.",
+            kind=float, minimum=0),
     Setting("VENUE_CACHE_ENABLED", True,
-            "Keep venue data in memory and the database. False: upstream on every request (benchmarks)."),
-    Setting("PRICING_MAX_CART_VALUE", 100_000_000, "Largest accepted `cart_value` (smallest currency unit)."),
+            "Keep venue data in memory and the database. False: upstream on every request (benchmarks).",
+            kind=bool),
+    Setting("PRICING_MAX_CART_VALUE", 100_000_000, "Largest accepted `cart_value` (smallest currency unit).",
+            kind=int, minimum=0, maximum=10**18 - 1),
     # --- estimate -----------------------------------------------------------------------
     Setting("MODEL_PATH", str(DATA_DIR / "models" / "retrained.json"),
-            "XGBoost JSON artifact used for delivery-time estimates."),
+            "XGBoost JSON artifact used for delivery-time estimates.",
+            kind="path"),
     Setting("ESTIMATE_UNKNOWN_VENUE", "default",
-            "`default`: unknown venues use the median preparation time (venue_known false); `reject`: 404."),
+            "`default`: unknown venues use the median preparation time (venue_known false); `reject`: 404.",
+            kind="choice", choices=("default", "reject")),
     Setting("PREP_TIMES_RELOAD_S", 5.0,
-            "How often (seconds) a worker checks the database for a changed preparation-time mapping."),
+            "How often (seconds) a worker checks the database for a changed preparation-time mapping.",
+            kind=float, minimum=0),
     # --- offers -------------------------------------------------------------------------
-    Setting("PARTNERS_FILE", str(DATA_DIR / "partners.toml"), "TOML partner registry (see README)."),
-    Setting("REFERENCE_PARTNER_ENABLED", True, "Serve the reference partner's ML endpoints."),
-    Setting("REFERENCE_PARTNER_PREFIX", "/partners/reference", "URL prefix of the reference partner."),
-    Setting("OFFERS_MAX_TRANSACTIONS", 10_000, "Most transactions accepted in one real-time offer request."),
+    Setting("PARTNERS_FILE", str(DATA_DIR / "partners.toml"), "TOML partner registry (see README).",
+            kind="path"),
+    Setting("REFERENCE_PARTNER_ENABLED", True, "Serve the reference partner's ML endpoints.",
+            kind=bool),
+    Setting("REFERENCE_PARTNER_PREFIX", "/partners/reference", "URL prefix of the reference partner.",
+            kind="prefix"),
+    Setting("OFFERS_MAX_TRANSACTIONS", 10_000, "Most transactions accepted in one real-time offer request.",
+            kind=int, minimum=1, maximum=1_000_000),
     Setting("SERVICE_URL", None,
             "Address this service answers on, put where a partner's `base_url` says `{service}` (the bundled "
             "reference partner). Default: from `COURIER_BIND` (a wildcard host becomes 127.0.0.1), else "
-            "`http://127.0.0.1:8000`."),
+            "`http://127.0.0.1:8000`.",
+            kind="url", optional=True),
     Setting("OFFERS_MAX_CONSECUTIVE_FAILURES", 100,
-            "`run-offers` stops (run `failed`, resumable) after this many members failed in a row; 0: never."),
-    Setting("OFFERS_DEFAULT_PARTNER", "reference", "Partner used when a request or command names none."),
+            "`run-offers` stops (run `failed`, resumable) after this many members failed in a row; 0: never.",
+            kind=int, minimum=0),
+    Setting("OFFERS_DEFAULT_PARTNER", "reference", "Partner used when a request or command names none.",
+            kind=str),
     Setting("OFFERS_REALTIME_DEADLINE_S", 5.0,
-            "Time budget of each partner call of a real-time offer, retries included (at most 2 retries)."),
+            "Time budget of each partner call of a real-time offer, retries included (at most 2 retries).",
+            kind=float, above_zero=True, maximum=300),
 )
 
 DEFAULTS: dict[str, Any] = {s.key: s.default for s in SETTINGS}
+
+# gunicorn's own settings (read by gunicorn.conf.py), checked the same way.
+GUNICORN_SETTINGS: tuple[Setting, ...] = (
+    Setting("BIND", "127.0.0.1:8000", "Address gunicorn listens on (`host:port`, or `unix:/path`)."),
+    Setting("WORKERS", None, "Sync worker processes. Default: 2 x cores + 1.", kind=int, minimum=1, maximum=256,
+            optional=True),
+    Setting("TIMEOUT", 30, "Seconds before a silent worker is killed and replaced.", kind=int, minimum=1,
+            maximum=3600),
+    Setting("GRACEFUL_TIMEOUT", 30, "Seconds a worker gets to finish in-flight requests on shutdown.", kind=int,
+            minimum=1, maximum=3600),
+    Setting("KEEPALIVE", 2, "Seconds to keep an idle client connection (sync workers close anyway).", kind=int,
+            minimum=0, maximum=300),
+    Setting("GUNICORN_LOG_LEVEL", "info", "gunicorn's own log level.", kind="choice",
+            choices=("debug", "info", "warning", "error", "critical")),
+    Setting("CONTROL_SOCKET", None, "gunicornc control socket. Default: `~/.gunicorn/courier-<bind>.ctl`.",
+            kind="path", optional=True),
+)
+
+
+def load_gunicorn_settings(environ: Mapping[str, str] | None = None) -> dict:
+    environ = os.environ if environ is None else environ
+    values = {}
+    for setting in GUNICORN_SETTINGS:
+        raw = environ.get(setting.variable, setting.default)
+        try:
+            values[setting.key] = parse_value(setting, raw)
+        except ValueError as exc:
+            raise ConfigError(f"{setting.variable}={raw!r} is not valid ({exc}): expected {describe(setting)}") \
+                from None
+    return values
+
+
+def _kind_parsers() -> dict[str, Callable[[Setting, str], Any]]:
+    return {"database_url": _database_url, "prefix": _prefix}
+
+
+def _database_url(setting: Setting, text: str) -> str:
+    """``postgres://`` (what many hosts hand out) means PostgreSQL through psycopg, like ``postgresql://``."""
+    for short in ("postgres://", "postgresql://"):
+        if text.startswith(short):
+            return "postgresql+psycopg://" + text[len(short):]
+    if "://" not in text:
+        raise ValueError("not a database URL")
+    return text
+
+
+def _prefix(setting: Setting, text: str) -> str:
+    if not text.startswith("/") or " " in text:
+        raise ValueError("not a URL path")
+    return text.rstrip("/") or "/"
+
+
+def parse_value(setting: Setting, value: Any) -> Any:
+    special = _kind_parsers().get(setting.kind) if isinstance(setting.kind, str) else None
+    if special is not None:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            if setting.optional:
+                return None
+            raise ValueError("a value is required")
+        return special(setting, str(value).strip())
+    return setting.parse(value)
+
+
+def describe(setting: Setting) -> str:
+    if setting.kind == "database_url":
+        return "a database URL (sqlite:///path, postgresql://user:pass@host/db)"
+    if setting.kind == "prefix":
+        return "a URL path starting with /"
+    return setting.accepted()
+
+
+def load_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> dict:
+    """Every setting, typed: defaults < ``COURIER_<KEY>`` in ``environ`` < ``overrides``.
+
+    Raises :class:`ConfigError` naming the first bad variable (or key), its value and what is
+    accepted.  Keys in ``overrides`` that are not settings (Flask's own, e.g. TESTING) pass through.
+    """
+    environ = os.environ if environ is None else environ
+    overrides = dict(overrides or {})
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        source, raw = "default", setting.default
+        if setting.variable in environ:
+            source, raw = setting.variable, environ[setting.variable]
+        if setting.key in overrides:
+            source, raw = setting.key, overrides.pop(setting.key)
+        try:
+            values[setting.key] = parse_value(setting, raw)
+        except ValueError as exc:
+            name = setting.variable if source == "default" else source
+            raise ConfigError(f"{name}={raw!r} is not valid ({exc}): expected {describe(setting)}") from None
+    values.update(overrides)
+    return values
+
+
+def _default_text(setting: Setting) -> str:
+    if setting.default is None:
+        return {"DATABASE_URL": "(instance/courier.db)", "SERVICE_URL": "(from COURIER_BIND)",
+                "WORKERS": "(2 x cores + 1)", "CONTROL_SOCKET": "(~/.gunicorn/courier-<bind>.ctl)"}.get(setting.key, "")
+    if isinstance(setting.default, bool):
+        return "true" if setting.default else "false"
+    return str(setting.default).replace(str(PROJECT_ROOT) + "/", "")
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from the declarations above (a test compares them)."""
+    lines = ["| variable | default | accepted | meaning |", "|---|---|---|---|"]
+    for group in (SETTINGS, GUNICORN_SETTINGS):
+        for setting in group:
+            lines.append(f"| `{setting.variable}` | `{_default_text(setting)}` | {describe(setting)} | "
+                         f"{setting.help} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python config.py: print the README's configuration table
+    print(markdown_table())

@@ -16,22 +16,33 @@ last: slow clients can hold every worker.  Run Courier behind a buffering revers
 import gc
 import multiprocessing
 import os
+import sys
 
-bind = os.environ.get("COURIER_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("COURIER_WORKERS", multiprocessing.cpu_count() * 2 + 1))
+from config import ConfigError, load_gunicorn_settings, load_settings
+
+try:
+    _settings = load_gunicorn_settings()  # every COURIER_* gunicorn variable, typed and range-checked
+    # The app's settings too, here in the master: a bad one stops gunicorn at once with its message,
+    # instead of every worker failing to boot in turn.
+    load_settings()
+except ConfigError as exc:
+    sys.exit(f"configuration error: {exc}")
+
+bind = _settings["BIND"]
+workers = _settings["WORKERS"] or multiprocessing.cpu_count() * 2 + 1
 worker_class = "sync"
-timeout = int(os.environ.get("COURIER_TIMEOUT", 30))
-graceful_timeout = int(os.environ.get("COURIER_GRACEFUL_TIMEOUT", 30))
-keepalive = int(os.environ.get("COURIER_KEEPALIVE", 2))
+timeout = _settings["TIMEOUT"]
+graceful_timeout = _settings["GRACEFUL_TIMEOUT"]
+keepalive = _settings["KEEPALIVE"]
 # gunicorn >= 25 opens a control socket at one fixed path per user by default, so a second instance
 # on the same machine (a benchmark's, a test's) took over the first one's: one socket per bind.
-control_socket = os.environ.get("COURIER_CONTROL_SOCKET") or os.path.join(
+control_socket = _settings["CONTROL_SOCKET"] or os.path.join(
     os.environ.get("XDG_RUNTIME_DIR") or os.path.join(os.path.expanduser("~"), ".gunicorn"),
     "courier-" + "".join(c if c.isalnum() or c in ".-" else "-" for c in bind) + ".ctl")
 # Access lines come from the app itself (JSON, with the request id); gunicorn's would double them.
 accesslog = None
 errorlog = "-"
-loglevel = os.environ.get("COURIER_GUNICORN_LOG_LEVEL", "info")
+loglevel = _settings["GUNICORN_LOG_LEVEL"]
 
 
 def post_fork(server, worker):

@@ -158,7 +158,7 @@ _results_schema = ResultsQuerySchema()
 @requires(Scope.OFFERS_SCORE)
 def realtime_offer():
     body = json_body()
-    cap = int(current_app.config["OFFERS_MAX_TRANSACTIONS"])
+    cap = current_app.config["OFFERS_MAX_TRANSACTIONS"]
     if isinstance(body, dict) and isinstance(body.get("transactions"), list) and len(body["transactions"]) > cap:
         raise InvalidRequest("Too many transactions.", details={"transactions": [f"at most {cap} per request"]})
     data = load_or_400(_offer_schema, body, "Invalid offer request.")

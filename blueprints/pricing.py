@@ -51,7 +51,7 @@ class Coordinate(fields.Field):
 
 
 def _cart_cap() -> int:
-    return int(current_app.config["PRICING_MAX_CART_VALUE"])
+    return current_app.config["PRICING_MAX_CART_VALUE"]
 
 
 class PriceQuerySchema(Schema):

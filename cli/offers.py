@@ -183,7 +183,7 @@ def run_offers_command(input_path, partner, as_of, output, concurrency, no_batch
     except PartnerConfigError as exc:
         _usage_error(str(exc))
     if max_consecutive_failures is None:
-        max_consecutive_failures = int(current_app.config["OFFERS_MAX_CONSECUTIVE_FAILURES"])
+        max_consecutive_failures = current_app.config["OFFERS_MAX_CONSECUTIVE_FAILURES"]
     options = RunOptions(input_path=input_path, partner=partner, as_of=as_of_date,
                          concurrency=concurrency or config.max_concurrency, resume_run_id=resume_run_id,
                          max_consecutive_failures=max_consecutive_failures, use_batch=not no_batch)
