@@ -20,16 +20,20 @@ from services.offers.recording import EXPORT_COLUMNS
 
 bp = Blueprint("offers", __name__)
 
-_TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d{1,6})?$")
+_TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-](\d{2}):?(\d{2}))?$")
 
 
 class Timestamp(fields.String):
     def _deserialize(self, value, attr, data, **kwargs):
         text = super()._deserialize(value, attr, data, **kwargs).strip()
-        if not _TS_RE.match(text):
-            raise ValidationError("must be 'YYYY-MM-DD HH:MM:SS[.ffffff]' (UTC; 'T' also accepted)")
+        match = _TS_RE.match(text)
+        if not match:
+            raise ValidationError("must be 'YYYY-MM-DD HH:MM:SS[.ffffff]' (UTC unless it ends in an offset such as "
+                                  "'Z' or '+02:00'; 'T' also accepted)")
+        if match.group(3) is not None and (int(match.group(3)) > 23 or int(match.group(4)) > 59):
+            raise ValidationError("not a valid UTC offset")
         try:
-            datetime.fromisoformat(text)
+            datetime.fromisoformat(text if match.group(2) is None else text[:match.start(2)])
         except ValueError as exc:
             raise ValidationError(f"not a valid date and time: {exc}") from exc
         return text

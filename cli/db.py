@@ -35,8 +35,10 @@ def upgrade(revision: str) -> None:
     click.echo(f"database at revision {status.current} (head {status.head})")
 
 
-@db_group.command("downgrade", help="Revert migrations down to REVISION (e.g. -1 or base).")
-@click.argument("revision")
+@db_group.command("downgrade", short_help="Revert migrations (e.g. -1, base).",
+                  help="Revert migrations down to REVISION: a revision id, -N (N steps back) or base.",
+                  context_settings={"ignore_unknown_options": True})  # "-1" is a revision, not an option
+@click.argument("revision", type=click.STRING)
 @with_appcontext
 def downgrade(revision: str) -> None:
     migrations.downgrade(_engine(), revision)

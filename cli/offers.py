@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
 import time
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import click
 from flask import current_app
@@ -17,7 +19,7 @@ from services.errors import CourierError
 from services.offers.features import InputError
 from services.offers.partners import PartnerClient, PartnerConfigError, load_registry
 from services.offers.pipeline import ResumeError, RunOptions, run_offers
-from services.offers.recording import write_output
+from services.offers.recording import OUTPUT_SUFFIXES, write_output
 
 
 def _registry():
@@ -28,6 +30,13 @@ def _registry():
         for problem in exc.problems:
             click.echo(f"  {problem}", err=True)
         raise SystemExit(2) from exc
+
+
+def _flask_program() -> str:
+    """How the user ran us (e.g. ``.venv/bin/flask``), so a printed command works when pasted back."""
+    program = sys.argv[0] if os.path.basename(sys.argv[0]) == "flask" else ".venv/bin/flask"
+    relative = os.path.relpath(program) if os.path.isabs(program) else program
+    return relative if not relative.startswith("..") else program
 
 
 def _usage_error(message: str) -> None:
@@ -136,7 +145,8 @@ EXIT_CODES = {"succeeded": 0, "completed_with_failures": 1, "failed": 1, "interr
 @click.option("--as-of", "as_of", default=None,
               help="Date DAYS_SINCE_LAST_TRANSACTION counts to, YYYY-MM-DD (default: today in UTC).")
 @click.option("--output", default=None, type=click.Path(dir_okay=False),
-              help="Write per-member results here: CSV, or .jsonl, or .parquet; plus <output>.summary.json.")
+              help="Write per-member results here, by extension: .csv, .jsonl or .parquet; plus "
+                   "<output>.summary.json.")
 @click.option("--concurrency", type=click.IntRange(1, 1024), default=None,
               help="Members in flight at once when scoring member by member (default: the partner's "
                    "max_concurrency). Partners with batch endpoints use their batch.concurrency instead.")
@@ -154,6 +164,9 @@ def run_offers_command(input_path, partner, as_of, output, concurrency, no_batch
     runtime = current_app.extensions["courier"]
     require_migrated(runtime.engine)
     registry = _registry()
+    if output and Path(output).suffix.lower() not in OUTPUT_SUFFIXES:
+        _usage_error(f"--output {output}: unsupported format {Path(output).suffix or '(no extension)'}; "
+                     f"use one of {', '.join(OUTPUT_SUFFIXES)}")
     as_of_date = None
     if as_of:
         try:
@@ -222,8 +235,8 @@ def run_offers_command(input_path, partner, as_of, output, concurrency, no_batch
                    "service itself: start it (`make run`), or set COURIER_SERVICE_URL (or COURIER_BIND) to "
                    "where it listens.", err=True)
     if status != "succeeded":
-        click.echo(f"run {report.run.id} {status}: resume with `flask run-offers --input {input_path} "
-                   f"--resume {report.run.id}`", err=True)
+        click.echo(f"run {report.run.id} {status}: resume with `{_flask_program()} run-offers --input {input_path} "
+                   f"--partner {report.run.partner} --as-of {report.run.as_of} --resume {report.run.id}`", err=True)
     raise SystemExit(EXIT_CODES.get(status, 1))
 
 

@@ -23,26 +23,33 @@ def _refuse(summary: str, problems: list[str]) -> None:
 
 
 @click.command("seed-venues", help="Load venue preparation times and venue pricing data into the database. "
-                                   "Idempotent: re-running updates rows in place. All or nothing: a bad file "
-                                   "is reported and nothing is written.")
+                                   "Preparation times: missing venues are inserted; a stored time that differs "
+                                   "from the file (e.g. changed by an operator) is kept and reported, unless "
+                                   "--overwrite. Venue pricing data is upserted. All or nothing: a bad file is "
+                                   "reported and nothing is written.")
 @click.option("--prep-times", "prep_times_path", type=click.Path(dir_okay=False),
               default=str(DATA_DIR / "venue_preparation.csv"), show_default=True,
               help="CSV of venue_id,avg_preparation_time (minutes).")
 @click.option("--venues-dir", type=click.Path(file_okay=False), default=str(DATA_DIR / "venues"),
               show_default=True, help="Folder of <slug>.static.json / <slug>.dynamic.json venue API snapshots.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace stored preparation times that differ from the file (default: keep and report them).")
 @click.option("--from-api", is_flag=True,
-              help="Refresh venue pricing data from the live venue API instead of the snapshots "
-                   "(the SLUGs given, or every venue already stored).")
-@click.argument("slugs", nargs=-1)
+              help="Only refresh venue pricing data, from the live venue API instead of the snapshots "
+                   "(the SLUGs given, or every venue already stored); preparation times are not touched.")
+@click.argument("slugs", nargs=-1, type=click.STRING)
 @with_appcontext
-def seed_venues(prep_times_path: str, venues_dir: str, from_api: bool, slugs: tuple[str, ...]) -> None:
+def seed_venues(prep_times_path: str, venues_dir: str, overwrite: bool, from_api: bool,
+                slugs: tuple[str, ...]) -> None:
     runtime = current_app.extensions["courier"]
     store = runtime.services["venues"]
     require_migrated(runtime.engine)
-    try:
-        times = parse_prep_times_csv(prep_times_path)
-    except PrepTimesFileError as exc:
-        _refuse(f"{exc.path}: {len(exc.errors)} bad row(s)", [f"line {e.line}: {e.problem}" for e in exc.errors])
+    times: dict[str, float] | None = None
+    if not from_api:
+        try:
+            times = parse_prep_times_csv(prep_times_path)
+        except PrepTimesFileError as exc:
+            _refuse(f"{exc.path}: {len(exc.errors)} bad row(s)", [f"line {e.line}: {e.problem}" for e in exc.errors])
 
     if from_api:
         if store.client is None:
@@ -69,13 +76,18 @@ def seed_venues(prep_times_path: str, venues_dir: str, from_api: bool, slugs: tu
         source = venues_dir
 
     with runtime.session() as session, session.begin():
-        counts = upsert_prep_times(session, times)
+        counts = upsert_prep_times(session, times, overwrite=overwrite) if times is not None else None
         created = sum(upsert_venue(session, venue) for venue in venues)
     runtime.services["prep_times"].invalidate()
     for venue in venues:
         store.forget(venue.slug)
-    click.echo(f"prep times ({prep_times_path}): {counts.inserted} inserted, {counts.updated} updated, "
-               f"{counts.unchanged} unchanged")
+    if counts is not None:
+        click.echo(f"prep times ({prep_times_path}): {counts.inserted} inserted, {counts.updated} updated, "
+                   f"{counts.unchanged} unchanged, {len(counts.kept)} kept")
+        if counts.kept:
+            shown = ", ".join(counts.kept[:10]) + (" ..." if len(counts.kept) > 10 else "")
+            click.echo(f"  kept {len(counts.kept)} stored time(s) that differ from the file: {shown} "
+                       "(--overwrite replaces them)")
     click.echo(f"venues ({source}): {created} inserted, {len(venues) - created} updated"
                + (f", {failed} failed" if failed else ""))
     if failed:

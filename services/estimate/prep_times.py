@@ -52,6 +52,7 @@ class UpsertCounts:
     inserted: int
     updated: int
     unchanged: int
+    kept: tuple[str, ...] = ()  # rows that differ from the file, left as they are (not overwriting)
 
 
 @dataclass(frozen=True)
@@ -110,16 +111,20 @@ def parse_prep_times_csv(path: str | Path) -> dict[str, float]:
     return result
 
 
-def upsert_prep_times(session: Session, times: dict[str, float]) -> UpsertCounts:
-    """Insert new venues, update changed ones; the caller commits (one transaction for the file)."""
+def upsert_prep_times(session: Session, times: dict[str, float], overwrite: bool = True) -> UpsertCounts:
+    """Insert new venues; rows that differ are updated when ``overwrite``, else kept and listed
+    (an operator's change must not be undone by the next deploy's seeding).  The caller commits."""
     existing = {row.venue_id: row for row in session.scalars(select(VenuePrepTime))}
     inserted = updated = unchanged = 0
+    kept: list[str] = []
     now = utcnow()
     for venue_id, value in times.items():
         row = existing.get(venue_id)
         if row is None:
             session.add(VenuePrepTime(venue_id=venue_id, avg_preparation_time=value, updated_at=now))
             inserted += 1
+        elif row.avg_preparation_time != value and not overwrite:
+            kept.append(venue_id)
         elif row.avg_preparation_time != value:
             row.avg_preparation_time = value
             row.updated_at = now
@@ -129,7 +134,7 @@ def upsert_prep_times(session: Session, times: dict[str, float]) -> UpsertCounts
     if inserted or updated:
         bump_version(session, DATASET)
     session.flush()
-    return UpsertCounts(inserted, updated, unchanged)
+    return UpsertCounts(inserted, updated, unchanged, tuple(sorted(kept)))
 
 
 def read_snapshot(session: Session) -> PrepTimeSnapshot:

@@ -200,9 +200,14 @@ def iter_csv(records: Iterator[dict[str, Any]]) -> Iterator[str]:
     yield buffer.getvalue()
 
 
+OUTPUT_SUFFIXES = (".csv", ".jsonl", ".parquet")
+
+
 def write_output(session: Session, run: OfferRun, path: str | Path) -> Path:
-    """Per-member results as CSV (default), JSON lines (.jsonl) or Parquet (.parquet), plus a summary."""
+    """Per-member results as CSV (.csv), JSON lines (.jsonl) or Parquet (.parquet), plus a summary."""
     path = Path(path)
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ValueError(f"{path.name}: unsupported output format; use one of {', '.join(OUTPUT_SUFFIXES)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
     if suffix == ".parquet":

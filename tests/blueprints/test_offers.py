@@ -225,3 +225,16 @@ def test_empty_optional_query_values_mean_not_given(client, app):
     _add_runs(app, 1)
     response = client.get("/api/v1/offer-runs/1/results?offer=&cursor=&status=")
     assert response.status_code == 200 and response.get_json() == {"items": [], "next_cursor": None}
+
+
+def test_timestamps_with_a_utc_offset_are_accepted_and_converted(client, app, mock):
+    route_to_app(mock, app)
+    plain = [{"ts": "2023-12-10 11:24:18", "type": "gift", "points": 9600, "revenue_usd": 32.0},
+             {"ts": "2024-01-04 23:30:00", "type": "buy", "points": 100, "revenue_usd": 5.0}]
+    offset = [{"ts": "2023-12-10T11:24:18Z", "type": "gift", "points": 9600, "revenue_usd": 32.0},
+              {"ts": "2024-01-05T01:30:00+02:00", "type": "buy", "points": 100, "revenue_usd": 5.0}]
+    answers = [client.post(URL, json={"member_id": "M1", "transactions": t, "as_of": "2024-01-05"}) for t in
+               (plain, offset)]
+    assert [a.status_code for a in answers] == [200, 200], answers[1].get_json()
+    assert answers[0].get_json()["features"] == answers[1].get_json()["features"]
+    assert answers[1].get_json()["features"]["DAYS_SINCE_LAST_TRANSACTION"] == 1  # 2024-01-04 in UTC

@@ -18,3 +18,19 @@ def test_current_reports_head(runner):
     result = runner.invoke(args=["db", "current"])
     assert result.exit_code == 0
     assert "at head: True" in result.output
+
+
+def test_downgrade_minus_one_steps_back_one_revision_as_its_help_says(runner):
+    from services import migrations
+
+    head = migrations.schema_status(runner.app.extensions["courier"].engine).head
+    result = runner.invoke(args=["db", "downgrade", "-1"])
+    assert result.exit_code == 0, result.output
+    status = migrations.schema_status(runner.app.extensions["courier"].engine)
+    assert status.current != head and not status.at_head
+    assert runner.invoke(args=["db", "upgrade"]).exit_code == 0
+
+
+def test_db_help_lists_downgrade_with_its_whole_summary(runner):
+    listing = runner.invoke(args=["db", "--help"]).output
+    assert "Revert migrations (e.g. -1, base)." in listing

@@ -224,3 +224,28 @@ def test_a_sparse_gigabyte_input_is_refused_at_once_naming_the_line(app, tmp_pat
     assert result.exit_code == 2
     assert "line 2 is longer than 65536 bytes; not a transaction CSV" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("name", ["out.xlsx", "out"])
+def test_an_unsupported_output_format_is_a_usage_error_before_any_work(app, tmp_path, name):
+    result = app.test_cli_runner().invoke(args=[*ARGS, "--output", str(tmp_path / name)])
+    assert result.exit_code == 2
+    assert "unsupported format" in result.output and ".csv, .jsonl, .parquet" in result.output
+    assert not (tmp_path / name).exists()
+    assert "scoring" not in result.output  # refused before the run started
+
+
+def test_the_resume_hint_is_a_command_that_works_as_printed(app_config, tmp_path):
+    partner = LivePartner(fail={"/ml/resp/predict/batch": lambda body: 422})
+    try:
+        app = partner_app(app_config, partner)
+        runner = app.test_cli_runner()
+        first = runner.invoke(args=[*ARGS, "--max-consecutive-failures", "0"])
+        assert first.exit_code == 1
+        hint = first.output.split("resume with `", 1)[1].split("`", 1)[0]
+        assert hint == f".venv/bin/flask run-offers --input {SAMPLE} --partner reference --as-of 2024-01-05 --resume 1"
+        partner.fail.clear()
+        resumed = runner.invoke(args=hint.split()[1:])  # exactly what was printed, after the program
+        assert resumed.exit_code == 0, resumed.output
+    finally:
+        partner.close()

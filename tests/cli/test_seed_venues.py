@@ -104,3 +104,47 @@ def test_from_api_reports_failures_per_slug(runner, db_session):
         mock.get(f"{VENUE_API}/venues/ghost/dynamic", status=404)
         result = runner.invoke(args=["seed-venues", "--from-api", "ghost"])
     assert result.exit_code == 1 and "ghost: failed (venue_not_found" in result.output
+
+
+def _set_prep_time(db_session, venue_id, minutes):
+    from services.estimate.prep_times import upsert_prep_times
+
+    with db_session.begin():
+        upsert_prep_times(db_session, {venue_id: minutes})  # what an operator's change amounts to
+
+
+def test_an_operators_changed_prep_time_is_kept_and_reported(runner, db_session):
+    runner.invoke(args=["seed-venues"])
+    _set_prep_time(db_session, "8a61b8c", 42.0)
+    result = runner.invoke(args=["seed-venues"])
+    assert result.exit_code == 0, result.output
+    assert "0 inserted, 0 updated, 99 unchanged, 1 kept" in result.output
+    assert "kept 1 stored time(s) that differ from the file: 8a61b8c (--overwrite replaces them)" in result.output
+    db_session.expire_all()
+    assert read_snapshot(db_session).times["8a61b8c"] == 42.0
+
+
+def test_overwrite_replaces_changed_prep_times(runner, db_session):
+    runner.invoke(args=["seed-venues"])
+    _set_prep_time(db_session, "8a61b8c", 42.0)
+    result = runner.invoke(args=["seed-venues", "--overwrite"])
+    assert "0 inserted, 1 updated, 99 unchanged, 0 kept" in result.output
+    db_session.expire_all()
+    assert read_snapshot(db_session).times["8a61b8c"] != 42.0
+
+
+def test_from_api_touches_venue_pricing_data_only(runner, db_session):
+    import responses
+
+    from tests.conftest import VENUE_API
+    from tests.pricing_fixtures import register_venue
+
+    runner.invoke(args=["seed-venues"])
+    _set_prep_time(db_session, "8a61b8c", 42.0)
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
+        register_venue(mock, VENUE_API, "helsinki")
+        result = runner.invoke(args=["seed-venues", "--from-api", "home-assignment-venue-helsinki"])
+    assert result.exit_code == 0, result.output
+    assert "prep times" not in result.output and "0 inserted, 1 updated" in result.output
+    db_session.expire_all()
+    assert read_snapshot(db_session).times["8a61b8c"] == 42.0
