@@ -25,9 +25,10 @@ run: $(VENV)/.installed-run
 	$(BIN)/flask seed-venues
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-## test: install dev extras and run the whole suite
+## test: install dev extras; lint (ruff), then the whole suite with branch coverage (fails under 93%)
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest --cov --cov-fail-under=93
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

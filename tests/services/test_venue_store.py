@@ -302,10 +302,14 @@ class GatedClient:
         self.data = data
         self.gate = threading.Event()
         self.started = threading.Semaphore(0)
-        self.calls = 0
+        self.asked: list[str] = []  # list.append is atomic; "+= 1" from two threads could lose one
+
+    @property
+    def calls(self):
+        return len(self.asked)
 
     def _wait(self):
-        self.calls += 1
+        self.asked.append("half")
         self.started.release()
         assert self.gate.wait(10), "the test never released the upstream"
 
