@@ -4,20 +4,28 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export FLASK_APP := wsgi
 
-.PHONY: run test lint bench-pricing bench-estimate bench-offers bench-offers-realtime venue-standin reference-partner clean
+.PHONY: run test lint lock bench-pricing bench-estimate bench-offers bench-offers-realtime venue-standin reference-partner clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Stamps: reinstall only when the package metadata changes.
-$(VENV)/.installed-run: setup.cfg pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+$(VENV)/.installed-run: setup.cfg pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -c constraints.txt -e .
 	touch $@
 
-$(VENV)/.installed-dev: setup.cfg pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev,train,postgres]'
+$(VENV)/.installed-dev: setup.cfg pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,train,postgres]'
 	touch $@ $(VENV)/.installed-run
+
+## lock: re-pin constraints.txt from a fresh virtualenv with every extra (run after changing setup.cfg)
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip
+	.lock-venv/bin/pip install --quiet -e '.[dev,train,postgres]'
+	{ head -2 constraints.txt; .lock-venv/bin/pip freeze --exclude-editable | grep -v '^courier'; } > constraints.new
+	mv constraints.new constraints.txt && rm -rf .lock-venv
 
 ## run: install, migrate, seed bundled data, serve on 127.0.0.1:8000 with gunicorn
 run: $(VENV)/.installed-run
