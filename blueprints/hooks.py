@@ -36,7 +36,7 @@ def register_request_hooks(app: Flask) -> None:
         rid = incoming if incoming and valid_id(incoming) else new_request_id()
         environ["courier.request_id"] = rid
         environ["courier.started"] = time.perf_counter()
-        request_id_var.set(rid)
+        environ["courier.rid_token"] = request_id_var.set(rid)
 
     @app.after_request
     def _finish(response):
@@ -48,6 +48,16 @@ def register_request_hooks(app: Flask) -> None:
                 access_log.write(environ["REQUEST_METHOD"], request.path, response.status_code,
                                  round((time.perf_counter() - environ["courier.started"]) * 1000, 3), rid)
         return response
+
+    @app.teardown_request
+    def _forget_request_id(_exc) -> None:
+        # Lines logged after this request (by this worker, between requests) must not carry its id.
+        token = request.environ.pop("courier.rid_token", None)
+        if token is not None:
+            try:
+                request_id_var.reset(token)
+            except ValueError:  # set in another context (a copied one): nothing of ours to undo
+                pass
 
     @app.teardown_appcontext
     def _close_session(_exc) -> None:

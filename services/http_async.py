@@ -32,6 +32,7 @@ from services.errors import (
 )
 from services.http_client import RETRY_STATUSES, HttpPolicy, raise_for_upstream_status
 from services.http_transport import KeepAliveTransport, TransportError
+from services.logs import request_id_var
 
 RETRY_AFTER_STATUSES = Retry.RETRY_AFTER_STATUS_CODES  # 413, 429, 503: as urllib3 honours it
 
@@ -76,10 +77,11 @@ class AsyncHttpClient:
 
     async def open(self) -> AsyncHttpClient:
         if self._transport is None:
+            rid = request_id_var.get()  # a batch run's id ("run-<id>"), sent with every call of the run
             self._transport = KeepAliveTransport(
                 self.base_url, connect_timeout_s=self.policy.connect_timeout_s,
                 read_timeout_s=self.policy.read_timeout_s, pool_maxsize=self.policy.pool_maxsize,
-                headers=self.headers)
+                headers={**self.headers, "X-Request-ID": rid} if rid else self.headers)
         return self
 
     async def close(self) -> None:

@@ -38,6 +38,7 @@ from services.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from services.logs import request_id_var
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -272,12 +273,17 @@ class HttpClient:
 
     def _attempt(self, method: str, path: str, *, json: Any, params: Any, deadline: float | None) -> requests.Response:
         url = self.url(path)
+        rid = request_id_var.get()
+        # The request (or run) id travels with every outbound call, so the upstream's logs join ours.
+        headers = {"X-Request-ID": rid} if rid else None
         token = _DEADLINE.set(deadline)
         try:
             if deadline is None:
-                return self.session.request(method, url, json=json, params=params, timeout=self.policy.timeout)
+                return self.session.request(method, url, json=json, params=params, timeout=self.policy.timeout,
+                                            headers=headers)
             timeout = DeadlineTimeout(self.policy.connect_timeout_s, self.policy.read_timeout_s, deadline)
-            response = self.session.request(method, url, json=json, params=params, timeout=timeout, stream=True)
+            response = self.session.request(method, url, json=json, params=params, timeout=timeout, stream=True,
+                                            headers=headers)
         except requests.exceptions.RequestException as exc:
             raise self._convert(exc, url) from exc
         finally:

@@ -12,6 +12,7 @@ transactions are doing.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import socket
@@ -86,8 +87,12 @@ class Heartbeat(threading.Thread):
         self.interval_s = interval_s
         self.stopped = threading.Event()
         self.lost = False
+        self.context = contextvars.copy_context()  # log lines of this thread carry the run's id
 
     def run(self) -> None:
+        self.context.run(self._beat)
+
+    def _beat(self) -> None:
         while not self.stopped.wait(self.interval_s):
             try:
                 if not beat(self.sessions, self.run_id, self.owner):

@@ -17,6 +17,7 @@ continue it.  Statuses:
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import logging
 import queue
@@ -32,6 +33,7 @@ from sqlalchemy.orm import sessionmaker
 
 from services.errors import CourierError, UpstreamTimeout, UpstreamUnavailable
 from services.http_async import RetryEvent
+from services.logs import request_id_var
 from services.models import OfferRun
 from services.offers.features import FeatureScan, InputError, read_header, scan_features
 from services.offers.lease import Heartbeat, claim, new_owner
@@ -95,6 +97,7 @@ class _Writer(threading.Thread):
     def __init__(self, sessions: sessionmaker, run_id: int, step: StepStats,
                  progress: Callable[[int], None] | None, on_error: Callable[[], None] | None = None) -> None:
         super().__init__(name="offers-writer", daemon=True)
+        self.context = contextvars.copy_context()  # log lines of this thread carry the run's id
         self.on_error = on_error
         self.queue: queue.Queue[list[MemberOutcome] | None] = queue.Queue(maxsize=16)
         self.sessions = sessions
@@ -121,6 +124,9 @@ class _Writer(threading.Thread):
             self.progress(len(batch))
 
     def run(self) -> None:
+        self.context.run(self._drain)
+
+    def _drain(self) -> None:
         batch: list[MemberOutcome] = []
         deadline = time.monotonic() + BATCH_SECONDS
         finished = False
@@ -247,6 +253,8 @@ def run_offers(
 
         owner = new_owner()
         run_id, done = _open_run(sessions, options, sha, owner)
+        # Every log line of the run from here on, and every partner call, carries the run's id.
+        run_log_id = request_id_var.set(f"run-{run_id}")
         heartbeat = Heartbeat(sessions, run_id, owner, on_lost=stop.set)
         heartbeat.start()
         try:
@@ -306,6 +314,7 @@ def run_offers(
 
         finally:
             heartbeat.stop()
+            request_id_var.reset(run_log_id)
 
 
 __all__ = ["DEFAULT_MAX_CONSECUTIVE_FAILURES", "ResumeError", "RunOptions", "RunReport", "file_sha256", "run_offers"]

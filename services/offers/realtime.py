@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 import time
@@ -46,7 +47,7 @@ def score_features(client: PartnerClient, resp_pool: ThreadPoolExecutor, feature
             raise PartnerStepError(step, exc) from exc
         return value, (time.perf_counter() - started) * 1000
 
-    resp_future = resp_pool.submit(timed, "resp", client.predict_resp, features)
+    resp_future = resp_pool.submit(contextvars.copy_context().run, timed, "resp", client.predict_resp, features)
     try:
         ats, ats_ms = timed("ats", client.predict_ats, features)
     finally:

@@ -15,6 +15,7 @@ of a read request, and that must not depend on the outcome of the request's own 
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import logging
 import math
@@ -227,7 +228,7 @@ class VenueStore:
         self.stats[counter] += 1
         self._pool()
         try:
-            self._refresher.submit(self._fetch_and_store, slug, future)
+            self._refresher.submit(contextvars.copy_context().run, self._fetch_and_store, slug, future)
         except RuntimeError:  # pool shut down (process exiting): nothing to refresh for
             self._release(slug, future)
             future.set_result(None)
@@ -362,7 +363,7 @@ class VenueStore:
 
     def _fetch_both(self, slug: str):
         """Both halves in parallel: static in the fetch pool, dynamic in this thread."""
-        static_future = self._pool().submit(self.client.fetch_static, slug)
+        static_future = self._pool().submit(contextvars.copy_context().run, self.client.fetch_static, slug)
         dynamic, dynamic_error = None, None
         try:
             dynamic = self.client.fetch_dynamic(slug)
