@@ -143,6 +143,10 @@ SETTINGS: tuple[Setting, ...] = (
             kind=int, minimum=1024, maximum=1 << 30),
     Setting("LOG_LEVEL", "INFO", "Root log level.",
             kind="choice", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
+    Setting("LOG_FORMAT", "auto",
+            "`json`: one JSON object per line (default under gunicorn, set by gunicorn.conf.py); `text`: short "
+            "readable lines with coloured levels; `auto`: text when stderr is a terminal, else JSON.",
+            kind="choice", choices=("auto", "json", "text")),
     Setting("ACCESS_LOG", True, "Emit one JSON log line per request (method, path, status, duration, request id).",
             kind=bool),
     Setting("HTTP_POOL_MAXSIZE", 16, "Pooled connections kept per upstream host by each process.",

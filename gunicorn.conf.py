@@ -20,6 +20,9 @@ import sys
 
 from config import ConfigError, load_gunicorn_settings, load_settings
 
+# Under gunicorn, logs go to a collector: JSON lines unless the operator asks for text.
+os.environ.setdefault("COURIER_LOG_FORMAT", "json")
+
 try:
     _settings = load_gunicorn_settings()  # every COURIER_* gunicorn variable, typed and range-checked
     # The app's settings too, here in the master: a bad one stops gunicorn at once with its message,

@@ -41,15 +41,55 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Install one JSON handler on the root logger (idempotent, so tests can build many apps)."""
+_LEVEL_COLOURS = {"DEBUG": "\033[2m", "INFO": "\033[32m", "WARNING": "\033[33m", "ERROR": "\033[31m",
+                  "CRITICAL": "\033[1;31m"}
+
+
+class TextFormatter(logging.Formatter):
+    """Short lines for a person at a terminal: time, level (coloured on a terminal), logger, message,
+    then the structured fields as key=value and the request id in brackets."""
+
+    def __init__(self, colour: bool = False) -> None:
+        super().__init__()
+        self.colour = colour
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = record.levelname
+        if self.colour:
+            level = f"{_LEVEL_COLOURS.get(level, '')}{level:<7}\033[0m"
+        else:
+            level = f"{level:<7}"
+        fields = " ".join(f"{k}={v}" for k, v in record.__dict__.items()
+                          if k not in _RESERVED and not k.startswith("_") and k != "request_id")
+        rid = getattr(record, "request_id", None)
+        line = (f"{time.strftime('%H:%M:%S', time.localtime(record.created))}.{int(record.msecs):03d} {level} "
+                f"{record.name}: {record.getMessage()}" + (f"  {fields}" if fields else "")
+                + (f"  [{rid}]" if rid else ""))
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def resolve_log_format(setting: str, stream=None) -> str:
+    """``auto``: text on a terminal (a developer's ``flask run`` or CLI), JSON otherwise (gunicorn sets json)."""
+    if setting != "auto":
+        return setting
+    stream = stream or sys.stderr
+    return "text" if hasattr(stream, "isatty") and stream.isatty() else "json"
+
+
+def configure_logging(level: str = "INFO", log_format: str = "auto") -> None:
+    """Install one handler on the root logger (idempotent, so tests can build many apps)."""
     root = logging.getLogger()
     root.setLevel(level)
     for handler in root.handlers:
         if getattr(handler, "_courier", False):
             return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    if resolve_log_format(log_format) == "text":
+        handler.setFormatter(TextFormatter(colour=sys.stderr.isatty()))
+    else:
+        handler.setFormatter(JsonFormatter())
     handler.addFilter(RequestIdFilter())
     handler._courier = True  # type: ignore[attr-defined]
     root.addHandler(handler)
@@ -100,7 +140,8 @@ class AccessLog:
         if logger.handlers or not logger.propagate or logger.filters or not logger.isEnabledFor(logging.INFO):
             return None
         handlers = root.handlers
-        if len(handlers) != 1 or not getattr(handlers[0], "_courier", False) or root.filters:
+        if len(handlers) != 1 or not getattr(handlers[0], "_courier", False) or root.filters \
+                or type(handlers[0].formatter) is not JsonFormatter:
             return None
         return handlers[0]  # type: ignore[return-value]
 

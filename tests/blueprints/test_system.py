@@ -136,3 +136,61 @@ def test_a_forked_worker_draws_its_own_request_id_prefix():
     os.close(read)
     os.close(write)
     assert child[:16] != parent[:16]
+
+
+def test_text_log_lines_are_short_and_readable():
+    from services.logs import TextFormatter
+
+    record = logging.makeLogRecord({"name": "courier.pricing", "levelname": "WARNING", "levelno": 30,
+                                    "msg": "venue refresh failed", "venue_slug": "helsinki", "request_id": "rid-9"})
+    line = TextFormatter(colour=False).format(record)
+    assert "WARNING courier.pricing: venue refresh failed  venue_slug=helsinki  [rid-9]" in line
+    assert "\033[" not in line and not line.startswith("{")
+    assert "\033[33mWARNING" in TextFormatter(colour=True).format(record)  # levels coloured on a terminal
+
+
+def test_auto_log_format_is_text_on_a_terminal_and_json_otherwise():
+    import io
+
+    from services.logs import resolve_log_format
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert resolve_log_format("auto", Terminal()) == "text"
+    assert resolve_log_format("auto", io.StringIO()) == "json"
+    assert resolve_log_format("json", Terminal()) == "json"
+
+
+def test_with_text_logs_the_access_line_goes_through_the_text_formatter(monkeypatch):
+    import io
+
+    from services.logs import AccessLog, RequestIdFilter, TextFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TextFormatter())
+    handler.addFilter(RequestIdFilter())
+    handler._courier = True
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [handler])
+    monkeypatch.setattr(root, "level", logging.INFO)
+    AccessLog().write("GET", "/healthz", 200, 0.2, "rid-3")
+    assert "INFO    courier.access: request  method=GET path=/healthz status=200 duration_ms=0.2  [rid-3]" \
+        in stream.getvalue()
+
+
+def test_gunicorn_defaults_to_json_logs():
+    import os
+    import runpy
+    from pathlib import Path
+
+    saved = os.environ.pop("COURIER_LOG_FORMAT", None)
+    try:
+        runpy.run_path(str(Path(__file__).resolve().parents[2] / "gunicorn.conf.py"))
+        assert os.environ["COURIER_LOG_FORMAT"] == "json"
+    finally:
+        os.environ.pop("COURIER_LOG_FORMAT", None)
+        if saved is not None:
+            os.environ["COURIER_LOG_FORMAT"] = saved
