@@ -124,6 +124,10 @@ def _init_estimate(app: Flask, runtime) -> None:
         problem = str(exc)
         logging.getLogger("courier.estimate").error("model not loaded", extra={"problem": problem})
     runtime.services["estimate_model"] = model
+    if model is not None:
+        from services.metrics import metrics
+
+        metrics().model_info.labels(model.version).set(1)
     prep_times = PrepTimeCache(runtime.session_factory, app.config["PREP_TIMES_RELOAD_S"])
     runtime.services["prep_times"] = prep_times
     runtime.warmers["prep_times"] = prep_times.get

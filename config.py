@@ -149,6 +149,8 @@ SETTINGS: tuple[Setting, ...] = (
             kind="choice", choices=("auto", "json", "text")),
     Setting("ACCESS_LOG", True, "Emit one JSON log line per request (method, path, status, duration, request id).",
             kind=bool),
+    Setting("METRICS_ENABLED", True,
+            "Count and time requests for `/metrics` (Prometheus; summed over gunicorn's workers).", kind=bool),
     Setting("HTTP_POOL_MAXSIZE", 16, "Pooled connections kept per upstream host by each process.",
             kind=int, minimum=1, maximum=1000),
     Setting("OPEN_SCOPES", "pricing:read estimate:read ops:read docs:read",
@@ -234,6 +236,8 @@ GUNICORN_SETTINGS: tuple[Setting, ...] = (
             minimum=0, maximum=300),
     Setting("GUNICORN_LOG_LEVEL", "info", "gunicorn's own log level.", kind="choice",
             choices=("debug", "info", "warning", "error", "critical")),
+    Setting("METRICS_DIR", None, "Folder for the workers' metric files (emptied at start). Default: a new "
+            "temporary folder per gunicorn start.", kind="path", optional=True),
     Setting("CONTROL_SOCKET", None, "gunicornc control socket. Default: `~/.gunicorn/courier-<bind>.ctl`.",
             kind="path", optional=True),
 )
@@ -318,7 +322,7 @@ def load_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[s
 def _default_text(setting: Setting) -> str:
     if setting.default is None:
         return {"DATABASE_URL": "(instance/courier.db)", "SERVICE_URL": "(from COURIER_BIND)",
-                "WORKERS": "(2 x cores + 1)", "CONTROL_SOCKET": "(~/.gunicorn/courier-<bind>.ctl)"}.get(setting.key, "")
+                "WORKERS": "(2 x cores + 1)", "METRICS_DIR": "(a temporary folder)", "CONTROL_SOCKET": "(~/.gunicorn/courier-<bind>.ctl)"}.get(setting.key, "")
     if isinstance(setting.default, bool):
         return "true" if setting.default else "false"
     return str(setting.default).replace(str(PROJECT_ROOT) + "/", "")

@@ -16,7 +16,9 @@ last: slow clients can hold every worker.  Run Courier behind a buffering revers
 import gc
 import multiprocessing
 import os
+import shutil
 import sys
+import tempfile
 
 from config import ConfigError, load_gunicorn_settings, load_settings
 
@@ -30,6 +32,14 @@ try:
     load_settings()
 except ConfigError as exc:
     sys.exit(f"configuration error: {exc}")
+
+# Prometheus multiprocess mode: every worker writes its metrics to files in one folder, /metrics
+# sums them.  It must be in the environment before a worker imports prometheus_client, and start
+# empty (files of a previous run would be counted again).
+_metrics_dir = _settings["METRICS_DIR"] or tempfile.mkdtemp(prefix="courier-metrics-")
+shutil.rmtree(_metrics_dir, ignore_errors=True)
+os.makedirs(_metrics_dir, exist_ok=True)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 
 bind = _settings["BIND"]
 workers = _settings["WORKERS"] or multiprocessing.cpu_count() * 2 + 1
@@ -67,6 +77,17 @@ def post_worker_init(worker):
     # move it out of the garbage collector's sight, so a full collection during a request walks
     # only what requests allocate (tail latency; the Instagram/gunicorn recipe).
     gc.freeze()
+
+
+def child_exit(server, worker):
+    """A worker died or was replaced: its live gauges no longer count (prometheus_client's rule)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    shutil.rmtree(_metrics_dir, ignore_errors=True)
 
 
 def worker_exit(server, worker):

@@ -23,9 +23,39 @@ def db_session() -> Session:
     return session
 
 
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+
+
+class _RequestMetrics:
+    """Counts and times each request by route template, method and status.
+
+    The labelled children are kept per label tuple: looking them up in prometheus_client on every
+    request (a lock and a dict per family) was most of its cost.  Label values are bounded: route
+    templates, not paths; any other method is counted as "OTHER".
+    """
+
+    def __init__(self) -> None:
+        from services.metrics import metrics
+
+        self._families = metrics()
+        self._children: dict[tuple, tuple] = {}
+
+    def __call__(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            label_method = method if method in _METHODS else "OTHER"
+            children = (self._families.requests.labels(route, label_method, str(status)),
+                        self._families.request_seconds.labels(route, label_method))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+
 def register_request_hooks(app: Flask) -> None:
     access_log = AccessLog() if app.config["ACCESS_LOG"] else None
     valid_id = _VALID_REQUEST_ID.match
+    observe = _RequestMetrics() if app.config["METRICS_ENABLED"] else None
 
     # The request id and start time live in the WSGI environ: one proxy lookup per hook instead of
     # one per attribute of ``g`` (each ~1 us).
@@ -44,9 +74,14 @@ def register_request_hooks(app: Flask) -> None:
         rid = environ.get("courier.request_id")
         if rid is not None:
             response.headers["X-Request-ID"] = rid
+            elapsed = time.perf_counter() - environ["courier.started"]
+            if observe is not None:
+                rule = request.url_rule
+                observe(rule.rule if rule is not None else "(unmatched)", environ["REQUEST_METHOD"],
+                        response.status_code, elapsed)
             if access_log is not None:
                 access_log.write(environ["REQUEST_METHOD"], request.path, response.status_code,
-                                 round((time.perf_counter() - environ["courier.started"]) * 1000, 3), rid)
+                                 round(elapsed * 1000, 3), rid)
         return response
 
     @app.teardown_request

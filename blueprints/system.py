@@ -57,6 +57,18 @@ def readyz():
     return jsonify(status="ready", checks=sorted(checks), counters=counters)
 
 
+@bp.get("/metrics")
+@requires(Scope.OPS_READ)
+def prometheus_metrics():
+    """Prometheus text format; under gunicorn, summed over every worker (multiprocess mode)."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    from services.metrics import metrics
+
+    return Response(metrics().render(), mimetype=CONTENT_TYPE_LATEST.split(";")[0],
+                    headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 @bp.get("/openapi.json")
 @requires(Scope.DOCS_READ)
 def openapi_json():
@@ -83,6 +95,10 @@ def document(spec: APISpec, app: Flask) -> None:
         operations={"get": {"summary": "Readiness: database migrated, model loaded", "tags": ["system"],
                             "responses": {"200": ok, **error_responses(503)}}},
     )
+    spec.path(path="/metrics", operations={"get": {"summary": "Prometheus metrics (all workers)", "tags": ["system"],
+                                                   "responses": {"200": {"description": "Prometheus text format",
+                                                                         "content": {"text/plain": {"schema": {
+                                                                             "type": "string"}}}}}}})
     spec.path(path="/openapi.json", operations={"get": {"summary": "This document", "tags": ["system"],
                                                         "responses": {"200": ok}}})
 

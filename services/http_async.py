@@ -30,9 +30,10 @@ from services.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from services.http_client import RETRY_STATUSES, HttpPolicy, raise_for_upstream_status
+from services.http_client import RETRY_STATUSES, HttpPolicy, outcome_of, raise_for_upstream_status
 from services.http_transport import KeepAliveTransport, TransportError
 from services.logs import request_id_var
+from services.metrics import metrics
 
 RETRY_AFTER_STATUSES = Retry.RETRY_AFTER_STATUS_CODES  # 413, 429, 503: as urllib3 honours it
 
@@ -178,6 +179,7 @@ class AsyncHttpClient:
     def _notify(self, reason: str, wait: float) -> None:
         if self.on_retry is not None:
             self.on_retry(RetryEvent(self.upstream, reason, wait))
+        metrics().upstream_calls.labels(self.upstream, "retried").inc()
 
     # -- results -----------------------------------------------------------------------------------
     def json_of(self, payload: bytes) -> Any:
@@ -188,14 +190,27 @@ class AsyncHttpClient:
 
     async def post_json(self, path: str, body: bytes) -> Any:
         """POST an already-encoded JSON body (encode once, send to several endpoints)."""
-        status, headers, payload = await self.request("POST", path, body)
-        raise_for_upstream_status(self.upstream, status, headers)
-        return self.json_of(payload)
+        return await self._call_json("POST", path, body)
 
     async def get_json(self, path: str) -> Any:
-        status, headers, payload = await self.request("GET", path)
-        raise_for_upstream_status(self.upstream, status, headers)
-        return self.json_of(payload)
+        return await self._call_json("GET", path, None)
+
+    async def _call_json(self, method: str, path: str, body: bytes | None) -> Any:
+        started = time.perf_counter()
+        try:
+            status, headers, payload = await self.request(method, path, body)
+            raise_for_upstream_status(self.upstream, status, headers)
+            result = self.json_of(payload)
+        except UpstreamError as exc:
+            self._observe(outcome_of(exc), started)
+            raise
+        self._observe("ok", started)
+        return result
+
+    def _observe(self, outcome: str, started: float) -> None:
+        m = metrics()
+        m.upstream_calls.labels(self.upstream, outcome).inc()
+        m.upstream_seconds.labels(self.upstream).observe(time.perf_counter() - started)
 
 
 __all__ = ["AsyncHttpClient", "RetryEvent"]

@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.data_versions import bump_version, current_version
+from services.metrics import metrics
 from services.models import VenuePrepTime, utcnow
 
 DATASET = "venue_prep_times"
@@ -164,6 +165,7 @@ class PrepTimeCache:
                         version = current_version(session, DATASET)
                         if self._snapshot is None or version != self._snapshot.version:
                             self._snapshot = read_snapshot(session)
+                            metrics().prep_times_version.set(self._snapshot.version)
                 except SQLAlchemyError:
                     if self._snapshot is None:
                         raise  # nothing to answer from: the request gets 503 database_unavailable

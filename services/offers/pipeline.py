@@ -34,6 +34,7 @@ from sqlalchemy.orm import sessionmaker
 from services.errors import CourierError, UpstreamTimeout, UpstreamUnavailable
 from services.http_async import RetryEvent
 from services.logs import request_id_var
+from services.metrics import metrics
 from services.models import OfferRun
 from services.offers.features import FeatureScan, InputError, read_header, scan_features
 from services.offers.lease import Heartbeat, claim, new_owner
@@ -191,6 +192,18 @@ def _rows(scan: FeatureScan, done: set[str], emit: Callable[[MemberOutcome], Non
                 yield row
 
 
+def _count_run(run: OfferRun, steps: dict[str, StepStats]) -> None:
+    """Prometheus: the run's final status, its members by outcome, each step's items and seconds."""
+    m = metrics()
+    m.offer_runs.labels(run.status).inc()
+    for outcome, count in (("scored", run.members_scored), ("skipped", run.members_skipped),
+                           ("failed", run.members_failed)):
+        m.offer_members.labels(outcome).inc(count)
+    for name, step in steps.items():
+        m.offer_step_items.labels(name).inc(step.items)
+        m.offer_step_seconds.labels(name).inc(step.seconds)
+
+
 def _open_run(sessions: sessionmaker, options: RunOptions, sha: str, owner: str) -> tuple[int, set[str]]:
     """Create the run, or take over the one to resume: its failed members are forgotten and retried.
 
@@ -307,6 +320,7 @@ def run_offers(
                     finalise_run(session, run, status="failed" if error else ("interrupted" if interrupted else None),
                                  rows_read=scan.rows_read, rejected=scan.rejected.as_dict(), step_metrics=steps_out,
                                  error=error)
+            _count_run(run, steps)
             if error:
                 log.error("offers run failed", extra={"run_id": run_id, "error": error})
             return RunReport(run=run, rows_read=scan.rows_read, steps=steps, elapsed_s=time.perf_counter() - started,

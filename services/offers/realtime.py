@@ -12,7 +12,8 @@ from dataclasses import dataclass, replace
 from datetime import date
 from typing import Any
 
-from services.errors import CourierError, Unprocessable
+from services.errors import CourierError, Unprocessable, UpstreamError
+from services.metrics import metrics
 from services.offers.features import compute_features_frame, transactions_frame
 from services.offers.partners import PartnerClient, PartnerConfigError, PartnerRegistry, load_registry
 
@@ -124,6 +125,20 @@ class RealtimeOffers:
         return client
 
     def offer(self, partner: str, member_id: str, transactions: list[dict[str, Any]], as_of: date) -> RealtimeOffer:
+        """One member's offer; its outcome is counted (ok, no_transactions-like reasons, invalid, partner_error)."""
+        outcomes = metrics().realtime_offers
+        try:
+            result = self._offer(partner, member_id, transactions, as_of)
+        except Unprocessable as exc:
+            outcomes.labels("invalid" if exc.code == "invalid_transactions" else "not_scorable").inc()
+            raise
+        except UpstreamError:
+            outcomes.labels("partner_error").inc()
+            raise
+        outcomes.labels("ok").inc()
+        return result
+
+    def _offer(self, partner: str, member_id: str, transactions: list[dict[str, Any]], as_of: date) -> RealtimeOffer:
         started = time.perf_counter()
         client = self.client(partner)
         _, pool = self._state()

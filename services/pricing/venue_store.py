@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from sqlalchemy.orm import sessionmaker
 
 from services.errors import NotFound, UpstreamError, UpstreamNotFound, UpstreamTimeout, UpstreamUnavailable
+from services.metrics import metrics
 from services.pricing.venue_api import VenueApiClient
 from services.pricing.venue_data import VenueData
 from services.pricing.venue_repo import load_venue, upsert_venue
@@ -110,6 +111,7 @@ class VenueStore:
         self._refresher: ThreadPoolExecutor | None = None
         self._executor_pid = 0
         self.stats: Counter[str] = Counter()
+        self._events = metrics().venue_cache
 
     # -- public ---------------------------------------------------------------------------------
     def get(self, slug: str) -> VenueData:
@@ -118,7 +120,7 @@ class VenueStore:
         entry = self._mem.get(slug)
         if entry is not None:
             if self.client is None:
-                self.stats["hits"] += 1
+                self._count("hits")
                 return entry.data
             served = self._serve(slug, entry, self._clock())
             if served is not None:
@@ -166,6 +168,11 @@ class VenueStore:
             self.client.close()
 
     # -- internals ------------------------------------------------------------------------------
+    def _count(self, event: str) -> None:
+        """This worker's counter (shown in /readyz) and the Prometheus one (summed over workers)."""
+        self.stats[event] += 1
+        self._events.labels(event).inc()
+
     def _pool(self) -> ThreadPoolExecutor:
         """The fetch pool (and, built with it, the refresh pool)."""
         # Threads do not survive fork: build the pools in the process that uses them.
@@ -207,12 +214,12 @@ class VenueStore:
             if (static_age >= policy.static_ttl_s * policy.refresh_ahead
                     or dynamic_age >= policy.dynamic_ttl_s * policy.refresh_ahead):
                 self._refresh_in_background(slug, now, "refreshes_ahead")
-            self.stats["hits"] += 1
+            self._count("hits")
             return entry.data
         if max(static_age, dynamic_age) < policy.max_stale_s:
             # Stale-while-revalidate: answer now, refresh once in the background.
             self._refresh_in_background(slug, now, "revalidations")
-            self.stats["stale_served"] += 1
+            self._count("stale_served")
             return entry.data
         return None
 
@@ -225,7 +232,7 @@ class VenueStore:
         future, leader = self._claim(slug)
         if not leader:
             return
-        self.stats[counter] += 1
+        self._count(counter)
         self._pool()
         try:
             self._refresher.submit(contextvars.copy_context().run, self._fetch_and_store, slug, future)
@@ -281,7 +288,7 @@ class VenueStore:
         missing_until = self._missing.get(slug)
         if missing_until is not None:
             if self._clock() < missing_until:
-                self.stats["missing_hits"] += 1
+                self._count("missing_hits")
                 raise venue_not_found(slug, "the venue API does not know it" if self.client else
                                       "no stored data and the venue API is off (offline mode)")
             self._missing.pop(slug, None)
@@ -295,17 +302,17 @@ class VenueStore:
                     return served
         if self.client is None:
             if entry is not None:
-                self.stats["hits"] += 1
+                self._count("hits")
                 return entry.data
             self._remember_missing(slug, now)
             raise venue_not_found(slug, "no stored data and the venue API is off (offline mode)")
         failure = self._failures.get(slug)
         if failure is not None and now < failure.until:
-            self.stats["backoff_skips"] += 1
+            self._count("backoff_skips")
             return self._stale_or_raise(slug, entry, now, failure.error, failure.until)
         future, leader = self._claim(slug)
         if leader:
-            self.stats["refreshes" if entry else "misses"] += 1
+            self._count("refreshes" if entry else "misses")
             self._fetch_and_store(slug, future)
         try:
             return future.result(timeout=self.policy.wait_s)
@@ -319,7 +326,7 @@ class VenueStore:
 
     def _record_failure(self, slug: str, exc: UpstreamError, now: float, has_stale: bool) -> float:
         """Count and log a failed refresh; return when upstream may be tried again for this slug."""
-        self.stats["upstream_failures"] += 1
+        self._count("upstream_failures")
         failure = self._failures.get(slug)
         consecutive = failure.consecutive + 1 if failure is not None else 1
         until = now + self.policy.failure_backoff_s * min(2 ** (consecutive - 1), MAX_BACKOFF_FACTOR)
@@ -334,7 +341,7 @@ class VenueStore:
     def _stale_or_raise(self, slug: str, entry: _Entry | None, now: float, error: UpstreamError,
                         until: float) -> VenueData:
         if entry is not None and now - min(entry.static_at, entry.dynamic_at) < self.policy.max_stale_s:
-            self.stats["stale_served"] += 1
+            self._count("stale_served")
             return entry.data
         if isinstance(error, UpstreamUnavailable):
             # Tell the client when we will try upstream again, not what upstream told us earlier.
@@ -384,7 +391,7 @@ class VenueStore:
         return static, dynamic
 
     def _fetch_uncached(self, slug: str) -> VenueData:
-        self.stats["misses"] += 1
+        self._count("misses")
         return self.fetch_fresh(slug)
 
     def _load_stored(self, slug: str) -> _Entry | None:
@@ -392,7 +399,7 @@ class VenueStore:
             data = load_venue(session, slug)
         if data is None:
             return None
-        self.stats["db_loads"] += 1
+        self._count("db_loads")
         # setdefault: a refresh that finished meanwhile holds newer data than the database read
         return self._mem.setdefault(slug, self._entry(data))
 
@@ -401,5 +408,5 @@ class VenueStore:
             with self._sessions() as session, session.begin():
                 upsert_venue(session, data)
         except Exception:  # noqa: BLE001 - a failed write must not fail a price that we could compute
-            self.stats["persist_failures"] += 1
+            self._count("persist_failures")
             log.exception("could not persist venue data", extra={"venue_slug": data.slug})

@@ -1,0 +1,111 @@
+"""GET /metrics: Prometheus text, route templates as labels, and the sum over gunicorn's workers."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import responses
+
+from tests.conftest import VENUE_API
+from tests.pricing_fixtures import register_venue
+
+PRICE = ("/api/v1/delivery-order-price?venue_slug=home-assignment-venue-helsinki&cart_value=1000"
+         "&user_lat=60.17094&user_lon=24.93087")
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) if "{" in line else {}
+            if all(found.get(k) == v for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_count_requests_by_route_template_and_upstream_calls_by_outcome(client):
+    before = client.get("/metrics").get_data(as_text=True)
+    with responses.RequestsMock() as mock:
+        register_venue(mock, VENUE_API, "helsinki")
+        assert client.get(PRICE).status_code == 200
+    client.get("/api/v1/offer-runs/12345")  # 404: the template is counted, not the id
+    client.get("/no/such/path")
+    text = client.get("/metrics").get_data(as_text=True)
+
+    def delta(name, **labels):
+        return sample(text, name, **labels) - sample(before, name, **labels)
+
+    assert delta("courier_http_requests_total", route="/api/v1/delivery-order-price", method="GET",
+                 status="200") == 1
+    assert delta("courier_http_requests_total", route="/api/v1/offer-runs/<int:run_id>", method="GET",
+                 status="404") == 1
+    assert delta("courier_http_requests_total", route="(unmatched)", method="GET", status="404") == 1
+    assert "12345" not in text and "/no/such/path" not in text and "helsinki" not in text
+    assert delta("courier_http_request_duration_seconds_count", route="/api/v1/delivery-order-price",
+                 method="GET") == 1
+    assert delta("courier_upstream_calls_total", upstream="venue-api", outcome="ok") == 2  # both halves
+    assert delta("courier_venue_cache_events_total", event="misses") == 1
+    assert sample(text, "courier_estimate_model_info", version=client.application.extensions["courier"]
+                  .services["estimate_model"].version) == 1
+
+
+def test_upstream_failures_are_counted_by_outcome(client):
+    before = client.get("/metrics").get_data(as_text=True)
+    with responses.RequestsMock() as mock:
+        for half in ("static", "dynamic"):
+            mock.get(f"{VENUE_API}/venues/home-assignment-venue-helsinki/{half}", status=404)
+        assert client.get(PRICE).status_code == 404
+    text = client.get("/metrics").get_data(as_text=True)
+    assert sample(text, "courier_upstream_calls_total", upstream="venue-api", outcome="4xx") - sample(
+        before, "courier_upstream_calls_total", upstream="venue-api", outcome="4xx") == 2
+
+
+def test_metrics_are_summed_over_two_gunicorn_workers(db_url, tmp_path):
+    metrics_dir = tmp_path / "metrics"
+    port = _free_port()
+    env = {**os.environ, "COURIER_DATABASE_URL": db_url, "COURIER_BIND": f"127.0.0.1:{port}", "COURIER_WORKERS": "2",
+           "COURIER_METRICS_DIR": str(metrics_dir), "COURIER_CONTROL_SOCKET": str(tmp_path / "g.ctl"),
+           "COURIER_LOG_LEVEL": "WARNING", "COURIER_GUNICORN_LOG_LEVEL": "warning"}
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py", "wsgi:app"],
+                            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import http.client
+
+        def get(path):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", path)
+            response = conn.getresponse()
+            return response.status, response.read().decode()
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if get("/healthz")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        for _ in range(199):
+            assert get("/healthz")[0] == 200
+        status, text = get("/metrics")
+        assert status == 200
+        # Every /healthz answered, whichever worker answered it (sync workers: a new connection each).
+        assert sample(text, "courier_http_requests_total", route="/healthz", method="GET", status="200") >= 200
+        writers = {p.name.rsplit("_", 1)[1] for p in metrics_dir.glob("counter_*.db")}
+        assert len(writers) == 2, f"expected both workers to have counted, files: {sorted(writers)}"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
