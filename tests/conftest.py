@@ -15,6 +15,19 @@ FIXTURES = Path(__file__).parent / "fixtures"
 VENUE_API = "http://venue-api.test/v1"
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Loading gunicorn.conf.py sets process-wide variables (PROMETHEUS_MULTIPROC_DIR, COURIER_LOG_FORMAT),
+    as it should in gunicorn's master; a test that loads it must not change the next tests' process."""
+    import os
+
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def migrated_template(tmp_path_factory) -> Path:
     """One migrated SQLite file per test session; each test gets a copy (migrating per test is slow)."""
