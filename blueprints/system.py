@@ -50,11 +50,8 @@ def readyz():
     if failures:
         return envelope(503, "not_ready", "Not ready: " + "; ".join(f"{k}: {v}" for k, v in failures.items()),
                         details=failures, headers={"Retry-After": "5"})
-    # This process's counters (e.g. venue refresh failures, stale answers served): cheap to read,
-    # and where an operator looks first when answers are stale.
-    counters = {name: dict(service.stats) for name, service in current_app.extensions["courier"].services.items()
-                if hasattr(service, "stats")}
-    return jsonify(status="ready", checks=sorted(checks), counters=counters)
+    # Readiness only: the counters (venue cache, upstream failures...) are in /metrics, summed over workers.
+    return jsonify(status="ready", checks=sorted(checks))
 
 
 @bp.get("/metrics")

@@ -73,19 +73,25 @@ def test_one_access_record_per_request_with_request_id(app_config, caplog):
     assert line["level"] == "INFO" and line["logger"] == "courier.access"
 
 
-def test_readyz_shows_this_process_counters(client):
+def test_readyz_answers_readiness_only_and_the_cache_counters_are_in_metrics(client):
     import responses
 
+    from tests.blueprints.test_metrics import sample
     from tests.conftest import VENUE_API
     from tests.pricing_fixtures import register_venue
 
+    before = client.get("/metrics").get_data(as_text=True)
     with responses.RequestsMock() as mock:
         register_venue(mock, VENUE_API, "helsinki")
         query = "venue_slug=home-assignment-venue-helsinki&cart_value=1&user_lat=60.17&user_lon=24.93"
         client.get(f"/api/v1/delivery-order-price?{query}")
         client.get(f"/api/v1/delivery-order-price?{query}")
-    counters = client.get("/readyz").get_json()["counters"]["venues"]
-    assert counters["misses"] == 1 and counters["hits"] == 1
+    ready = client.get("/readyz").get_json()
+    assert ready == {"status": "ready", "checks": ["database", "model"]}
+    after = client.get("/metrics").get_data(as_text=True)
+    for event, count in (("misses", 1), ("hits", 1)):
+        assert sample(after, "courier_venue_cache_events_total", event=event) - sample(
+            before, "courier_venue_cache_events_total", event=event) == count
 
 
 def test_the_direct_access_line_is_what_the_json_formatter_writes(monkeypatch):
