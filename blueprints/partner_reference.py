@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 
 from services.errors import Unprocessable
-from services.offers import reference_models
+from services.offers import reference_formulas
 
 bp = Blueprint("partner_reference", __name__)
 
@@ -24,33 +24,33 @@ def ping():
 
 @bp.post("/ml/ats/predict")
 def ats_predict():
-    return jsonify(prediction=reference_models.predict_ats(_body()))
+    return jsonify(prediction=reference_formulas.predict_ats(_body()))
 
 
 @bp.post("/ml/resp/predict")
 def resp_predict():
-    return jsonify(prediction=reference_models.predict_resp(_body()))
+    return jsonify(prediction=reference_formulas.predict_resp(_body()))
 
 
 @bp.post("/offer/assign")
 def offer_assign():
-    return jsonify(offer=reference_models.offer_for(_body()))
+    return jsonify(offer=reference_formulas.offer_for(_body()))
 
 
-# Batch twins: a JSON list in, a list out in the same order (at most reference_models.MAX_BATCH).
+# Batch twins: a JSON list in, a list out in the same order (at most reference_formulas.MAX_BATCH).
 @bp.post("/ml/ats/predict/batch")
 def ats_predict_batch():
-    return jsonify([{"prediction": p} for p in reference_models.predict_ats_batch(_body())])
+    return jsonify([{"prediction": p} for p in reference_formulas.predict_ats_batch(_body())])
 
 
 @bp.post("/ml/resp/predict/batch")
 def resp_predict_batch():
-    return jsonify([{"prediction": p} for p in reference_models.predict_resp_batch(_body())])
+    return jsonify([{"prediction": p} for p in reference_formulas.predict_resp_batch(_body())])
 
 
 @bp.post("/offer/assign/batch")
 def offer_assign_batch():
-    return jsonify([{"offer": o} for o in reference_models.offer_for_batch(_body())])
+    return jsonify([{"offer": o} for o in reference_formulas.offer_for_batch(_body())])
 
 
 def document(spec, app) -> None:
@@ -67,8 +67,8 @@ def document(spec, app) -> None:
 
     prediction = {"description": "Prediction", "content": {"application/json": {"schema": {
         "type": "object", "properties": {"prediction": {"type": "number"}}}}}}
-    for path, summary, names in (("/ml/ats/predict", "ATS model", reference_models.ATS_INPUTS),
-                                 ("/ml/resp/predict", "RESP model", reference_models.RESP_INPUTS)):
+    for path, summary, names in (("/ml/ats/predict", "ATS model", reference_formulas.ATS_INPUTS),
+                                 ("/ml/resp/predict", "RESP model", reference_formulas.RESP_INPUTS)):
         spec.path(path=prefix + path, operations={"post": {
             "summary": f"Reference partner: {summary}", "tags": ["reference partner"],
             "requestBody": {"required": True, "content": {"application/json": {"schema": features(names)}}},
@@ -82,13 +82,13 @@ def document(spec, app) -> None:
             "type": "object", "properties": {"offer": {"type": "string", "enum": ["OFFER_1", "OFFER_2"]}}}}}},
             **error_responses(422)}}})
     def batch_of(schema, description):
-        return {"type": "array", "minItems": 1, "maxItems": reference_models.MAX_BATCH, "items": schema,
+        return {"type": "array", "minItems": 1, "maxItems": reference_formulas.MAX_BATCH, "items": schema,
                 "description": description}
 
-    batch_note = (f"Batch of at most {reference_models.MAX_BATCH} items; answers in the same order. "
+    batch_note = (f"Batch of at most {reference_formulas.MAX_BATCH} items; answers in the same order. "
                   "A bad item fails the whole batch with a 422 whose details are keyed by the item's index.")
-    for path, summary, names in (("/ml/ats/predict/batch", "ATS model, batch", reference_models.ATS_INPUTS),
-                                 ("/ml/resp/predict/batch", "RESP model, batch", reference_models.RESP_INPUTS)):
+    for path, summary, names in (("/ml/ats/predict/batch", "ATS model, batch", reference_formulas.ATS_INPUTS),
+                                 ("/ml/resp/predict/batch", "RESP model, batch", reference_formulas.RESP_INPUTS)):
         spec.path(path=prefix + path, operations={"post": {
             "summary": f"Reference partner: {summary}", "description": batch_note, "tags": ["reference partner"],
             "requestBody": {"required": True, "content": {"application/json": {

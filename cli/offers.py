@@ -174,7 +174,7 @@ def run_offers_command(input_path, partner, as_of, output, concurrency, no_batch
         except ValueError:
             _usage_error(f"--as-of {as_of!r}: expected YYYY-MM-DD")
     if resume_run_id is not None:
-        from services.models import OfferRun
+        from services.tables import OfferRun
 
         with runtime.session() as session:
             previous = session.get(OfferRun, resume_run_id)

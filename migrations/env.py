@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Engine
 
-from services.models import Base
+from services.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

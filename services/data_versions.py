@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from services.models import DataVersion, utcnow
+from services.tables import DataVersion, utcnow
 
 
 def current_version(session: Session, name: str) -> int:

@@ -55,7 +55,7 @@ def downgrade(engine: Engine, revision: str) -> None:
 
 def schema_drift(engine: Engine) -> list:
     """Differences between the models and the migrated database (empty when they agree)."""
-    from services.models import Base
+    from services.tables import Base
 
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"compare_type": True})

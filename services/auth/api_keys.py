@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.errors import NotFound
-from services.models import ApiKey, utcnow
+from services.tables import ApiKey, utcnow
 
 PREFIX = "courier_"
 _KEY_RE = re.compile(r"^courier_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.data_versions import bump_version, current_version
 from services.metrics import metrics
-from services.models import VenuePrepTime, utcnow
+from services.tables import VenuePrepTime, utcnow
 
 DATASET = "venue_prep_times"
 MAX_VENUE_ID_LENGTH = 64

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, update
 from sqlalchemy.orm import sessionmaker
 
-from services.models import OfferRun, utcnow
+from services.tables import OfferRun, utcnow
 
 log = logging.getLogger("courier.offers")
 

@@ -35,7 +35,6 @@ from services.errors import CourierError, UpstreamTimeout, UpstreamUnavailable
 from services.http_async import RetryEvent
 from services.logs import request_id_var
 from services.metrics import metrics
-from services.models import OfferRun
 from services.offers.features import FeatureScan, InputError, read_header, scan_features
 from services.offers.lease import Heartbeat, claim, new_owner
 from services.offers.partners import PartnerConfig
@@ -48,6 +47,7 @@ from services.offers.recording import (
     recorded_members,
 )
 from services.offers.scoring import RetryTally, ScoringSettings, StepStats, ping_partner, score_stream
+from services.tables import OfferRun
 
 log = logging.getLogger("courier.offers")
 

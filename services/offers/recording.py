@@ -15,9 +15,9 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
-from services.models import OfferResult, OfferRun, utcnow
 from services.offers.features import STANDARD_FEATURES
 from services.offers.lease import shown_status
+from services.tables import OfferResult, OfferRun, utcnow
 
 # UPPER_CASE feature name -> column of offer_results
 FEATURE_COLUMNS = {name: name.lower() for name in STANDARD_FEATURES}

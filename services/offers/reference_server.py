@@ -6,7 +6,7 @@ Why a second server for the same endpoints: the service's own gunicorn sync work
 connection, so a partner served there makes each call pay a TCP handshake, unlike the task's own
 partner (FastAPI under one uvicorn worker, persistent HTTP/1.1 connections).  This is that shape:
 uvicorn, one worker, with a plain ASGI app (no framework: the formulas, validation and 422
-envelopes are exactly the blueprint's, from ``services.offers.reference_models``).  gunicorn's
+envelopes are exactly the blueprint's, from ``services.offers.reference_formulas``).  gunicorn's
 ``gthread`` worker with keep-alive was measured first: ~1,300 req/s here.  Tests use it as a live
 loopback partner, with a hook to make chosen calls fail.
 """
@@ -19,16 +19,16 @@ from collections.abc import Callable
 from typing import Any
 
 from services.errors import CourierError
-from services.offers import reference_models
+from services.offers import reference_formulas
 
 # path -> function(body) -> JSON-ready answer
 ROUTES: dict[str, Callable[[Any], Any]] = {
-    "/ml/ats/predict": lambda body: {"prediction": reference_models.predict_ats(body)},
-    "/ml/resp/predict": lambda body: {"prediction": reference_models.predict_resp(body)},
-    "/offer/assign": lambda body: {"offer": reference_models.offer_for(body)},
-    "/ml/ats/predict/batch": lambda body: [{"prediction": p} for p in reference_models.predict_ats_batch(body)],
-    "/ml/resp/predict/batch": lambda body: [{"prediction": p} for p in reference_models.predict_resp_batch(body)],
-    "/offer/assign/batch": lambda body: [{"offer": o} for o in reference_models.offer_for_batch(body)],
+    "/ml/ats/predict": lambda body: {"prediction": reference_formulas.predict_ats(body)},
+    "/ml/resp/predict": lambda body: {"prediction": reference_formulas.predict_resp(body)},
+    "/offer/assign": lambda body: {"offer": reference_formulas.offer_for(body)},
+    "/ml/ats/predict/batch": lambda body: [{"prediction": p} for p in reference_formulas.predict_ats_batch(body)],
+    "/ml/resp/predict/batch": lambda body: [{"prediction": p} for p in reference_formulas.predict_resp_batch(body)],
+    "/offer/assign/batch": lambda body: [{"offer": o} for o in reference_formulas.offer_for_batch(body)],
 }
 MAX_BODY = 1024 * 1024  # as the service's own MAX_CONTENT_LENGTH
 

@@ -11,8 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.errors import InvalidRequest, NotFound
-from services.models import OfferResult, OfferRun
 from services.offers.recording import iter_csv, iter_results, result_record, run_record
+from services.tables import OfferResult, OfferRun
 
 
 def encode_cursor(value: Any) -> str:

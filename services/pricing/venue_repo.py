@@ -7,7 +7,6 @@ from datetime import UTC
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.models import Venue, utcnow
 from services.pricing.venue_data import (
     DynamicVenue,
     StaticVenue,
@@ -15,6 +14,7 @@ from services.pricing.venue_data import (
     ranges_from_json,
     ranges_to_json,
 )
+from services.tables import Venue, utcnow
 
 
 def _aware(dt):

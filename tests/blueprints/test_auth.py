@@ -11,7 +11,7 @@ from app import create_app
 from config import ConfigError
 from services.auth import api_keys
 from services.auth.api_keys import Scope
-from services.models import ApiKey
+from services.tables import ApiKey
 from tests.auth_fixtures import new_key
 
 RUNS = "/api/v1/offer-runs"

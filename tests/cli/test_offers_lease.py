@@ -13,8 +13,8 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from config import DATA_DIR
-from services.models import OfferResult, OfferRun
 from services.offers import lease
+from services.tables import OfferResult, OfferRun
 from tests.auth_fixtures import keyed_client
 from tests.offers_fixtures import LivePartner
 

@@ -36,7 +36,7 @@ def test_bad_rows_are_reported_and_nothing_is_written(runner, db_session, tmp_pa
 def _venue_rows(db_session):
     from sqlalchemy import select
 
-    from services.models import Venue
+    from services.tables import Venue
 
     db_session.expire_all()
     return {v.slug: (v.base_price, v.distance_ranges) for v in db_session.scalars(select(Venue))}

@@ -197,7 +197,7 @@ def test_live_refused_connection_is_unreachable_after_connect_retries():
 
 def test_live_keep_alive_server_reuses_connections(live_partner):
     """Against the real reference server: answers decoded, and far fewer connections than calls."""
-    from services.offers import reference_models
+    from services.offers import reference_formulas
 
     features = {"PCT_BUY_TRANSACTIONS": 0.5, "PCT_GIFT_TRANSACTIONS": 0.3, "PCT_REDEEM_TRANSACTIONS": 0.2,
                 "LAST_3_TRANSACTIONS_AVG_POINTS_BOUGHT": 1000.0, "AVG_POINTS_BOUGHT": 2000.0}
@@ -207,5 +207,5 @@ def test_live_keep_alive_server_reuses_connections(live_partner):
         async with AsyncHttpClient("partner", live_partner.base_url, HttpPolicy(pool_maxsize=4)) as client:
             return await asyncio.gather(*[client.post_json("/ml/ats/predict", body) for _ in range(200)])
 
-    assert asyncio.run(main()) == [{"prediction": reference_models.ats(features)}] * 200
+    assert asyncio.run(main()) == [{"prediction": reference_formulas.ats(features)}] * 200
     assert 1 <= len(live_partner.peers) <= 4  # at most pool_maxsize connections carried all 200 calls

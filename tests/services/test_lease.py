@@ -7,9 +7,9 @@ from datetime import date, timedelta
 
 import pytest
 
-from services.models import OfferRun, utcnow
 from services.offers import lease
 from services.offers.recording import create_run, run_record
+from services.tables import OfferRun, utcnow
 
 
 @pytest.fixture

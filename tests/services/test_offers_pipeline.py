@@ -7,9 +7,9 @@ import pytest
 from sqlalchemy import select
 
 from config import DATA_DIR
-from services.models import OfferResult, OfferRun
-from services.offers import reference_models
+from services.offers import reference_formulas
 from services.offers.pipeline import ResumeError, RunOptions, run_offers
+from services.tables import OfferResult, OfferRun
 from tests.offers_fixtures import LivePartner
 
 SAMPLE = str(DATA_DIR / "member_data.csv")
@@ -46,11 +46,11 @@ def test_full_run_on_the_bundled_sample(app, sessions, live_partner):
     assert run.step_metrics["ats"]["items"] == 890 and "p99_ms" in run.step_metrics["ats"]
     with sessions() as session:
         result = session.scalars(select(OfferResult).where(OfferResult.member_id == "F44DBBBC")).one()
-        features = {name: getattr(result, name.lower()) for name in reference_models.ATS_INPUTS + reference_models.RESP_INPUTS}
+        features = {name: getattr(result, name.lower()) for name in reference_formulas.ATS_INPUTS + reference_formulas.RESP_INPUTS}
         # what was recorded is exactly what the partner's formulas give for the recorded features
-        assert result.ats_prediction == reference_models.ats(features)
-        assert result.resp_prediction == reference_models.resp(features)
-        assert result.offer == reference_models.assign_offer(result.ats_prediction, result.resp_prediction)
+        assert result.ats_prediction == reference_formulas.ats(features)
+        assert result.resp_prediction == reference_formulas.resp(features)
+        assert result.offer == reference_formulas.assign_offer(result.ats_prediction, result.resp_prediction)
         assert result.status == "scored" and result.ats_ms > 0
         skipped = session.scalars(select(OfferResult).where(OfferResult.status == "skipped")).all()
         assert len(skipped) == 100 and {s.error for s in skipped} == {"no_transactions"}
