@@ -17,6 +17,7 @@ from services.errors import InvalidRequest, Unprocessable
 from services.offers import runs as run_service
 from services.offers.features import STANDARD_FEATURES, TRANSACTION_TYPES
 from services.offers.recording import EXPORT_COLUMNS
+from services.offers.statuses import MemberStatus, RunStatus
 
 bp = Blueprint("offers", __name__)
 
@@ -102,7 +103,7 @@ class ListQuerySchema(Schema):
 
 
 class ResultsQuerySchema(ListQuerySchema):
-    status = fields.String(load_default=None, validate=validate.OneOf(["scored", "skipped", "failed"]))
+    status = fields.String(load_default=None, validate=validate.OneOf([s.value for s in MemberStatus]))
     offer = fields.String(load_default=None, validate=validate.Length(min=1, max=64))
 
 
@@ -113,7 +114,7 @@ class RunSchema(Schema):
     input_sha256 = fields.String()
     as_of = fields.String()
     status = fields.String(metadata={
-        "enum": ["running", "succeeded", "completed_with_failures", "failed", "interrupted", "abandoned"],
+        "enum": [s.value for s in RunStatus],
         "description": "abandoned: was running, but its process stopped beating (killed); resume it."})
     started_at = fields.String()
     finished_at = fields.String(allow_none=True)
@@ -134,7 +135,7 @@ class RunSchema(Schema):
 
 class ResultSchema(Schema):
     member_id = fields.String()
-    status = fields.String(metadata={"enum": ["scored", "skipped", "failed"]})
+    status = fields.String(metadata={"enum": [s.value for s in MemberStatus]})
 
 
 for _name in EXPORT_COLUMNS[1:]:
@@ -263,7 +264,7 @@ def document(spec, app) -> None:
     spec.path(path="/api/v1/offer-runs/{run_id}/results", operations={"get": {
         "summary": "A run's per-member results, in member order", "tags": ["offers"],
         "parameters": [run_id, *paging,
-                       query("status", {"type": "string", "enum": ["scored", "skipped", "failed"]}, "Filter."),
+                       query("status", {"type": "string", "enum": [s.value for s in MemberStatus]}, "Filter."),
                        query("offer", {"type": "string"}, "Filter, e.g. OFFER_2.")],
         "responses": {"200": ok("OfferResultPage"), **error_responses(400, 404)}}})
     spec.path(path="/api/v1/offer-runs/{run_id}/results/{member_id}", operations={"get": {

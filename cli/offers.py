@@ -20,6 +20,7 @@ from services.offers.features import InputError
 from services.offers.partners import PartnerClient, PartnerConfigError, load_registry
 from services.offers.pipeline import ResumeError, RunOptions, run_offers
 from services.offers.recording import OUTPUT_SUFFIXES, write_output
+from services.offers.statuses import EXIT_CODES, RunStatus
 
 
 def _registry():
@@ -132,7 +133,6 @@ def _print_summary(report) -> None:
         echo("  first rejected rows: " + "; ".join(f"line {r['line']}: {r['reason']}" for r in sample))
 
 
-EXIT_CODES = {"succeeded": 0, "completed_with_failures": 1, "failed": 1, "interrupted": 130}
 
 
 @click.command("run-offers", help="Score every member of a transaction CSV on a partner's ML endpoints and "
@@ -230,11 +230,11 @@ def run_offers_command(input_path, partner, as_of, output, concurrency, no_batch
             summary = write_output(session, report.run, output)
         click.echo(f"\nwrote {output} and {summary}")
     status = report.run.status
-    if status == "failed" and "did not answer its ping" in (report.run.error or ""):
+    if status == RunStatus.FAILED and "did not answer its ping" in (report.run.error or ""):
         click.echo(f"hint: is the partner up at {config.display_url}? The bundled reference partner is this "
                    "service itself: start it (`make run`), or set COURIER_SERVICE_URL (or COURIER_BIND) to "
                    "where it listens.", err=True)
-    if status != "succeeded":
+    if status != RunStatus.SUCCEEDED:
         click.echo(f"run {report.run.id} {status}: resume with `{_flask_program()} run-offers --input {input_path} "
                    f"--partner {report.run.partner} --as-of {report.run.as_of} --resume {report.run.id}`", err=True)
     raise SystemExit(EXIT_CODES.get(status, 1))

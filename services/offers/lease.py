@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, update
 from sqlalchemy.orm import sessionmaker
 
+from services.offers.statuses import RunStatus
 from services.tables import OfferRun, utcnow
 
 log = logging.getLogger("courier.offers")
@@ -31,8 +32,8 @@ HEARTBEAT_S = 5.0
 # Six missed heartbeats: a run paused by a long database lock or a stopped VM is not declared
 # dead for a hiccup, and a killed run can be resumed half a minute later.
 LEASE_S = 30.0
-RUNNING = "running"
-ABANDONED = "abandoned"
+RUNNING = RunStatus.RUNNING
+ABANDONED = RunStatus.ABANDONED
 
 
 def new_owner() -> str:
@@ -63,7 +64,7 @@ def claim(sessions: sessionmaker, run_id: int, owner: str) -> bool:
             update(OfferRun)
             .where(OfferRun.id == run_id,
                    or_(OfferRun.status != RUNNING, OfferRun.heartbeat_at.is_(None), OfferRun.heartbeat_at < stale))
-            .values(status=RUNNING, lease_owner=owner, heartbeat_at=now, error=None)
+            .values(status=RUNNING.value, lease_owner=owner, heartbeat_at=now, error=None)
             .execution_options(synchronize_session=False)
         ).rowcount
     return taken == 1

@@ -47,6 +47,7 @@ from services.offers.recording import (
     recorded_members,
 )
 from services.offers.scoring import RetryTally, ScoringSettings, StepStats, ping_partner, score_stream
+from services.offers.statuses import MemberStatus, RunStatus
 from services.tables import OfferRun
 
 log = logging.getLogger("courier.offers")
@@ -186,7 +187,7 @@ def _rows(scan: FeatureScan, done: set[str], emit: Callable[[MemberOutcome], Non
     for partition in scan.partitions():
         for member_id, reason in sorted(partition.skipped.items()):
             if member_id not in done:
-                emit(MemberOutcome(member_id=member_id, status="skipped", error=reason))
+                emit(MemberOutcome(member_id=member_id, status=MemberStatus.SKIPPED, error=reason))
         for row in partition.features.iter_rows(named=True):
             if row["member_id"] not in done:
                 yield row
@@ -196,8 +197,8 @@ def _count_run(run: OfferRun, steps: dict[str, StepStats]) -> None:
     """Prometheus: the run's final status, its members by outcome, each step's items and seconds."""
     m = metrics()
     m.offer_runs.labels(run.status).inc()
-    for outcome, count in (("scored", run.members_scored), ("skipped", run.members_skipped),
-                           ("failed", run.members_failed)):
+    for outcome, count in ((MemberStatus.SCORED, run.members_scored), (MemberStatus.SKIPPED, run.members_skipped),
+                           (MemberStatus.FAILED, run.members_failed)):
         m.offer_members.labels(outcome).inc(count)
     for name, step in steps.items():
         m.offer_step_items.labels(name).inc(step.items)
@@ -219,7 +220,7 @@ def _open_run(sessions: sessionmaker, options: RunOptions, sha: str, owner: str)
         run = session.get(OfferRun, options.resume_run_id)
         if run is None:
             raise ResumeError(f"run {options.resume_run_id} does not exist")
-        if run.status == "succeeded":
+        if run.status == RunStatus.SUCCEEDED:
             raise ResumeError(f"run {run.id} already succeeded; nothing to resume")
         if run.input_sha256 != sha:
             raise ResumeError(f"run {run.id} read a different input (sha256 {run.input_sha256[:12]}..., "
@@ -317,7 +318,7 @@ def run_offers(
             with sessions() as session, session.begin():
                 run = session.get(OfferRun, run_id)
                 if run.lease_owner == owner:  # never overwrite the status of a process that took over
-                    finalise_run(session, run, status="failed" if error else ("interrupted" if interrupted else None),
+                    finalise_run(session, run, status=RunStatus.FAILED if error else (RunStatus.INTERRUPTED if interrupted else None),
                                  rows_read=scan.rows_read, rejected=scan.rejected.as_dict(), step_metrics=steps_out,
                                  error=error)
             _count_run(run, steps)

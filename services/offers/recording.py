@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from services.offers.features import STANDARD_FEATURES
 from services.offers.lease import shown_status
+from services.offers.statuses import MemberStatus, RunStatus
 from services.tables import OfferResult, OfferRun, utcnow
 
 # UPPER_CASE feature name -> column of offer_results
@@ -46,7 +47,7 @@ class MemberOutcome:
             **{column: features.get(name) for name, column in FEATURE_COLUMNS.items()},
             "extra_features": extra or None,
             "ats_prediction": self.ats_prediction, "resp_prediction": self.resp_prediction, "offer": self.offer,
-            "status": self.status, "error": self.error,
+            "status": str(self.status), "error": self.error,
             "ats_ms": self.ats_ms, "resp_ms": self.resp_ms, "offer_ms": self.offer_ms,
         }
 
@@ -54,7 +55,7 @@ class MemberOutcome:
 def create_run(session: Session, *, partner: str, input_path: str, input_sha256: str, as_of: date,
                concurrency: int, owner: str | None = None) -> OfferRun:
     run = OfferRun(partner=partner, input_path=input_path, input_sha256=input_sha256, as_of=as_of,
-                   status="running", concurrency=concurrency, offers={}, rejected={}, step_metrics={},
+                   status=RunStatus.RUNNING.value, concurrency=concurrency, offers={}, rejected={}, step_metrics={},
                    lease_owner=owner, heartbeat_at=utcnow())
     session.add(run)
     session.flush()
@@ -68,7 +69,7 @@ def recorded_members(session: Session, run_id: int) -> set[str]:
 def forget_failed(session: Session, run_id: int) -> int:
     """Drop a run's failed results so that resuming retries those members (and never duplicates them)."""
     return session.execute(delete(OfferResult).where(OfferResult.run_id == run_id,
-                                                     OfferResult.status == "failed")).rowcount or 0
+                                                     OfferResult.status == MemberStatus.FAILED)).rowcount or 0
 
 
 _INSERT_CACHE: dict[str, tuple[str, tuple[str, ...] | None]] = {}
@@ -104,7 +105,7 @@ def insert_outcomes(session: Session, run_id: int, outcomes: list[MemberOutcome]
     session.connection().exec_driver_sql(sql, params)
 
 
-RUN_STATUSES = ("running", "succeeded", "completed_with_failures", "failed", "interrupted")
+RUN_STATUSES = tuple(s.value for s in RunStatus if s is not RunStatus.ABANDONED)
 
 
 def finalise_run(session: Session, run: OfferRun, *, status: str | None, rows_read: int, rejected: dict,
@@ -119,15 +120,15 @@ def finalise_run(session: Session, run: OfferRun, *, status: str | None, rows_re
     offers = dict(session.execute(select(OfferResult.offer, func.count()).where(
         OfferResult.run_id == run.id, OfferResult.offer.is_not(None)).group_by(OfferResult.offer)).all())
     if status is None:
-        status = "completed_with_failures" if by_status.get("failed", 0) else "succeeded"
-    run.status = status
+        status = RunStatus.COMPLETED_WITH_FAILURES if by_status.get(MemberStatus.FAILED, 0) else RunStatus.SUCCEEDED
+    run.status = str(status)  # the plain word: drivers may dump an Enum by its name
     run.finished_at = utcnow()
     run.rows_read = rows_read
     run.rows_rejected = int(rejected.get("total", 0))
     run.rejected = rejected
-    run.members_scored = by_status.get("scored", 0)
-    run.members_skipped = by_status.get("skipped", 0)
-    run.members_failed = by_status.get("failed", 0)
+    run.members_scored = by_status.get(MemberStatus.SCORED, 0)
+    run.members_skipped = by_status.get(MemberStatus.SKIPPED, 0)
+    run.members_failed = by_status.get(MemberStatus.FAILED, 0)
     run.members_total = sum(by_status.values())
     run.offers = dict(sorted(offers.items()))
     run.step_metrics = step_metrics

@@ -30,6 +30,7 @@ from services.errors import CourierError
 from services.http_async import RetryEvent
 from services.offers.partners import AsyncPartnerClient, PartnerConfig
 from services.offers.recording import MemberOutcome
+from services.offers.statuses import MemberStatus
 
 # Histogram resolution: buckets 1% apart, so a percentile is within 1% of the exact value while
 # memory stays a few hundred integers whatever the number of members (a list of floats per call
@@ -97,12 +98,12 @@ class CircuitBreaker:
         self.last_error: str | None = None
 
     def record(self, outcome: MemberOutcome) -> None:
-        if outcome.status == "failed":
+        if outcome.status == MemberStatus.FAILED:
             self.consecutive += 1
             self.last_error = outcome.error
             if self.threshold and self.consecutive >= self.threshold:
                 self.tripped = True
-        elif outcome.status == "scored":
+        elif outcome.status == MemberStatus.SCORED:
             self.consecutive = 0
 
 
@@ -137,7 +138,7 @@ class ScoringResult:
 
 
 def _failed(member_id: str, features: dict[str, Any], step: str, exc: CourierError) -> MemberOutcome:
-    return MemberOutcome(member_id=member_id, status="failed", features=features,
+    return MemberOutcome(member_id=member_id, status=MemberStatus.FAILED, features=features,
                          error=f"{step}: {exc.code}: {exc.message}")
 
 
@@ -191,7 +192,7 @@ class _Scorer:
             offer, offer_ms = await self._timed(client.assign_offer(ats, resp))
         except CourierError as exc:
             return _failed(member_id, row, "offer", exc)
-        return MemberOutcome(member_id=member_id, status="scored", features=row, ats_prediction=ats,
+        return MemberOutcome(member_id=member_id, status=MemberStatus.SCORED, features=row, ats_prediction=ats,
                              resp_prediction=resp, offer=offer, ats_ms=ats_ms, resp_ms=resp_ms, offer_ms=offer_ms)
 
     async def _member_worker(self) -> None:
@@ -204,7 +205,7 @@ class _Scorer:
             try:
                 outcome = await self._member(row)
             except Exception as exc:  # noqa: BLE001 - never lose a member silently
-                outcome = MemberOutcome(member_id=member_id, status="failed", features=row,
+                outcome = MemberOutcome(member_id=member_id, status=MemberStatus.FAILED, features=row,
                                         error=f"internal: {type(exc).__name__}: {exc}")
             self._finish(outcome)
 
@@ -245,7 +246,7 @@ class _Scorer:
                     outcomes[i] = _failed(ids[i], rows[i], "offer", offer)
                 else:
                     # Each member's latency is the latency of the batch call that carried it.
-                    outcomes[i] = MemberOutcome(member_id=ids[i], status="scored", features=rows[i],
+                    outcomes[i] = MemberOutcome(member_id=ids[i], status=MemberStatus.SCORED, features=rows[i],
                                                 ats_prediction=a, resp_prediction=r, offer=offer, ats_ms=ats_ms,
                                                 resp_ms=resp_ms, offer_ms=offer_ms)
         return outcomes  # type: ignore[return-value]
@@ -259,7 +260,7 @@ class _Scorer:
             try:
                 outcomes = await self._batch(rows)
             except Exception as exc:  # noqa: BLE001 - never lose a member silently
-                outcomes = [MemberOutcome(member_id=m, status="failed", features=row,
+                outcomes = [MemberOutcome(member_id=m, status=MemberStatus.FAILED, features=row,
                                           error=f"internal: {type(exc).__name__}: {exc}") for m, row in zip(ids, rows)]
             for outcome in outcomes:
                 self._finish(outcome)
