@@ -30,6 +30,7 @@ from bench.harness import (  # noqa: E402
     gunicorn,
     machine,
     median_load,
+    metrics_cost,
     prepared_env,
     server_usage,
     usage_row,
@@ -101,16 +102,7 @@ def main() -> None:
     for label, before, after, results in usage:
         # Requests of the median runs times the runs: an estimate of all requests served.
         print(usage_row(label, before, after, sum(r.requests for r in results.values()) * args.runs))
-    # What the Prometheus metrics cost: the same load with them on and off (issue 11: under 10%).
-    cost = {}
-    for state, extra in (("on", {}), ("off", {"COURIER_METRICS_ENABLED": "false"})):
-        with prepared_env({"COURIER_ACCESS_LOG": "true", "COURIER_LOG_LEVEL": "INFO", **extra}) as env2, gunicorn(env2, args.workers, quiet=True) as url:
-            median_load(1, "warm-up", url, "/api/v1/delivery-estimate", connections=8, seconds=2, body=BODY, method='POST')
-            cost[state] = median_load(args.runs, f"estimate metrics {state} c=64", url, "/api/v1/delivery-estimate", connections=64,
-                                      body=BODY, **post)
-    print(f"metrics cost: {cost['on'].rps:.0f} req/s with metrics, {cost['off'].rps:.0f} without "
-          f"({(1 - cost['on'].rps / cost['off'].rps) * 100:+.1f}% slower with them)")
-
+    print(metrics_cost({}, args.workers, args.runs, "estimate", "/api/v1/delivery-estimate", body=BODY, **post))
 
 if __name__ == "__main__":
     main()

@@ -37,6 +37,7 @@ from bench.harness import (  # noqa: E402
     load,
     machine,
     median_load,
+    metrics_cost,
     prepared_env,
     server_usage,
     usage_row,
@@ -105,15 +106,7 @@ def bare_comparison(args, standin_url: str) -> None:
         print(compare_row(ours[("mixed", c)], bare[("mixed", c)]))
     for label, before, after, results in usage:
         print(usage_row(label, before, after, sum(r.requests for r in results.values()) * args.runs))
-    # What the Prometheus metrics cost: the same load with them on and off (issue 11: under 10%).
-    cost = {}
-    for state, extra in (("on", {}), ("off", {"COURIER_METRICS_ENABLED": "false"})):
-        with prepared_env({"COURIER_VENUE_API_URL": standin_url, "COURIER_ACCESS_LOG": "true", "COURIER_LOG_LEVEL": "INFO", **extra}) as env2, gunicorn(env2, args.workers, quiet=True) as url:
-            median_load(1, "warm-up", url, PATH, connections=8, seconds=2)
-            cost[state] = median_load(args.runs, f"price metrics {state} c=64", url, PATH, connections=64,
-                                      **get)
-    print(f"metrics cost: {cost['on'].rps:.0f} req/s with metrics, {cost['off'].rps:.0f} without "
-          f"({(1 - cost['on'].rps / cost['off'].rps) * 100:+.1f}% slower with them)")
+    print(metrics_cost({"COURIER_VENUE_API_URL": standin_url}, args.workers, args.runs, "price", PATH, **get))
 
 
 def main() -> None:

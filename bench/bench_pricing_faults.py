@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import gunicorn, machine, prepared_env  # noqa: E402
+from bench.harness import gunicorn, machine, prepared_env, server_usage  # noqa: E402
 from bench.venue_standin import Knobs, StandInServer  # noqa: E402
 
 PATH = ("/api/v1/delivery-order-price?venue_slug=home-assignment-venue-helsinki&cart_value=1000"
@@ -72,31 +72,14 @@ def hammer(url: str, seconds: float, connections: int) -> dict:
             "max": lat[-1] * 1000, "statuses": statuses}
 
 
-def worker_rss_kb(url: str) -> list[int]:
-    """Resident memory of each gunicorn worker serving ``url`` (the master's children)."""
-    port = url.rsplit(":", 1)[1]
-    out = subprocess.run(["pgrep", "-f", "gunicorn -c gunicorn.conf.py"], capture_output=True, text=True).stdout
-    rss = []
-    for pid in out.split():
-        try:
-            status = open(f"/proc/{pid}/status").read()
-            environ = open(f"/proc/{pid}/environ", "rb").read()
-        except OSError:
-            continue
-        ppid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
-        if f"127.0.0.1:{port}".encode() in environ and str(ppid) in out.split():
-            rss.append(int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))))
-    return sorted(rss)
-
-
 def slug_flood(url: str, requests: int, connections: int) -> dict:
     lua = Path(__file__).with_name("wrk_random_slugs.lua")
-    before = worker_rss_kb(url)
+    before = server_usage(url).rss_kb
     rate_s = max(5, requests // 1500)  # wrk runs for a duration: aim for about ``requests`` requests
     out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{rate_s}s", "-s", str(lua), url],
                          capture_output=True, text=True, check=True).stdout
     sent = json.loads(next(line for line in out.splitlines() if line.startswith("{")))["requests"]
-    return {"requests": sent, "before": before, "after": worker_rss_kb(url)}
+    return {"requests": sent, "before": before, "after": server_usage(url).rss_kb}
 
 
 def row(label: str, r: dict) -> str:

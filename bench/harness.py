@@ -25,7 +25,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 WRK_LUA = Path(__file__).with_name("wrk_report.lua")
-WRK_MIXED_LUA = Path(__file__).with_name("wrk_mixed.lua")
 
 
 @dataclass
@@ -124,9 +123,8 @@ def _wrk(label: str, url: str, path: str, method: str, body: str | None, seconds
          cpus: str | None = None, requests_file: str | None = None) -> LoadResult:
     env = {**os.environ, "WRK_METHOD": method, "WRK_BODY": body or "", "WRK_REQUESTS_FILE": requests_file or ""}
     pin = ["taskset", "-c", cpus] if cpus else []
-    script = WRK_MIXED_LUA if requests_file else WRK_LUA
     out = subprocess.run([*pin, "wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s", "--timeout",
-                          "5s", "-s", str(script), url + path], env=env, capture_output=True, text=True,
+                          "5s", "-s", str(WRK_LUA), url + path], env=env, capture_output=True, text=True,
                          check=True).stdout
     report = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
     failed = sum(report[k] for k in ("errors_connect", "errors_read", "errors_write", "errors_status",
@@ -246,3 +244,15 @@ def server_usage(url: str) -> ServerUsage:
 def usage_row(label: str, before: ServerUsage, after: ServerUsage, requests: int) -> str:
     per_request_us = (after.cpu_s - before.cpu_s) / max(1, requests) * 1e6
     return f"{label:<40} server CPU {per_request_us:6.0f} us per request; worker RSS {after.rss_kb} KB"
+
+
+def metrics_cost(env_extra: dict, workers: int, runs: int, label: str, path: str, **load_kwargs) -> str:
+    """The same load on Courier with Prometheus metrics on and off, in one run (issue 11: under 10%)."""
+    cost = {}
+    for state, extra in (("on", {}), ("off", {"COURIER_METRICS_ENABLED": "false"})):
+        with prepared_env({"COURIER_ACCESS_LOG": "true", "COURIER_LOG_LEVEL": "INFO", **env_extra, **extra}) as env, \
+                gunicorn(env, workers, quiet=True) as url:
+            load("warm-up", url, path, connections=8, **{**load_kwargs, "seconds": 2})
+            cost[state] = median_load(runs, f"{label} metrics {state} c=64", url, path, connections=64, **load_kwargs)
+    return (f"metrics cost: {cost['on'].rps:.0f} req/s with metrics, {cost['off'].rps:.0f} without "
+            f"({(1 - cost['on'].rps / cost['off'].rps) * 100:+.1f}% slower with them)")

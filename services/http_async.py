@@ -202,15 +202,10 @@ class AsyncHttpClient:
             raise_for_upstream_status(self.upstream, status, headers)
             result = self.json_of(payload)
         except UpstreamError as exc:
-            self._observe(outcome_of(exc), started)
+            metrics().upstream_call(self.upstream, outcome_of(exc), time.perf_counter() - started)
             raise
-        self._observe("ok", started)
+        metrics().upstream_call(self.upstream, "ok", time.perf_counter() - started)
         return result
-
-    def _observe(self, outcome: str, started: float) -> None:
-        m = metrics()
-        m.upstream_calls.labels(self.upstream, outcome).inc()
-        m.upstream_seconds.labels(self.upstream).observe(time.perf_counter() - started)
 
 
 __all__ = ["AsyncHttpClient", "RetryEvent"]

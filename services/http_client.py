@@ -380,15 +380,10 @@ class HttpClient:
         try:
             result = self._call_json(method, path, json=json, params=params, parse=parse)
         except UpstreamError as exc:
-            self._observe(outcome_of(exc), started)
+            metrics().upstream_call(self.upstream, outcome_of(exc), time.perf_counter() - started)
             raise
-        self._observe("ok", started)
+        metrics().upstream_call(self.upstream, "ok", time.perf_counter() - started)
         return result
-
-    def _observe(self, outcome: str, started: float) -> None:
-        m = metrics()
-        m.upstream_calls.labels(self.upstream, outcome).inc()
-        m.upstream_seconds.labels(self.upstream).observe(time.perf_counter() - started)
 
     def _call_json(self, method: str, path: str, *, json: Any, params: Any, parse: Callable[[Any], T] | None) -> Any:
         deadline = self.deadline()

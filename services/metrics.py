@@ -54,6 +54,11 @@ class Metrics:
         self.offer_step_seconds = Counter("courier_offer_step_seconds_total", "Seconds spent in each step of "
                                           "offers runs.", ["step"], registry=r)
 
+    def upstream_call(self, upstream: str, outcome: str, seconds: float) -> None:
+        """One outbound call's outcome and duration (the sync and the async client alike)."""
+        self.upstream_calls.labels(upstream, outcome).inc()
+        self.upstream_seconds.labels(upstream).observe(seconds)
+
     def render(self) -> bytes:
         """The exposition text: summed over every worker in multiprocess mode, else this process."""
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
