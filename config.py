@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,7 +73,15 @@ class Setting:
             return "an http:// or https:// URL" + (" (or empty)" if self.optional else "")
         if self.kind == "path":
             return "a file path" + (" (or empty)" if self.optional else "")
+        if self.kind == "database_url":
+            return "a database URL (sqlite:///path, postgresql://user:pass@host/db)"
+        if self.kind == "prefix":
+            return "a URL path starting with /"
         return "text"
+
+    def invalid(self, name: str, raw: Any, problem: ValueError) -> ConfigError:
+        """The one-line error for a bad value: variable (or key), value, problem, what is accepted."""
+        return ConfigError(f"{name}={raw!r} is not valid ({problem}): expected {self.accepted()}")
 
     def parse(self, value: Any) -> Any:
         """The typed value of ``value`` (a string from the environment, or a Python value); ValueError if bad."""
@@ -118,6 +126,17 @@ class Setting:
             raise ValueError("not an http(s) URL")
         if not text and not self.optional:
             raise ValueError("a value is required")
+        if self.kind == "database_url":
+            # ``postgres://`` (what many hosts hand out) means PostgreSQL through psycopg, like ``postgresql://``.
+            for short in ("postgres://", "postgresql://"):
+                if text.startswith(short):
+                    return "postgresql+psycopg://" + text[len(short):]
+            if "://" not in text:
+                raise ValueError("not a database URL")
+        if self.kind == "prefix":
+            if not text.startswith("/") or " " in text:
+                raise ValueError("not a URL path")
+            return text.rstrip("/") or "/"
         return text
 
     def _in_range(self, number: float) -> float:
@@ -249,50 +268,10 @@ def load_gunicorn_settings(environ: Mapping[str, str] | None = None) -> dict:
     for setting in GUNICORN_SETTINGS:
         raw = environ.get(setting.variable, setting.default)
         try:
-            values[setting.key] = parse_value(setting, raw)
+            values[setting.key] = setting.parse(raw)
         except ValueError as exc:
-            raise ConfigError(f"{setting.variable}={raw!r} is not valid ({exc}): expected {describe(setting)}") \
-                from None
+            raise setting.invalid(setting.variable, raw, exc) from None
     return values
-
-
-def _kind_parsers() -> dict[str, Callable[[Setting, str], Any]]:
-    return {"database_url": _database_url, "prefix": _prefix}
-
-
-def _database_url(setting: Setting, text: str) -> str:
-    """``postgres://`` (what many hosts hand out) means PostgreSQL through psycopg, like ``postgresql://``."""
-    for short in ("postgres://", "postgresql://"):
-        if text.startswith(short):
-            return "postgresql+psycopg://" + text[len(short):]
-    if "://" not in text:
-        raise ValueError("not a database URL")
-    return text
-
-
-def _prefix(setting: Setting, text: str) -> str:
-    if not text.startswith("/") or " " in text:
-        raise ValueError("not a URL path")
-    return text.rstrip("/") or "/"
-
-
-def parse_value(setting: Setting, value: Any) -> Any:
-    special = _kind_parsers().get(setting.kind) if isinstance(setting.kind, str) else None
-    if special is not None:
-        if value is None or (isinstance(value, str) and not value.strip()):
-            if setting.optional:
-                return None
-            raise ValueError("a value is required")
-        return special(setting, str(value).strip())
-    return setting.parse(value)
-
-
-def describe(setting: Setting) -> str:
-    if setting.kind == "database_url":
-        return "a database URL (sqlite:///path, postgresql://user:pass@host/db)"
-    if setting.kind == "prefix":
-        return "a URL path starting with /"
-    return setting.accepted()
 
 
 def load_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> dict:
@@ -311,10 +290,9 @@ def load_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[s
         if setting.key in overrides:
             source, raw = setting.key, overrides.pop(setting.key)
         try:
-            values[setting.key] = parse_value(setting, raw)
+            values[setting.key] = setting.parse(raw)
         except ValueError as exc:
-            name = setting.variable if source == "default" else source
-            raise ConfigError(f"{name}={raw!r} is not valid ({exc}): expected {describe(setting)}") from None
+            raise setting.invalid(setting.variable if source == "default" else source, raw, exc) from None
     values.update(overrides)
     return values
 
@@ -333,7 +311,7 @@ def markdown_table() -> str:
     lines = ["| variable | default | accepted | meaning |", "|---|---|---|---|"]
     for group in (SETTINGS, GUNICORN_SETTINGS):
         for setting in group:
-            lines.append(f"| `{setting.variable}` | `{_default_text(setting)}` | {describe(setting)} | "
+            lines.append(f"| `{setting.variable}` | `{_default_text(setting)}` | {setting.accepted()} | "
                          f"{setting.help} |")
     return "\n".join(lines)
 
