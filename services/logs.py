@@ -85,16 +85,19 @@ def configure_logging(level: str = "INFO", log_format: str = "auto") -> None:
     for handler in root.handlers:
         if getattr(handler, "_courier", False):
             return
-    handler = logging.StreamHandler(sys.stderr)
-    if resolve_log_format(log_format) == "text":
-        handler.setFormatter(TextFormatter(colour=sys.stderr.isatty()))
-    else:
-        handler.setFormatter(JsonFormatter())
-    handler.addFilter(RequestIdFilter())
-    handler._courier = True  # type: ignore[attr-defined]
-    root.addHandler(handler)
+    text = resolve_log_format(log_format) == "text"
+    root.addHandler(courier_handler(sys.stderr, TextFormatter(colour=sys.stderr.isatty()) if text else JsonFormatter()))
     # Alembic narrates every step at INFO; keep admins' terminals to what matters.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def courier_handler(stream, formatter: logging.Formatter) -> logging.StreamHandler:
+    """Courier's handler: ``formatter``, the request id on every record, marked as ours."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    handler.addFilter(RequestIdFilter())
+    handler._courier = True  # type: ignore[attr-defined]
+    return handler
 
 
 class _RequestIds:

@@ -8,41 +8,11 @@ import runpy
 import shutil
 import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(port: int, path: str, timeout: float) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        return conn.getresponse().status
-    finally:
-        conn.close()
-
-
-def wait_until_up(port: int, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the server exited"
-        try:
-            if get(port, "/healthz", 1) == 200:
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("server did not come up")
+from tests.live_servers import ROOT, free_port, gunicorn_process, http_get, wait_until_up
 
 
 def slow_client(port: int) -> socket.socket:
@@ -65,18 +35,8 @@ def test_each_instance_gets_its_own_control_socket(monkeypatch):
 
 @pytest.fixture
 def gunicorn_server(db_url, tmp_path):
-    port = free_port()
-    env = {**os.environ, "COURIER_DATABASE_URL": db_url, "COURIER_BIND": f"127.0.0.1:{port}", "COURIER_WORKERS": "2",
-           "COURIER_LOG_LEVEL": "WARNING", "COURIER_GUNICORN_LOG_LEVEL": "warning",
-           "COURIER_CONTROL_SOCKET": str(tmp_path / "gunicorn.ctl")}
-    proc = subprocess.Popen([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_until_up(port, proc)
+    with gunicorn_process(db_url, tmp_path) as port:
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 @pytest.fixture
@@ -120,7 +80,7 @@ def test_slow_clients_hold_every_sync_worker_without_a_proxy(gunicorn_server):
     try:
         time.sleep(0.2)  # let each worker accept one of them
         with pytest.raises(OSError):  # socket.timeout: no worker is free for 30 s (COURIER_TIMEOUT)
-            get(gunicorn_server, "/healthz", timeout=1.0)
+            http_get(gunicorn_server, "/healthz", timeout=1.0)
     finally:
         for sock in held:
             sock.close()
@@ -131,7 +91,7 @@ def test_behind_the_buffering_proxy_slow_clients_hold_no_worker(nginx_proxy):
     try:
         time.sleep(0.2)
         for _ in range(5):
-            assert get(nginx_proxy, "/healthz", timeout=5) == 200
+            assert http_get(nginx_proxy, "/healthz", timeout=5)[0] == 200
     finally:
         for sock in held:
             sock.close()

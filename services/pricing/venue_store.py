@@ -169,7 +169,7 @@ class VenueStore:
 
     # -- internals ------------------------------------------------------------------------------
     def _count(self, event: str) -> None:
-        """This worker's counter (shown in /readyz) and the Prometheus one (summed over workers)."""
+        """This store's own counter (tests, a debugger) and the Prometheus one (summed over workers)."""
         self.stats[event] += 1
         self._events.labels(event).inc()
 

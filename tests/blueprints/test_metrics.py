@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import responses
 
 from tests.conftest import VENUE_API
+from tests.live_servers import gunicorn_process, http_get
 from tests.pricing_fixtures import register_venue
 
 PRICE = ("/api/v1/delivery-order-price?venue_slug=home-assignment-venue-helsinki&cart_value=1000"
@@ -66,53 +62,21 @@ def test_upstream_failures_are_counted_by_outcome(client):
 
 
 def test_metrics_are_summed_over_two_gunicorn_workers(db_url, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
     metrics_dir = tmp_path / "metrics"
-    port = _free_port()
-    env = {**os.environ, "COURIER_DATABASE_URL": db_url, "COURIER_BIND": f"127.0.0.1:{port}", "COURIER_WORKERS": "2",
-           "COURIER_METRICS_DIR": str(metrics_dir), "COURIER_CONTROL_SOCKET": str(tmp_path / "g.ctl"),
-           "COURIER_LOG_LEVEL": "WARNING", "COURIER_GUNICORN_LOG_LEVEL": "warning"}
-    root = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py", "wsgi:app"],
-                            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        import http.client
-
-        def get(path):
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("GET", path)
-            response = conn.getresponse()
-            return response.status, response.read().decode()
-
-        from concurrent.futures import ThreadPoolExecutor
-
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if get("/readyz")[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.1)
+    with gunicorn_process(db_url, tmp_path, COURIER_METRICS_DIR=str(metrics_dir)) as port:
         sent = 0
         with ThreadPoolExecutor(8) as load:  # concurrent clients: both idle workers take connections
             while sent < 4000:
-                assert all(status == 200 for status, _ in load.map(lambda _: get("/healthz"), range(100)))
+                assert all(status == 200 for status, _ in load.map(lambda _: http_get(port, "/healthz"), range(100)))
                 sent += 100
                 if len(list(metrics_dir.glob("counter_*.db"))) >= 2:
                     break
         writers = {p.name for p in metrics_dir.glob("counter_*.db")}
         assert len(writers) == 2, f"both workers should have counted: {sorted(writers)}"
-        status, text = get("/metrics")
+        status, text = http_get(port, "/metrics")
         assert status == 200
-        # Every /healthz answered, whichever worker answered it: the total is the sum of both files.
-        assert sample(text, "courier_http_requests_total", route="/healthz", method="GET", status="200") == sent
-    finally:
-        proc.terminate()
-        proc.wait(30)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        # Every /healthz answered, whichever worker answered it: the total is the sum of both files
+        # (plus the one /healthz that found the server up).
+        assert sample(text, "courier_http_requests_total", route="/healthz", method="GET", status="200") == sent + 1

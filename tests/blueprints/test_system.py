@@ -98,13 +98,10 @@ def test_the_direct_access_line_is_what_the_json_formatter_writes(monkeypatch):
     """Production writes access lines without a LogRecord; they must read exactly like the others."""
     import io
 
-    from services.logs import AccessLog, RequestIdFilter
+    from services.logs import AccessLog, courier_handler
 
     stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    handler.addFilter(RequestIdFilter())
-    handler._courier = True
+    handler = courier_handler(stream, JsonFormatter())  # what configure_logging installs, on a string
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", [handler])
     monkeypatch.setattr(root, "level", logging.INFO)
@@ -172,13 +169,10 @@ def test_auto_log_format_is_text_on_a_terminal_and_json_otherwise():
 def test_with_text_logs_the_access_line_goes_through_the_text_formatter(monkeypatch):
     import io
 
-    from services.logs import AccessLog, RequestIdFilter, TextFormatter
+    from services.logs import AccessLog, TextFormatter, courier_handler
 
     stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(TextFormatter())
-    handler.addFilter(RequestIdFilter())
-    handler._courier = True
+    handler = courier_handler(stream, TextFormatter())  # what configure_logging installs, on a string
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", [handler])
     monkeypatch.setattr(root, "level", logging.INFO)
