@@ -338,10 +338,7 @@ class HttpClient:
                 error = UpstreamUnavailable(f"{self.upstream} broke off its answer", upstream=self.upstream)
             raise _BadBody(error) from exc
         response._content = b"".join(chunks)  # what ``response.content`` would have read
-        response._content_consumed = True
-        # Read to the end: the connection goes back to the pool for the next call (a streamed
-        # response is not released on its own, and each call then paid a new TCP connection).
-        raw.release_conn()
+        response._content_consumed = True  # read to its end: urllib3 has returned the connection to the pool
 
     def _convert(self, exc: requests.exceptions.RequestException, url: str) -> UpstreamError:
         if isinstance(exc, requests.exceptions.RetryError):
