@@ -231,6 +231,15 @@ def run_export(run_id: int):
                     headers={"Content-Disposition": f'attachment; filename="offer-run-{run_id}.csv"'})
 
 
+@bp.get("/api/v1/offer-runs/<int:run_id>/report")
+@requires(Scope.RUNS_READ)
+def run_report(run_id: int):
+    from services.offers.report_html import CSP, run_report_html
+
+    page = run_report_html(db_session(), run_id)
+    return Response(page, mimetype="text/html", headers={"Content-Security-Policy": CSP})
+
+
 def document(spec, app) -> None:
     from blueprints.openapi import error_responses
 
@@ -275,6 +284,15 @@ def document(spec, app) -> None:
         "summary": "A run's results as CSV (streamed)", "tags": ["offers"], "parameters": [run_id],
         "responses": {"200": {"description": "CSV with columns " + ",".join(EXPORT_COLUMNS),
                               "content": {"text/csv": {"schema": {"type": "string"}}}}, **error_responses(404)}}})
+    spec.path(path="/api/v1/offer-runs/{run_id}/report", operations={"get": {
+        "summary": "A run's report: one self-contained HTML page with charts", "tags": ["offers"],
+        "description": ("The run record, counts, offer split, per-step throughput and latency percentiles, "
+                        "partner call latency histograms, members completed over time, failures by reason and "
+                        "the features' distributions by offer. Inline SVG, no script, no network; the same page "
+                        "as `flask offers report RUN_ID`."),
+        "parameters": [run_id],
+        "responses": {"200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}},
+                      **error_responses(404)}}})
 
 
 __all__ = ["bp", "document"]

@@ -9,7 +9,7 @@ def register_cli(app: Flask) -> None:
     from cli.api_keys import api_keys_group
     from cli.db import db_group
     from cli.model import evaluate_model, train_model
-    from cli.offers import partners_group, run_offers_command
+    from cli.offers import offers_group, partners_group, run_offers_command
     from cli.seed import seed_venues
 
     app.cli.add_command(db_group)
@@ -19,3 +19,4 @@ def register_cli(app: Flask) -> None:
     app.cli.add_command(evaluate_model)
     app.cli.add_command(run_offers_command)
     app.cli.add_command(partners_group)
+    app.cli.add_command(offers_group)

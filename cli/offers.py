@@ -267,4 +267,35 @@ def partners_check(name: str | None) -> None:
         raise SystemExit(1)
 
 
-__all__ = ["partners_group", "run_offers_command"]
+@click.group("offers", help="Recorded offer runs.")
+def offers_group() -> None:
+    pass
+
+
+@offers_group.command("report", help="Write run RUN_ID's report: one self-contained HTML page (charts inline, "
+                                     "no network needed to view it).")
+@click.argument("run_id", type=click.IntRange(1))
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Where to write the page (default: offer-run-RUN_ID.html in the current directory).")
+@with_appcontext
+def offers_report(run_id: int, out_path: str | None) -> None:
+    from services.errors import NotFound
+    from services.offers.report_html import run_report_html
+
+    runtime = current_app.extensions["courier"]
+    require_migrated(runtime.engine)
+    path = Path(out_path or f"offer-run-{run_id}.html")
+    try:
+        with runtime.session() as session:
+            page = run_report_html(session, run_id)
+    except NotFound as exc:
+        _usage_error(exc.message)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        _usage_error(f"--out {path}: cannot write ({exc.strerror or exc})")
+    click.echo(f"wrote {path} ({len(page.encode()) // 1024} KB)")
+
+
+__all__ = ["offers_group", "partners_group", "run_offers_command"]

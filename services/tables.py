@@ -98,6 +98,9 @@ class OfferRun(Base):
     # heartbeat is older than the lease is dead (killed), and may be resumed by one process.
     lease_owner: Mapped[str | None] = mapped_column(String(100))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # [[seconds since the attempt started, members recorded], ...] of the latest attempt, at most
+    # TIMELINE_POINTS long: the report's "members completed over time" (migration 0008).
+    timeline: Mapped[list | None] = mapped_column(JSON)
 
 
 class OfferResult(Base):

@@ -40,6 +40,7 @@ from services.offers.lease import Heartbeat, claim, new_owner
 from services.offers.partners import PartnerConfig
 from services.offers.recording import (
     MemberOutcome,
+    Timeline,
     create_run,
     finalise_run,
     forget_failed,
@@ -97,7 +98,8 @@ class _Writer(threading.Thread):
     """Drains lists of outcomes into the database in batches; reports progress as it goes."""
 
     def __init__(self, sessions: sessionmaker, run_id: int, step: StepStats,
-                 progress: Callable[[int], None] | None, on_error: Callable[[], None] | None = None) -> None:
+                 progress: Callable[[int], None] | None, on_error: Callable[[], None] | None = None,
+                 already_recorded: int = 0) -> None:
         super().__init__(name="offers-writer", daemon=True)
         self.context = contextvars.copy_context()  # log lines of this thread carry the run's id
         self.on_error = on_error
@@ -109,6 +111,8 @@ class _Writer(threading.Thread):
         self.error: BaseException | None = None
         self.written = 0
         self._first_started: float | None = None
+        self._created = time.perf_counter()
+        self.timeline = Timeline(already_recorded)
 
     def _flush(self, batch: list[MemberOutcome]) -> None:
         if not batch:
@@ -122,6 +126,7 @@ class _Writer(threading.Thread):
             self._first_started = started
         self.step.span(ended - self._first_started)
         self.written += len(batch)
+        self.timeline.add(ended - self._created, len(batch))
         if self.progress:
             self.progress(len(batch))
 
@@ -274,6 +279,7 @@ def run_offers(
         try:
             error: str | None = None
             interrupted = False
+            writer = None
             try:
                 ping_partner(partner)
             except (UpstreamUnavailable, UpstreamTimeout) as exc:
@@ -287,7 +293,8 @@ def run_offers(
             if error is None:
                 if progress_start:
                     progress_start(max(0, scan.members + scan.skipped_members - len(done)))
-                writer = _Writer(sessions, run_id, steps["record"], progress, on_error=stop.set)
+                writer = _Writer(sessions, run_id, steps["record"], progress, on_error=stop.set,
+                                 already_recorded=len(done))
                 writer.start()
                 emitter = _Emitter(writer, steps)
                 scoring_started = time.perf_counter()
@@ -320,7 +327,7 @@ def run_offers(
                 if run.lease_owner == owner:  # never overwrite the status of a process that took over
                     finalise_run(session, run, status=RunStatus.FAILED if error else (RunStatus.INTERRUPTED if interrupted else None),
                                  rows_read=scan.rows_read, rejected=scan.rejected.as_dict(), step_metrics=steps_out,
-                                 error=error)
+                                 error=error, timeline=writer.timeline.points() if writer else None)
             _count_run(run, steps)
             if error:
                 log.error("offers run failed", extra={"run_id": run_id, "error": error})

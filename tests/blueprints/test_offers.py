@@ -209,12 +209,30 @@ def test_export_csv_is_streamed_and_complete(client, recorded_run):
     assert rows[0]["member_id"] < rows[-1]["member_id"]
 
 
+def test_run_report_is_one_self_contained_html_page(client, anonymous, recorded_run):
+    response = client.get(f"/api/v1/offer-runs/{recorded_run}/report")
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    # the page needs nothing from anywhere: a browser may forbid everything else
+    assert response.headers["Content-Security-Policy"].startswith("default-src 'none'")
+    page = response.get_data(as_text=True)
+    assert f"<h1>Offers run {recorded_run} " in page and page.count("<svg") >= 5
+    assert "<tr><td>890</td>" not in page  # the counts row starts with rows read
+    assert "<td>4335</td><td>10</td><td>990</td><td>890</td><td>100</td><td>0</td>" in page
+    assert anonymous.get(f"/api/v1/offer-runs/{recorded_run}/report").status_code == 401
+
+
+def test_report_of_an_unknown_run_is_404_in_the_envelope(client):
+    response = client.get("/api/v1/offer-runs/999/report")
+    assert response.status_code == 404
+    assert response.get_json() == {"error": "No offer run 999.", "code": "run_not_found", "details": {"run_id": 999}}
+
+
 def test_openapi_documents_every_offers_route(client):
     spec = client.get("/openapi.json").get_json()
     validate(spec)
     for path in ("/api/v1/offers", "/api/v1/offer-runs", "/api/v1/offer-runs/{run_id}",
                  "/api/v1/offer-runs/{run_id}/results", "/api/v1/offer-runs/{run_id}/results/{member_id}",
-                 "/api/v1/offer-runs/{run_id}/export.csv"):
+                 "/api/v1/offer-runs/{run_id}/export.csv", "/api/v1/offer-runs/{run_id}/report"):
         assert path in spec["paths"]
     post = spec["paths"]["/api/v1/offers"]["post"]
     assert {"200", "400", "404", "422", "502", "503", "504"} <= set(post["responses"])

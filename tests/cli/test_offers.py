@@ -249,3 +249,26 @@ def test_the_resume_hint_is_a_command_that_works_as_printed(app_config, tmp_path
         assert resumed.exit_code == 0, resumed.output
     finally:
         partner.close()
+
+
+def test_offers_report_writes_the_page_of_a_recorded_run(sample_run, monkeypatch):
+    from app import create_app
+
+    folder, results = sample_run
+    assert results["csv"].exit_code == 0
+    app = create_app({"DATABASE_URL": f"sqlite:///{folder / 'db.sqlite'}", "ACCESS_LOG": False, "TESTING": True})
+    runner = app.test_cli_runner()
+    out = folder / "reports" / "run-1.html"
+    result = runner.invoke(args=["offers", "report", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}" in result.output
+    page = out.read_text()
+    assert "<h1>Offers run 1 " in page and "<td>4335</td><td>10</td><td>990</td><td>890</td>" in page
+    monkeypatch.chdir(folder)
+    assert runner.invoke(args=["offers", "report", "2"]).exit_code == 0
+    assert (folder / "offer-run-2.html").exists()
+
+
+def test_offers_report_of_an_unknown_run_exits_2(runner):
+    result = runner.invoke(args=["offers", "report", "42"])
+    assert result.exit_code == 2 and "No offer run 42." in result.output
