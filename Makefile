@@ -16,14 +16,14 @@ $(VENV)/.installed-run: setup.cfg pyproject.toml constraints.txt | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: setup.cfg pyproject.toml constraints.txt | $(BIN)/python
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,train,postgres]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,train,postgres,distributed]'
 	touch $@ $(VENV)/.installed-run
 
 ## lock: re-pin constraints.txt from a fresh virtualenv with every extra (run after changing setup.cfg)
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install --quiet --upgrade pip
-	.lock-venv/bin/pip install --quiet -e '.[dev,train,postgres]'
+	.lock-venv/bin/pip install --quiet -e '.[dev,train,postgres,distributed]'
 	{ head -2 constraints.txt; .lock-venv/bin/pip freeze --exclude-editable | grep -v '^courier'; } > constraints.new
 	mv constraints.new constraints.txt && rm -rf .lock-venv
 

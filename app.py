@@ -160,3 +160,21 @@ def _init_offers(app: Flask, runtime) -> None:
                               service_url=app.config["SERVICE_URL"])
     runtime.services["realtime_offers"] = realtime
     runtime.closers.append(realtime.close)
+    _init_distributed_offers(app, runtime)
+
+
+def _init_distributed_offers(app: Flask, runtime) -> None:
+    """Celery for ``run-offers --distributed`` and its workers; Celery itself is imported on first use."""
+    from services.offers.celery_tasks import CelerySettings, DistributedOffers
+    from services.offers.partners import load_registry
+
+    cfg = app.config
+
+    def partner_config(name: str):
+        return load_registry(cfg["PARTNERS_FILE"], cfg["SERVICE_URL"]).get(name)
+
+    runtime.services["distributed_offers"] = DistributedOffers(
+        CelerySettings(broker_url=cfg["CELERY_BROKER_URL"], result_backend=cfg["CELERY_RESULT_BACKEND"],
+                       visibility_timeout_s=cfg["CELERY_VISIBILITY_TIMEOUT_S"],
+                       chunk_max_attempts=cfg["OFFERS_CHUNK_MAX_ATTEMPTS"]),
+        context_factory=app.app_context, sessions=runtime.session_factory, partner_config=partner_config)

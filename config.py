@@ -77,6 +77,9 @@ class Setting:
             return "a database URL (sqlite:///path, postgresql://user:pass@host/db)"
         if self.kind == "prefix":
             return "a URL path starting with /"
+        if self.kind == "broker_url":
+            return "a broker URL (redis://host:6379/0, rediss://..., sentinel://...)" + (
+                " (or empty)" if self.optional else "")
         return "text"
 
     def invalid(self, name: str, raw: Any, problem: ValueError) -> ConfigError:
@@ -133,6 +136,8 @@ class Setting:
                     return "postgresql+psycopg://" + text[len(short):]
             if "://" not in text:
                 raise ValueError("not a database URL")
+        if self.kind == "broker_url" and "://" not in text:
+            raise ValueError("not a broker URL")
         if self.kind == "prefix":
             if not text.startswith("/") or " " in text:
                 raise ValueError("not a URL path")
@@ -238,6 +243,23 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("OFFERS_REALTIME_DEADLINE_S", 5.0,
             "Time budget of each partner call of a real-time offer, retries included (at most 2 retries).",
             kind=float, above_zero=True, maximum=300),
+    Setting("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0",
+            "Celery broker for `run-offers --distributed` and its workers (`pip install -e '.[distributed]'`).",
+            kind="broker_url"),
+    Setting("CELERY_RESULT_BACKEND", None,
+            "Where Celery keeps chunk task states (for `celery inspect`, Flower). Default: the broker URL.",
+            kind="broker_url", optional=True),
+    Setting("CELERY_VISIBILITY_TIMEOUT_S", 3600,
+            "Seconds before the broker hands an unacknowledged chunk (its worker died) to another worker; "
+            "keep it above the slowest chunk's scoring time.", kind=int, minimum=1, maximum=7 * 86400),
+    Setting("OFFERS_CHUNK_SIZE", 5000, "Members per chunk task of a distributed run.",
+            kind=int, minimum=1, maximum=100_000),
+    Setting("OFFERS_CHUNK_MAX_ATTEMPTS", 3,
+            "Attempts of one chunk (errors, or its worker killed) before the distributed run ends `failed`.",
+            kind=int, minimum=1, maximum=100),
+    Setting("OFFERS_DISTRIBUTED_STALL_S", 600.0,
+            "A distributed run in which no chunk starts or finishes for this long ends `failed` (no workers?).",
+            kind=float, above_zero=True),
 )
 
 DEFAULTS: dict[str, Any] = {s.key: s.default for s in SETTINGS}

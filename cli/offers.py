@@ -16,6 +16,8 @@ from flask.cli import with_appcontext
 
 from cli.db import require_migrated
 from services.errors import CourierError
+from services.offers.celery_tasks import display_url
+from services.offers.distributed import DistributedUnavailable
 from services.offers.features import InputError
 from services.offers.partners import PartnerClient, PartnerConfigError, load_registry
 from services.offers.pipeline import ResumeError, RunOptions, run_offers
@@ -157,11 +159,21 @@ def _print_summary(report) -> None:
                    "(default: OFFERS_MAX_CONSECUTIVE_FAILURES).")
 @click.option("--resume", "resume_run_id", type=click.IntRange(1), default=None,
               help="Continue a run that did not succeed: members recorded as scored or skipped are not sent "
-                   "again; failed and unrecorded members are.")
+                   "again; failed and unrecorded members are (distributed runs: unfinished chunks).")
+@click.option("--distributed", is_flag=True, default=False,
+              help="Score on Celery workers (`celery -A wsgi:celery_app worker`, any number of machines) "
+                   "instead of in this process; needs PostgreSQL and a broker (COURIER_CELERY_BROKER_URL).")
+@click.option("--chunk-size", type=click.IntRange(1, 100_000), default=None,
+              help="Members per chunk task with --distributed (default: OFFERS_CHUNK_SIZE).")
 @with_appcontext
 def run_offers_command(input_path, partner, as_of, output, concurrency, no_batch, max_consecutive_failures,
-                       resume_run_id) -> None:
+                       resume_run_id, distributed, chunk_size) -> None:
     runtime = current_app.extensions["courier"]
+    if distributed and runtime.engine.dialect.name == "sqlite":
+        _usage_error("--distributed needs a database every worker shares: set COURIER_DATABASE_URL to "
+                     "PostgreSQL (postgresql://user:password@host/db); SQLite is one machine's file")
+    if chunk_size is not None and not distributed:
+        _usage_error("--chunk-size applies to --distributed runs only")
     require_migrated(runtime.engine)
     registry = _registry()
     if output and Path(output).suffix.lower() not in OUTPUT_SUFFIXES:
@@ -209,16 +221,28 @@ def run_offers_command(input_path, partner, as_of, output, concurrency, no_batch
 
     # Ctrl-C or a kill (TERM): stop taking members, let those in flight finish, record, exit 130.
     previous_handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    queue = None
+    if distributed:
+        try:
+            queue = runtime.services["distributed_offers"].queue()
+            queue.check()  # before any work: exit 2 naming the broker URL and the setting
+        except DistributedUnavailable as exc:
+            _usage_error(str(exc))
     progress = _Progress()
     batch = config.batch if not no_batch else None
     mode = (f"batches of {batch.max_size}, {batch.concurrency} in flight" if batch
             else f"one call per member, {options.concurrency} in flight")
+    if distributed:
+        mode += f", on Celery workers (broker {display_url(current_app.config['CELERY_BROKER_URL'])})"
     click.echo(f"scoring {input_path} on partner {partner} ({config.display_url}), as of {as_of_date}, {mode}"
                + (f", resuming run {resume_run_id}" if resume_run_id else ""), err=True)
     try:
-        report = run_offers(runtime.session_factory, config, options, progress_start=progress.start,
-                            progress=progress.advance, stop=stop, on_retry=_RetryReporter(progress))
-    except (InputError, ResumeError) as exc:
+        if distributed:
+            report = _run_distributed(runtime, queue, config, options, chunk_size, progress, stop)
+        else:
+            report = run_offers(runtime.session_factory, config, options, progress_start=progress.start,
+                                progress=progress.advance, stop=stop, on_retry=_RetryReporter(progress))
+    except (InputError, ResumeError, DistributedUnavailable) as exc:
         _usage_error(str(exc))
     finally:
         progress.close()
@@ -235,9 +259,21 @@ def run_offers_command(input_path, partner, as_of, output, concurrency, no_batch
                    "service itself: start it (`make run`), or set COURIER_SERVICE_URL (or COURIER_BIND) to "
                    "where it listens.", err=True)
     if status != RunStatus.SUCCEEDED:
+        flag = " --distributed" if distributed else ""
         click.echo(f"run {report.run.id} {status}: resume with `{_flask_program()} run-offers --input {input_path} "
-                   f"--partner {report.run.partner} --as-of {report.run.as_of} --resume {report.run.id}`", err=True)
+                   f"--partner {report.run.partner} --as-of {report.run.as_of}{flag} --resume {report.run.id}`",
+                   err=True)
     raise SystemExit(EXIT_CODES.get(status, 1))
+
+
+def _run_distributed(runtime, queue, config, options, chunk_size, progress, stop):
+    from services.offers.distributed import DistributedSettings, run_distributed
+
+    cfg = current_app.config
+    settings = DistributedSettings(chunk_size=chunk_size or cfg["OFFERS_CHUNK_SIZE"],
+                                   stall_s=cfg["OFFERS_DISTRIBUTED_STALL_S"])
+    return run_distributed(runtime.session_factory, config, options, queue, settings, progress_start=progress.start,
+                           progress=progress.advance, stop=stop, note=progress.write)
 
 
 @click.group("partners", help="Partner registry (COURIER_PARTNERS_FILE).")

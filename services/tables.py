@@ -101,6 +101,9 @@ class OfferRun(Base):
     # [[seconds since the attempt started, members recorded], ...] of the latest attempt, at most
     # TIMELINE_POINTS long: the report's "members completed over time" (migration 0008).
     timeline: Mapped[list | None] = mapped_column(JSON)
+    # "local" (one process) or "distributed" (chunk tasks on Celery workers, see OfferRunChunk).
+    mode: Mapped[str] = mapped_column(String(16), nullable=False, default="local", server_default="local")
+    chunk_size: Mapped[int | None] = mapped_column(Integer)  # distributed runs: members per chunk
 
 
 class OfferResult(Base):
@@ -133,6 +136,31 @@ class OfferResult(Base):
     ats_ms: Mapped[float | None] = mapped_column(Float)
     resp_ms: Mapped[float | None] = mapped_column(Float)
     offer_ms: Mapped[float | None] = mapped_column(Float)
+
+
+class OfferRunChunk(Base):
+    """One chunk task of a distributed run: its members' features, where it stands, what it measured.
+
+    The features live here (not in the task message, not on shared disk): the database is already
+    shared by every worker and durable, and the broker only carries ``(run_id, chunk_no)``.
+    """
+
+    __tablename__ = "offer_run_chunks"
+    __table_args__ = (Index("ix_offer_run_chunks_run_status", "run_id", "status"),)
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("offer_runs.id", ondelete="CASCADE"), primary_key=True)
+    chunk_no: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)  # pending / running / done / failed
+    members: Mapped[int] = mapped_column(Integer, nullable=False)
+    rows: Mapped[list] = mapped_column(JSON, nullable=False)  # [{"member_id": ..., FEATURE: value, ...}, ...]
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    task_id: Mapped[str | None] = mapped_column(String(64))
+    worker: Mapped[str | None] = mapped_column(String(200))
+    error: Mapped[str | None] = mapped_column(Text)
+    stats: Mapped[dict | None] = mapped_column(JSON)  # step histograms and seconds, merged by the coordinator
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ApiKey(Base):

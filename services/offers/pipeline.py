@@ -210,7 +210,8 @@ def _count_run(run: OfferRun, steps: dict[str, StepStats]) -> None:
         m.offer_step_seconds.labels(name).inc(step.seconds)
 
 
-def _open_run(sessions: sessionmaker, options: RunOptions, sha: str, owner: str) -> tuple[int, set[str]]:
+def open_run(sessions: sessionmaker, options: RunOptions, sha: str, owner: str, *, mode: str = "local",
+             chunk_size: int | None = None) -> tuple[int, set[str]]:
     """Create the run, or take over the one to resume: its failed members are forgotten and retried.
 
     Resuming takes the run's lease first (one conditional UPDATE), so of two ``--resume`` of one
@@ -220,6 +221,7 @@ def _open_run(sessions: sessionmaker, options: RunOptions, sha: str, owner: str)
         with sessions() as session, session.begin():
             run = create_run(session, partner=options.partner, input_path=str(options.input_path),
                              input_sha256=sha, as_of=options.as_of, concurrency=options.concurrency, owner=owner)
+            run.mode, run.chunk_size = mode, chunk_size
             return run.id, set()
     with sessions() as session:
         run = session.get(OfferRun, options.resume_run_id)
@@ -227,6 +229,9 @@ def _open_run(sessions: sessionmaker, options: RunOptions, sha: str, owner: str)
             raise ResumeError(f"run {options.resume_run_id} does not exist")
         if run.status == RunStatus.SUCCEEDED:
             raise ResumeError(f"run {run.id} already succeeded; nothing to resume")
+        if run.mode != mode:
+            flag = "with --distributed" if run.mode == "distributed" else "without --distributed"
+            raise ResumeError(f"run {run.id} is a {run.mode} run; resume it {flag}")
         if run.input_sha256 != sha:
             raise ResumeError(f"run {run.id} read a different input (sha256 {run.input_sha256[:12]}..., "
                               f"this file {sha[:12]}...)")
@@ -271,7 +276,7 @@ def run_offers(
         steps["features"].items, steps["features"].seconds = scan.rows_read, t1 - t0
 
         owner = new_owner()
-        run_id, done = _open_run(sessions, options, sha, owner)
+        run_id, done = open_run(sessions, options, sha, owner)
         # Every log line of the run from here on, and every partner call, carries the run's id.
         run_log_id = request_id_var.set(f"run-{run_id}")
         heartbeat = Heartbeat(sessions, run_id, owner, on_lost=stop.set)
@@ -339,4 +344,5 @@ def run_offers(
             request_id_var.reset(run_log_id)
 
 
-__all__ = ["DEFAULT_MAX_CONSECUTIVE_FAILURES", "ResumeError", "RunOptions", "RunReport", "file_sha256", "run_offers"]
+__all__ = ["DEFAULT_MAX_CONSECUTIVE_FAILURES", "ResumeError", "RunOptions", "RunReport", "file_sha256", "open_run",
+           "run_offers"]

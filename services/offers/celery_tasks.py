@@ -1,0 +1,160 @@
+"""Celery wiring of distributed offers runs: the Celery app, the chunk task, the queue the coordinator uses.
+
+Celery (with Redis as broker and result backend) is the optional ``distributed`` extra; nothing
+here imports it before a distributed run or a worker asks. The app is built from the Flask app
+factory's settings, and every task runs inside ``context_factory()`` (Flask's app context, passed
+in by ``app.py``: Flask's "Background Tasks with Celery" pattern without importing Flask here).
+
+Delivery guarantees (README, "Distributed runs"):
+- ``acks_late`` + ``task_reject_on_worker_lost``: a chunk is acknowledged only after its task
+  returned, i.e. after its results were committed; a worker process that dies mid-chunk has its
+  message requeued (prefork child lost) or redelivered by Redis after the visibility timeout
+  (the whole worker host lost), and the chunk's idempotent commit makes a second copy harmless;
+- ``worker_prefetch_multiplier = 1``: a worker holds one chunk per process, never a backlog a
+  dying worker would take down with it;
+- retries: a failed attempt is recorded on the chunk and retried with backoff until
+  ``OFFERS_CHUNK_MAX_ATTEMPTS`` attempts were claimed; then the chunk, and the run, fail.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from typing import Any
+
+from sqlalchemy.orm import sessionmaker
+
+from services.logs import request_id_var
+from services.offers.chunk_worker import ChunkAttemptFailed, ChunkJob, score_chunk
+from services.offers.distributed import DistributedUnavailable
+
+log = logging.getLogger("courier.offers.celery")
+
+TASK_NAME = "courier.offers.score_chunk"
+RETRY_BACKOFF_MAX_S = 30  # between attempts of one chunk: 1, 2, 4, ... s, a flapping partner gets air
+
+
+def display_url(url: str) -> str:
+    """The broker URL without its password, for messages and logs."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+@dataclass(frozen=True)
+class CelerySettings:
+    broker_url: str
+    result_backend: str | None
+    visibility_timeout_s: int
+    chunk_max_attempts: int
+
+
+class DistributedOffers:
+    """What a process needs for distributed runs: the Celery app (built on first use) and its queue."""
+
+    def __init__(self, settings: CelerySettings, context_factory: Callable[[], AbstractContextManager[Any]],
+                 sessions: sessionmaker, partner_config: Callable[[str], Any]) -> None:
+        self.settings = settings
+        self.context_factory = context_factory
+        self.sessions = sessions
+        self.partner_config = partner_config  # partner name -> PartnerConfig, from this process's registry
+
+    @cached_property
+    def celery(self):
+        try:
+            from celery import Celery
+        except ImportError:
+            raise DistributedUnavailable("distributed runs need Celery: pip install -e '.[distributed]'") from None
+        settings = self.settings
+        # kombu sweeps the unacknowledged messages every interval x throttle seconds (10 x 10 by
+        # default): a dead worker's chunk would wait up to 100 s past its visibility timeout. One
+        # ZRANGEBYSCORE every <= 10 s per worker is nothing; a lost chunk is back within VT + 10 s.
+        sweep_s = max(1, min(10, settings.visibility_timeout_s // 3))
+        transport = {"visibility_timeout": settings.visibility_timeout_s, "socket_connect_timeout": 3,
+                     "socket_timeout": 10, "unacked_restore_interval": sweep_s, "unacked_restore_throttle": 1}
+        celery = Celery("courier")
+        celery.conf.update(
+            broker_url=settings.broker_url,
+            result_backend=settings.result_backend or settings.broker_url,
+            broker_transport_options=transport,
+            result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+            task_acks_late=True,
+            task_reject_on_worker_lost=True,
+            worker_prefetch_multiplier=1,
+            task_serializer="json", result_serializer="json", accept_content=["json"],
+            result_expires=86400,  # chunk task states are for inspection; the database holds the truth
+            task_track_started=True,
+            worker_hijack_root_logger=False,  # keep Courier's JSON/text logging with run ids
+            broker_connection_retry_on_startup=True,
+            broker_connection_timeout=3,
+        )
+        self._register(celery)
+        return celery
+
+    def _register(self, celery) -> None:
+        owner = self
+
+        @celery.task(name=TASK_NAME, bind=True, max_retries=None)
+        def score_chunk_task(task, message: dict[str, Any]) -> dict[str, Any]:
+            job = ChunkJob(**message)
+            token = request_id_var.set(f"run-{job.run_id}")
+            try:
+                with owner.context_factory():
+                    outcome = owner.score(job, worker=task.request.hostname or "worker")
+            except ChunkAttemptFailed as exc:
+                countdown = min(RETRY_BACKOFF_MAX_S, 2 ** task.request.retries)
+                raise task.retry(exc=exc, countdown=countdown) from None
+            finally:
+                request_id_var.reset(token)
+            return asdict(outcome)
+
+        self.task = score_chunk_task
+
+    def score(self, job: ChunkJob, *, worker: str):
+        """The task body: one chunk with this process's partner registry and database."""
+        from services.offers.chunks import fail_chunk
+
+        try:
+            partner = self.partner_config(job.partner)
+        except Exception as exc:  # noqa: BLE001 - a worker configured differently cannot score this run
+            error = f"worker {worker} cannot load partner {job.partner!r}: {getattr(exc, 'message', exc)}"
+            with self.sessions() as session, session.begin():
+                fail_chunk(session, job.run_id, job.chunk_no, error)
+            log.error("chunk failed", extra={"run_id": job.run_id, "chunk": job.chunk_no, "error": error})
+            from services.offers.chunk_worker import ChunkOutcome
+
+            return ChunkOutcome(job.run_id, job.chunk_no, "failed")
+        return score_chunk(self.sessions, partner, job, worker=worker,
+                           max_attempts=self.settings.chunk_max_attempts)
+
+    def queue(self) -> CeleryChunkQueue:
+        return CeleryChunkQueue(self)
+
+
+class CeleryChunkQueue:
+    """The coordinator's side: check the broker, enqueue chunk tasks, revoke them."""
+
+    def __init__(self, distributed: DistributedOffers) -> None:
+        self.distributed = distributed
+
+    def check(self) -> None:
+        celery = self.distributed.celery
+        url = display_url(self.distributed.settings.broker_url)
+        try:
+            with celery.connection_for_write() as connection:
+                connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=3)
+        except Exception as exc:  # noqa: BLE001 - any failure to connect means the same to the user
+            raise DistributedUnavailable(f"cannot reach the Celery broker at {url} ({type(exc).__name__}: {exc}); "
+                                         "start Redis or set COURIER_CELERY_BROKER_URL") from None
+
+    def enqueue(self, job: ChunkJob) -> str:
+        return self.distributed.task.apply_async(args=[job.as_message()]).id
+
+    def revoke(self, task_ids: list[str]) -> None:
+        if task_ids:
+            try:
+                self.distributed.celery.control.revoke(task_ids)
+            except Exception:  # noqa: BLE001 - revoking saves work only: a revoked-too-late task is refused by claim
+                log.warning("could not revoke chunk tasks", extra={"tasks": len(task_ids)}, exc_info=True)

@@ -1,0 +1,129 @@
+"""One chunk task of a distributed offers run, as a Celery worker executes it (no Celery here).
+
+claim (one short transaction) -> score with the same code as a local run (``scoring.score_stream``)
+-> commit the chunk's results in one transaction (``chunks.commit_chunk``). This module commits
+on its own, one transaction per step: the task is the unit of work and its results must be durable
+before the broker is told (``acks_late``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy.orm import sessionmaker
+
+from services.offers.chunks import ClaimedChunk, ClaimRefused, claim_chunk, commit_chunk, record_attempt_error
+from services.offers.partners import PartnerConfig
+from services.offers.recording import MemberOutcome
+from services.offers.scoring import RetryTally, ScoringSettings, StepStats, score_stream
+from services.offers.statuses import MemberStatus
+
+log = logging.getLogger("courier.offers.chunks")
+
+PARTNER_STEPS = ("ats", "resp", "offer")
+
+
+@dataclass(frozen=True)
+class ChunkJob:
+    """What a task message carries: the chunk's address and how to score it (features are in the database)."""
+
+    run_id: int
+    chunk_no: int
+    partner: str
+    concurrency: int
+    use_batch: bool
+    max_consecutive_failures: int
+
+    def as_message(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ChunkAttemptFailed(Exception):
+    """This attempt could not score the chunk as a whole (circuit breaker tripped, partner gone)."""
+
+
+@dataclass(frozen=True)
+class ChunkOutcome:
+    run_id: int
+    chunk_no: int
+    result: str  # "done", "duplicate" (a copy committed first), or a ClaimRefused reason
+    members: int = 0
+    failed: int = 0
+
+
+def _stats(outcomes: list[MemberOutcome], steps: dict[str, StepStats], score_s: float, retries: RetryTally,
+           started: float) -> dict[str, Any]:
+    """What the coordinator merges into the run's step metrics: mergeable histograms, not percentiles."""
+    return {
+        "members": len(outcomes),
+        "failed": sum(1 for o in outcomes if o.status == MemberStatus.FAILED),
+        "score_s": round(score_s, 4),  # record_s is added by commit_chunk
+        "started": started, "finished": time.time(),
+        "steps": {name: {"items": s.items, "hist": {str(b): c for b, c in s.latencies.counts.items()}}
+                  for name, s in steps.items()},
+        "retries": {"total": retries.total, "by_reason": retries.by_reason},
+    }
+
+
+def _score(partner: PartnerConfig, job: ChunkJob, claimed: ClaimedChunk) -> tuple[list[MemberOutcome],
+                                                                                 dict[str, StepStats], float,
+                                                                                 RetryTally]:
+    outcomes: list[MemberOutcome] = []
+    steps = {name: StepStats(name) for name in PARTNER_STEPS}
+
+    def emit(outcome: MemberOutcome) -> None:
+        for name in PARTNER_STEPS:
+            ms = getattr(outcome, f"{name}_ms")
+            if ms is not None:
+                steps[name].add(ms)
+        outcomes.append(outcome)
+
+    retries = RetryTally()
+    settings = ScoringSettings(concurrency=job.concurrency, max_consecutive_failures=job.max_consecutive_failures,
+                               use_batch=job.use_batch)
+    started = time.perf_counter()
+    result = score_stream(partner, iter(claimed.rows), settings, emit, threading.Event(), on_retry=retries)
+    if result.tripped:
+        raise ChunkAttemptFailed(f"stopped after {job.max_consecutive_failures} consecutive member failures "
+                                 f"(circuit breaker); last error: {result.last_error}")
+    return outcomes, steps, time.perf_counter() - started, retries
+
+
+def score_chunk(sessions: sessionmaker, partner: PartnerConfig, job: ChunkJob, *, worker: str,
+                max_attempts: int) -> ChunkOutcome:
+    """Score and record one chunk. Raises ``ChunkAttemptFailed`` (after recording the error on the
+    chunk) when the attempt failed and another attempt is allowed; a last failed attempt marks the
+    chunk ``failed`` and returns."""
+    with sessions() as session, session.begin():
+        claimed = claim_chunk(session, job.run_id, job.chunk_no, worker, max_attempts)
+    if isinstance(claimed, ClaimRefused):
+        log.info("chunk skipped", extra={"run_id": job.run_id, "chunk": job.chunk_no, "reason": claimed.value})
+        return ChunkOutcome(job.run_id, job.chunk_no, claimed.value)
+    wall_started = time.time()
+    try:
+        outcomes, steps, score_s, retries = _score(partner, job, claimed)
+        with sessions() as session, session.begin():
+            stats = _stats(outcomes, steps, score_s, retries, wall_started)
+            committed = commit_chunk(session, job.run_id, job.chunk_no, outcomes, stats)
+    except Exception as exc:  # noqa: BLE001 - any failure of this attempt is recorded on the chunk first
+        error = str(exc) if isinstance(exc, ChunkAttemptFailed) else f"{type(exc).__name__}: {exc}"
+        with sessions() as session, session.begin():
+            retry = record_attempt_error(session, job.run_id, job.chunk_no, error, max_attempts)
+        log.warning("chunk attempt failed", extra={"run_id": job.run_id, "chunk": job.chunk_no,
+                                                   "attempt": claimed.attempt, "retry": retry, "error": error})
+        if retry:
+            raise ChunkAttemptFailed(error) from exc
+        return ChunkOutcome(job.run_id, job.chunk_no, "failed", len(claimed.rows))
+    if not committed:
+        log.info("chunk result discarded", extra={"run_id": job.run_id, "chunk": job.chunk_no,
+                                                  "reason": "a copy committed first, or the run stopped"})
+        return ChunkOutcome(job.run_id, job.chunk_no, "duplicate")
+    failed = sum(1 for o in outcomes if o.status == MemberStatus.FAILED)
+    log.info("chunk done", extra={"run_id": job.run_id, "chunk": job.chunk_no, "members": len(outcomes),
+                                  "failed": failed, "score_s": round(score_s, 3)})
+    return ChunkOutcome(job.run_id, job.chunk_no, "done", len(outcomes), failed)
+

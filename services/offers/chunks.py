@@ -1,0 +1,225 @@
+"""Chunks of a distributed offers run: how members are cut into chunks, and every write to a chunk.
+
+Writes are idempotent so that a chunk delivered twice (its worker was killed after scoring, the
+broker redelivered it; or a resume re-enqueued it while an old copy still ran) is recorded once:
+
+- a chunk is cut deterministically (scan order, ``chunk_size`` members each), so the coordinator of a
+  resumed run rebuilds exactly the chunks it stored before and only adds the missing ones;
+- a worker ``claim``s a chunk before scoring (counting the attempt, refusing a chunk that is done,
+  whose run is no longer running, or that used up its attempts);
+- ``commit_chunk`` records a chunk's results in one transaction that first locks the run row and
+  then moves the chunk to ``done`` only if it is not done yet: of two copies exactly one commits,
+  and none commits after the run was interrupted or failed. It replaces the chunk's members' results,
+  so a chunk scored again (resume of a chunk with failed members) never duplicates a member.
+
+These functions take a session and never commit: the worker task and the coordinator own the
+transactions (each is one short transaction per chunk step).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from services.offers.recording import MemberOutcome, insert_outcomes
+from services.offers.statuses import MemberStatus, RunStatus
+from services.tables import OfferResult, OfferRun, OfferRunChunk, utcnow
+
+
+class ChunkStatus(StrEnum):
+    PENDING = "pending"  # stored and queued (or to be queued); also after a failed attempt with attempts left
+    RUNNING = "running"  # a worker claimed it
+    DONE = "done"  # its results are committed
+    FAILED = "failed"  # it used up its attempts: the run fails with its error
+
+
+class ClaimRefused(StrEnum):
+    DONE = "chunk already done"
+    RUN_NOT_RUNNING = "run no longer running"
+    NO_ATTEMPTS_LEFT = "no attempts left"
+    MISSING = "no such chunk"
+
+
+@dataclass(frozen=True)
+class ClaimedChunk:
+    run_id: int
+    chunk_no: int
+    attempt: int
+    rows: list[dict[str, Any]]
+
+
+def cut_chunks(rows: Iterable[dict[str, Any]], chunk_size: int) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    """``(chunk_no, rows)`` of ``chunk_size`` rows each, in the order given (the scan's: deterministic)."""
+    chunk: list[dict[str, Any]] = []
+    number = 0
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == chunk_size:
+            yield number, chunk
+            number, chunk = number + 1, []
+    if chunk:
+        yield number, chunk
+
+
+def stored_chunks(session: Session, run_id: int) -> dict[int, str]:
+    """chunk_no -> status of every chunk stored for the run."""
+    return dict(session.execute(select(OfferRunChunk.chunk_no, OfferRunChunk.status)
+                                .where(OfferRunChunk.run_id == run_id)).all())
+
+
+def store_chunk(session: Session, run_id: int, chunk_no: int, rows: list[dict[str, Any]]) -> None:
+    session.add(OfferRunChunk(run_id=run_id, chunk_no=chunk_no, status=ChunkStatus.PENDING.value,
+                              members=len(rows), rows=rows, attempts=0))
+    session.flush()
+
+
+def mark_queued(session: Session, run_id: int, chunk_no: int, task_id: str) -> None:
+    session.execute(update(OfferRunChunk).where(OfferRunChunk.run_id == run_id, OfferRunChunk.chunk_no == chunk_no)
+                    .values(task_id=task_id, queued_at=utcnow()))
+
+
+def reopen_for_resume(session: Session, run_id: int) -> list[int]:
+    """Chunks a resume must run again: not done, or done with failed members. Attempts start over.
+
+    Returns their numbers. Done chunks without failures stay as they are: they are not sent again.
+    """
+    with_failures = select(OfferRunChunk.chunk_no).where(
+        OfferRunChunk.run_id == run_id, OfferRunChunk.status == ChunkStatus.DONE,
+        OfferRunChunk.stats["failed"].as_integer() > 0)
+    redo = set(session.scalars(with_failures))
+    redo |= set(session.scalars(select(OfferRunChunk.chunk_no).where(
+        OfferRunChunk.run_id == run_id, OfferRunChunk.status != ChunkStatus.DONE)))
+    if redo:
+        session.execute(update(OfferRunChunk).where(OfferRunChunk.run_id == run_id,
+                                                    OfferRunChunk.chunk_no.in_(sorted(redo)))
+                        .values(status=ChunkStatus.PENDING.value, attempts=0, error=None))
+    return sorted(redo)
+
+
+def claim_chunk(session: Session, run_id: int, chunk_no: int, worker: str,
+                max_attempts: int) -> ClaimedChunk | ClaimRefused:
+    """Take the chunk for one attempt (row locked on PostgreSQL, so two copies see each other)."""
+    chunk = session.scalars(select(OfferRunChunk).where(OfferRunChunk.run_id == run_id,
+                                                        OfferRunChunk.chunk_no == chunk_no)
+                            .with_for_update()).one_or_none()
+    if chunk is None:
+        return ClaimRefused.MISSING
+    if chunk.status == ChunkStatus.DONE:
+        return ClaimRefused.DONE
+    run_status = session.scalar(select(OfferRun.status).where(OfferRun.id == run_id))
+    if run_status != RunStatus.RUNNING:
+        return ClaimRefused.RUN_NOT_RUNNING
+    if chunk.status == ChunkStatus.FAILED:
+        return ClaimRefused.NO_ATTEMPTS_LEFT
+    if chunk.attempts >= max_attempts:
+        # Attempts are counted when claimed, so a chunk whose worker is killed every time (a poison
+        # chunk) also ends here instead of being redelivered forever.
+        chunk.status = ChunkStatus.FAILED.value
+        chunk.error = f"gave up after {chunk.attempts} attempts" + (f"; last error: {chunk.error}"
+                                                                    if chunk.error else " (its workers died)")
+        chunk.finished_at = utcnow()
+        return ClaimRefused.NO_ATTEMPTS_LEFT
+    chunk.attempts += 1
+    chunk.status = ChunkStatus.RUNNING.value
+    chunk.worker = worker
+    chunk.started_at = utcnow()
+    return ClaimedChunk(run_id, chunk_no, chunk.attempts, list(chunk.rows))
+
+
+def record_attempt_error(session: Session, run_id: int, chunk_no: int, error: str, max_attempts: int) -> bool:
+    """After a failed attempt: back to pending (True: retry) or failed when no attempt is left (False)."""
+    chunk = session.get(OfferRunChunk, (run_id, chunk_no), with_for_update=True)
+    if chunk is None or chunk.status == ChunkStatus.DONE:
+        return False
+    last = chunk.attempts >= max_attempts
+    chunk.status = (ChunkStatus.FAILED if last else ChunkStatus.PENDING).value
+    chunk.error = f"attempt {chunk.attempts}/{max_attempts}: {error}"
+    if last:
+        chunk.finished_at = utcnow()
+    return not last
+
+
+def fail_chunk(session: Session, run_id: int, chunk_no: int, error: str) -> None:
+    """A chunk that cannot be scored at all (e.g. its worker lacks the partner): no more attempts."""
+    session.execute(update(OfferRunChunk).where(OfferRunChunk.run_id == run_id, OfferRunChunk.chunk_no == chunk_no,
+                                                OfferRunChunk.status != ChunkStatus.DONE)
+                    .values(status=ChunkStatus.FAILED.value, error=error, finished_at=utcnow()))
+
+
+def commit_chunk(session: Session, run_id: int, chunk_no: int, outcomes: list[MemberOutcome],
+                 stats: dict[str, Any]) -> bool:
+    """Record the chunk's results; False (and nothing written) if a copy was first or the run stopped.
+
+    Lock order: the run row, then the chunk row (the coordinator's finalise also locks the run row
+    first), so a chunk commits entirely before an interruption or not at all.
+    """
+    run_status = session.scalar(select(OfferRun.status).where(OfferRun.id == run_id).with_for_update())
+    if run_status != RunStatus.RUNNING:
+        return False
+    moved = session.execute(
+        update(OfferRunChunk)
+        .where(OfferRunChunk.run_id == run_id, OfferRunChunk.chunk_no == chunk_no,
+               OfferRunChunk.status != ChunkStatus.DONE)
+        .values(status=ChunkStatus.DONE.value, stats=stats, error=None, finished_at=utcnow())).rowcount
+    if not moved:
+        return False
+    started = time.perf_counter()
+    members = [o.member_id for o in outcomes]
+    session.execute(delete(OfferResult).where(OfferResult.run_id == run_id, OfferResult.member_id.in_(members)))
+    insert_outcomes(session, run_id, outcomes)
+    session.execute(update(OfferRunChunk).where(OfferRunChunk.run_id == run_id, OfferRunChunk.chunk_no == chunk_no)
+                    .values(stats={**stats, "record_s": round(time.perf_counter() - started, 4)}))
+    return True
+
+
+@dataclass(frozen=True)
+class ChunkProgress:
+    total: int
+    done: int
+    failed: int
+    running: int
+    members_done: int
+    last_change: Any  # newest started_at/finished_at of any chunk (None before the first)
+    first_failure: tuple[int, str] | None  # (chunk_no, error) of the lowest failed chunk
+
+
+def chunk_progress(session: Session, run_id: int) -> ChunkProgress:
+    rows = session.execute(select(OfferRunChunk.status, func.count(), func.sum(OfferRunChunk.members),
+                                  func.max(OfferRunChunk.started_at), func.max(OfferRunChunk.finished_at))
+                           .where(OfferRunChunk.run_id == run_id).group_by(OfferRunChunk.status)).all()
+    counts = {status: (n, members or 0) for status, n, members, _, _ in rows}
+    stamps = [stamp for *_, started, finished in rows for stamp in (started, finished) if stamp is not None]
+    failure = None
+    if ChunkStatus.FAILED in counts:
+        failure = tuple(session.execute(select(OfferRunChunk.chunk_no, OfferRunChunk.error).where(
+            OfferRunChunk.run_id == run_id, OfferRunChunk.status == ChunkStatus.FAILED)
+            .order_by(OfferRunChunk.chunk_no).limit(1)).one())
+    return ChunkProgress(total=sum(n for n, _ in counts.values()),
+                         done=counts.get(ChunkStatus.DONE, (0, 0))[0],
+                         failed=counts.get(ChunkStatus.FAILED, (0, 0))[0],
+                         running=counts.get(ChunkStatus.RUNNING, (0, 0))[0],
+                         members_done=counts.get(ChunkStatus.DONE, (0, 0))[1],
+                         last_change=max(stamps) if stamps else None,
+                         first_failure=failure)  # type: ignore[arg-type]
+
+
+def pending_task_ids(session: Session, run_id: int) -> list[str]:
+    """Task ids of chunks not done: what an interruption or a failure revokes."""
+    return list(session.scalars(select(OfferRunChunk.task_id).where(
+        OfferRunChunk.run_id == run_id, OfferRunChunk.status.in_([ChunkStatus.PENDING, ChunkStatus.RUNNING]),
+        OfferRunChunk.task_id.is_not(None))))
+
+
+def chunk_stats(session: Session, run_id: int) -> Iterator[dict[str, Any]]:
+    yield from (s for s in session.scalars(select(OfferRunChunk.stats).where(
+        OfferRunChunk.run_id == run_id, OfferRunChunk.status == ChunkStatus.DONE)) if s)
+
+
+def failed_members(outcomes: Iterable[MemberOutcome]) -> int:
+    return sum(1 for o in outcomes if o.status == MemberStatus.FAILED)

@@ -1,0 +1,288 @@
+"""The coordinator of a distributed offers run (``flask run-offers --distributed``).
+
+It does what only one process should: read the input and compute features once, write skipped
+members, cut the scoreable members into chunks stored in the shared database, enqueue one task
+per chunk (the message is only the chunk's address), then follow the chunks' statuses in the
+database to feed the progress bar and decide the run's end. Workers (``chunk_worker``) score and
+record the chunks. The run's record, counts, exports and exit codes are those of a local run.
+
+Ends:
+- every chunk done -> ``succeeded`` / ``completed_with_failures`` from the recorded results;
+- a chunk used up its attempts -> ``failed`` with that chunk's error; pending chunks revoked;
+- ``stop`` (Ctrl-C, TERM) -> ``interrupted``; pending chunks revoked, chunks in flight discarded
+  at their commit (the run row is locked by both sides), so ``--resume`` redoes exactly those;
+- no chunk started or finished for ``stall_s`` -> ``failed`` (are any workers running?).
+
+This module commits on its own (run record, skipped members, each chunk, the final status), like
+the local pipeline: what was done must survive the coordinator's death so ``--resume`` continues.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy.orm import sessionmaker
+
+from services.errors import CourierError, UpstreamTimeout, UpstreamUnavailable
+from services.logs import request_id_var
+from services.offers.chunk_worker import PARTNER_STEPS, ChunkJob
+from services.offers.chunks import (
+    chunk_progress,
+    chunk_stats,
+    cut_chunks,
+    mark_queued,
+    pending_task_ids,
+    reopen_for_resume,
+    store_chunk,
+    stored_chunks,
+)
+from services.offers.features import FeatureScan, read_header, scan_features
+from services.offers.lease import Heartbeat, new_owner
+from services.offers.partners import PartnerConfig
+from services.offers.pipeline import RunOptions, RunReport, file_sha256, open_run
+from services.offers.recording import MemberOutcome, Timeline, finalise_run, insert_outcomes
+from services.offers.scoring import LatencyHistogram, RetryTally, StepStats, ping_partner
+from services.offers.statuses import MemberStatus, RunStatus
+from services.tables import OfferRun
+
+log = logging.getLogger("courier.offers.distributed")
+
+POLL_S = 0.25  # how often the chunk table is read: 4 small aggregate queries a second
+NO_WORKER_NOTE_S = 10.0  # say so when no worker has taken a chunk after this long
+
+
+class DistributedUnavailable(Exception):
+    """Distributed runs cannot start here (no Celery installed, broker unreachable); the message says
+    what to install or set."""
+
+
+class ChunkQueue(Protocol):
+    """Where chunk tasks go (Celery in production; a list in unit tests)."""
+
+    def check(self) -> None: ...
+
+    def enqueue(self, job: ChunkJob) -> str: ...
+
+    def revoke(self, task_ids: list[str]) -> None: ...
+
+
+@dataclass(frozen=True)
+class DistributedSettings:
+    chunk_size: int
+    stall_s: float
+
+
+def _scan_rows(scan: FeatureScan, done: set[str], skipped_out: list[MemberOutcome]) -> Iterator[dict[str, Any]]:
+    """Every scoreable row in scan order (deterministic, so chunks are cut the same way on resume);
+    skipped members not yet recorded are collected for the coordinator to write."""
+    for partition in scan.partitions():
+        for member_id, reason in sorted(partition.skipped.items()):
+            if member_id not in done:
+                skipped_out.append(MemberOutcome(member_id=member_id, status=MemberStatus.SKIPPED, error=reason))
+        yield from partition.features.iter_rows(named=True)
+
+
+def _merged_steps(sessions: sessionmaker, run_id: int, scan_steps: dict[str, StepStats],
+                  span_s: float) -> tuple[dict[str, Any], RetryTally]:
+    steps = {**scan_steps, **{name: StepStats(name) for name in (*PARTNER_STEPS, "record")}}
+    retries = RetryTally()
+    record_s = 0.0
+    with sessions() as session:
+        for stats in chunk_stats(session, run_id):
+            for name in PARTNER_STEPS:
+                step = stats["steps"].get(name, {})
+                steps[name].items += step.get("items", 0)
+                hist: LatencyHistogram = steps[name].latencies
+                for bucket, count in step.get("hist", {}).items():
+                    hist.counts[int(bucket)] = hist.counts.get(int(bucket), 0) + count
+                    hist.total += count
+            members = stats.get("members", 0)
+            if members:
+                steps["record"].add(stats.get("record_s", 0.0) * 1000 / members, members)
+            record_s += stats.get("record_s", 0.0)
+            for reason, count in stats.get("retries", {}).get("by_reason", {}).items():
+                retries.by_reason[reason] = retries.by_reason.get(reason, 0) + count
+                retries.total += count
+    for name in PARTNER_STEPS:
+        steps[name].span(span_s)  # wall time of the scoring phase: items/s is the cluster's throughput
+    steps["record"].span(record_s)
+    out = {name: s.as_dict() for name, s in steps.items()}
+    if retries.total:
+        out["retries"] = {"total": retries.total, "by_reason": dict(sorted(retries.by_reason.items()))}
+    return out, retries
+
+
+def run_distributed(
+    sessions: sessionmaker,
+    partner: PartnerConfig,
+    options: RunOptions,
+    queue: ChunkQueue,
+    settings: DistributedSettings,
+    *,
+    progress_start: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
+    note: Callable[[str], None] | None = None,
+) -> RunReport:
+    """Run ``options`` over the workers behind ``queue``; returns when the run has ended."""
+    stop = stop or threading.Event()
+    note = note or (lambda line: log.info(line))
+    started = time.perf_counter()
+    queue.check()  # before any work: DistributedUnavailable names the URL and the setting
+    read_header(options.input_path)
+    scan_steps = {name: StepStats(name) for name in ("read", "features")}
+    t0 = time.perf_counter()
+    with scan_features(options.input_path, options.as_of) as scan:
+        t1 = time.perf_counter()
+        sha = file_sha256(options.input_path)
+        scan_steps["features"].items, scan_steps["features"].seconds = scan.rows_read, t1 - t0
+        scan_steps["read"].items, scan_steps["read"].seconds = scan.rows_read, time.perf_counter() - t1
+
+        owner = new_owner()
+        run_id, done = open_run(sessions, options, sha, owner, mode="distributed", chunk_size=settings.chunk_size)
+        with sessions() as session:
+            chunk_size = session.get(OfferRun, run_id).chunk_size or settings.chunk_size  # a resume keeps its size
+        run_log_id = request_id_var.set(f"run-{run_id}")
+        heartbeat = Heartbeat(sessions, run_id, owner, on_lost=stop.set)
+        heartbeat.start()
+        try:
+            return _coordinate(sessions, partner, options, queue, settings, scan, scan_steps, run_id, owner, done,
+                               chunk_size, started, progress_start, progress, stop, note, heartbeat)
+        finally:
+            heartbeat.stop()
+            request_id_var.reset(run_log_id)
+
+
+def _coordinate(sessions, partner, options, queue, settings, scan, scan_steps, run_id, owner, done, chunk_size,
+                started, progress_start, progress, stop, note, heartbeat) -> RunReport:
+    error: str | None = None
+    interrupted = False
+    timeline = Timeline(len(done))
+    scoring_started = time.perf_counter()
+    try:
+        ping_partner(partner)
+    except (UpstreamUnavailable, UpstreamTimeout) as exc:
+        error = (f"partner {partner.name} did not answer its ping ({partner.display_url}{partner.ping_path}): "
+                 f"{exc.message}; nothing was scored")
+    except CourierError as exc:
+        log.warning("partner ping answered oddly; scoring anyway", extra={"partner": partner.name,
+                                                                           "error": exc.message})
+    if error is None:
+        with sessions() as session, session.begin():
+            stale_tasks = pending_task_ids(session, run_id)
+            redo = set(reopen_for_resume(session, run_id))
+            existing = stored_chunks(session, run_id)
+            baseline = chunk_progress(session, run_id).members_done  # done before this attempt (resume)
+        if stale_tasks:
+            queue.revoke(stale_tasks)  # copies a dead coordinator queued: the chunks are queued again below
+        redo_members = 0
+        with sessions() as session:
+            from sqlalchemy import func, select
+
+            from services.tables import OfferRunChunk
+
+            if redo:
+                redo_members = session.scalar(select(func.sum(OfferRunChunk.members)).where(
+                    OfferRunChunk.run_id == run_id, OfferRunChunk.chunk_no.in_(sorted(redo)))) or 0
+            stored_members = session.scalar(select(func.sum(OfferRunChunk.members)).where(
+                OfferRunChunk.run_id == run_id)) or 0
+        to_score = redo_members + max(0, scan.members - stored_members)
+        to_skip = max(0, scan.skipped_members - len(done))
+        if progress_start:
+            progress_start(to_score + to_skip)
+        job = dict(partner=partner.name, concurrency=options.concurrency, use_batch=options.use_batch,
+                   max_consecutive_failures=options.max_consecutive_failures)
+        skipped: list[MemberOutcome] = []
+        queued = 0
+        for chunk_no, rows in cut_chunks(_scan_rows(scan, done, skipped), chunk_size):
+            if stop.is_set():
+                break
+            if chunk_no in existing and chunk_no not in redo:
+                continue
+            with sessions() as session, session.begin():
+                if chunk_no not in existing:
+                    store_chunk(session, run_id, chunk_no, rows)
+            task_id = queue.enqueue(ChunkJob(run_id=run_id, chunk_no=chunk_no, **job))
+            with sessions() as session, session.begin():
+                mark_queued(session, run_id, chunk_no, task_id)
+            queued += 1
+            if skipped:
+                _write_skipped(sessions, run_id, skipped, progress, timeline, scoring_started)
+        _write_skipped(sessions, run_id, skipped, progress, timeline, scoring_started)
+        note(f"  queued {queued} chunk(s) of up to {chunk_size} members; waiting for workers")
+        error, interrupted = _follow(sessions, run_id, settings, stop, progress, note, timeline, scoring_started,
+                                     baseline)
+    if heartbeat.lost:
+        error = "another process took over this run (its heartbeat had stopped); its outcome is theirs"
+    steps_out, retries = _merged_steps(sessions, run_id, scan_steps, time.perf_counter() - scoring_started)
+    status = RunStatus.FAILED if error else (RunStatus.INTERRUPTED if interrupted else None)
+    with sessions() as session, session.begin():
+        # The run row lock: a chunk commits wholly before this or sees the run stopped and discards.
+        run = session.get(OfferRun, run_id, with_for_update=True)
+        if run.lease_owner == owner:
+            finalise_run(session, run, status=status, rows_read=scan.rows_read, rejected=scan.rejected.as_dict(),
+                         step_metrics=steps_out, error=error, timeline=timeline.points())
+        leftover = pending_task_ids(session, run_id) if status is not None else []
+    if leftover:
+        queue.revoke(leftover)
+    if error:
+        log.error("offers run failed", extra={"run_id": run_id, "error": error})
+    return RunReport(run=run, rows_read=scan.rows_read, steps={}, elapsed_s=time.perf_counter() - started,
+                     interrupted=interrupted, retries=retries)
+
+
+def _write_skipped(sessions: sessionmaker, run_id: int, skipped: list[MemberOutcome],
+                   progress: Callable[[int], None] | None, timeline: Timeline, scoring_started: float) -> None:
+    if not skipped:
+        return
+    with sessions() as session, session.begin():
+        insert_outcomes(session, run_id, skipped)
+    timeline.add(time.perf_counter() - scoring_started, len(skipped))
+    if progress:
+        progress(len(skipped))
+    skipped.clear()
+
+
+def _follow(sessions, run_id, settings, stop, progress, note, timeline, scoring_started,
+            baseline: int) -> tuple[str | None, bool]:
+    """Poll the chunk table until the run ends; feed progress and the timeline from chunk completions."""
+    reported = 0
+    last_state = None
+    last_change = time.monotonic()
+    noted_idle = False
+    while True:
+        with sessions() as session:
+            state = chunk_progress(session, run_id)
+        newly = state.members_done - baseline - reported
+        if newly > 0:
+            reported += newly
+            timeline.add(time.perf_counter() - scoring_started, newly)
+            if progress:
+                progress(newly)
+        if state.failed:
+            chunk_no, chunk_error = state.first_failure
+            return f"chunk {chunk_no} failed: {chunk_error}", False
+        if state.done == state.total:
+            return None, False
+        if stop.is_set():
+            return None, True
+        snapshot = (state.done, state.running, state.members_done, state.last_change)
+        now = time.monotonic()
+        if snapshot != last_state:
+            last_state, last_change = snapshot, now
+        elif now - last_change > settings.stall_s:
+            return (f"no chunk started or finished in {settings.stall_s:g} s ({state.done}/{state.total} done); "
+                    "are workers running? (`celery -A wsgi:celery_app worker`)"), False
+        if not noted_idle and state.last_change is None and now - last_change > NO_WORKER_NOTE_S:
+            noted_idle = True
+            note("  no worker has taken a chunk yet: start workers with `celery -A wsgi:celery_app worker` "
+                 "(same COURIER_* settings as this command)")
+        stop.wait(POLL_S)
+
+
+__all__ = ["DistributedUnavailable", "ChunkQueue", "DistributedSettings", "run_distributed"]

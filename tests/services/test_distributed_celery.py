@@ -1,0 +1,188 @@
+"""Distributed runs end to end on real components: Redis, Celery worker processes, PostgreSQL.
+
+Needs COURIER_TEST_POSTGRES_URL (as tests/services/test_postgres.py), ``redis-server`` and the
+``distributed`` extra; `.ci/run` provides all three and the tests skip, saying which is missing,
+only where they cannot be had. Concurrency is proven with events on the partner, not with timing.
+"""
+
+import os
+import threading
+import time
+from datetime import date
+
+import pytest
+from sqlalchemy import create_engine, select, text
+
+from config import DATA_DIR
+from services import migrations
+from services.offers.pipeline import RunOptions, run_offers
+from services.tables import OfferResult, OfferRun, OfferRunChunk
+from tests.distributed_fixtures import CeleryWorker, MissingComponent, RedisServer
+from tests.offers_fixtures import LivePartner
+
+PG_URL = os.environ.get("COURIER_TEST_POSTGRES_URL")
+pytestmark = pytest.mark.skipif(not PG_URL, reason="COURIER_TEST_POSTGRES_URL not set")
+pytest.importorskip("celery", reason="the distributed extra is not installed (pip install -e '.[distributed]')")
+
+SAMPLE = str(DATA_DIR / "member_data.csv")
+ATS_BATCH = "/ml/ats/predict/batch"
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory):
+    try:
+        server = RedisServer(tmp_path_factory.mktemp("redis"))
+    except MissingComponent as exc:
+        pytest.skip(str(exc))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def partner():
+    live = LivePartner()
+    yield live
+    live.close()
+
+
+@pytest.fixture(scope="module")
+def settings(redis, partner):
+    return {"COURIER_DATABASE_URL": PG_URL, "COURIER_CELERY_BROKER_URL": redis.url,
+            "COURIER_SERVICE_URL": partner.service_url, "COURIER_LOG_FORMAT": "json",
+            # a killed worker's chunk comes back after 3 s (chunks here take milliseconds)
+            "COURIER_CELERY_VISIBILITY_TIMEOUT_S": "3", "COURIER_OFFERS_DISTRIBUTED_STALL_S": "60"}
+
+
+@pytest.fixture
+def pg_app(settings, partner):
+    engine = create_engine(PG_URL)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    migrations.upgrade(engine)
+    engine.dispose()
+    from app import create_app
+
+    for key, value in settings.items():
+        os.environ[key] = value  # restored after the test by conftest's autouse fixture
+    app = create_app({"ACCESS_LOG": False, "TESTING": True})
+    partner.fail.clear()
+    yield app
+    app.extensions["courier"].close()
+
+
+@pytest.fixture
+def workers(settings, tmp_path):
+    started = []
+
+    def start(name):
+        worker = CeleryWorker(name, settings, tmp_path / f"{name}.log")
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.close()
+
+
+def results(sessions, run_id):
+    with sessions() as session:
+        return [tuple(r) for r in session.execute(
+            select(OfferResult.member_id, OfferResult.status, OfferResult.ats_prediction, OfferResult.resp_prediction,
+                   OfferResult.offer, OfferResult.error).where(OfferResult.run_id == run_id)
+            .order_by(OfferResult.member_id)).all()]
+
+
+def running_workers(sessions, run_id=None):
+    with sessions() as session:
+        stmt = select(OfferRunChunk.worker).where(OfferRunChunk.status == "running")
+        return set(session.scalars(stmt))
+
+
+def watch(condition, action, timeout=30):
+    """Run ``action`` once ``condition()`` holds (polled from a thread); returns the thread."""
+    def loop():
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                action()
+                return
+            time.sleep(0.02)
+        action()  # never leave the partner held: the test then fails on its assertions
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return thread
+
+
+def local_results(app, partner):
+    sessions = app.extensions["courier"].session_factory
+    report = run_offers(sessions, partner.config(batch=True), RunOptions(SAMPLE, "reference", date(2024, 1, 5), 8))
+    return results(sessions, report.run.id)
+
+
+ARGS = ["run-offers", "--input", SAMPLE, "--as-of", "2024-01-05", "--distributed", "--chunk-size", "100"]
+
+
+def test_two_worker_processes_score_the_sample_exactly_like_a_local_run(pg_app, partner, workers, tmp_path):
+    a, b = workers("a"), workers("b")
+    sessions = pg_app.extensions["courier"].session_factory
+    both_busy = threading.Event()
+    # Every partner call waits until both workers hold a chunk at once: two processes in parallel.
+    partner.fail[ATS_BATCH] = lambda body: both_busy.wait(30) and None
+    watcher = watch(lambda: running_workers(sessions) == {a.hostname, b.hostname}, both_busy.set)
+    result = pg_app.test_cli_runner().invoke(args=[*ARGS, "--output", str(tmp_path / "out.csv")])
+    watcher.join(5)
+    assert result.exit_code == 0, result.output
+    assert "run 1 succeeded" in result.output and "890 scored, 100 skipped, 0 failed" in result.output
+    assert both_busy.is_set()
+    partner.fail.clear()
+    with sessions() as session:
+        run = session.get(OfferRun, 1)
+        chunks = session.execute(select(OfferRunChunk.worker, OfferRunChunk.attempts)).all()
+    assert run.mode == "distributed" and len(chunks) == 9
+    assert {worker for worker, _ in chunks} == {a.hostname, b.hostname}
+    assert results(sessions, 1) == local_results(pg_app, partner)
+    assert (tmp_path / "out.csv").read_text().count("\n") == 991  # header + every member once
+
+
+def test_a_worker_killed_mid_chunk_loses_and_duplicates_nothing(pg_app, partner, workers):
+    victim, survivor = workers("victim"), workers("survivor")
+    sessions = pg_app.extensions["courier"].session_factory
+    released = threading.Event()
+    partner.fail[ATS_BATCH] = lambda body: released.wait(30) and None
+
+    def kill_then_release():
+        victim.kill()  # SIGKILL to the worker and its pool: its chunk is never acknowledged
+        released.set()
+
+    watcher = watch(lambda: victim.hostname in running_workers(sessions), kill_then_release)
+    result = pg_app.test_cli_runner().invoke(args=ARGS)
+    watcher.join(5)
+    assert result.exit_code == 0, result.output
+    assert "890 scored, 100 skipped, 0 failed (990 recorded)" in result.output
+    partner.fail.clear()
+    with sessions() as session:
+        chunks = session.execute(select(OfferRunChunk.chunk_no, OfferRunChunk.worker, OfferRunChunk.attempts,
+                                        OfferRunChunk.status)).all()
+    assert {status for *_, status in chunks} == {"done"}
+    # the victim's chunk was redelivered by the broker and finished by the survivor, on its second attempt
+    assert {worker for _, worker, _, _ in chunks} == {survivor.hostname}
+    assert max(attempts for _, _, attempts, _ in chunks) == 2
+    rows = results(sessions, 1)
+    assert len(rows) == len({r[0] for r in rows}) == 990
+    assert rows == local_results(pg_app, partner)
+
+
+def test_refused_with_sqlite_or_without_a_broker(app_config, settings):
+    from app import create_app
+
+    sqlite_app = create_app(app_config)
+    result = sqlite_app.test_cli_runner().invoke(args=ARGS)
+    assert result.exit_code == 2 and "set COURIER_DATABASE_URL to PostgreSQL" in result.output
+    nowhere = create_app({**app_config, "DATABASE_URL": PG_URL,
+                          "CELERY_BROKER_URL": "redis://:secret@127.0.0.1:1/0"})
+    result = nowhere.test_cli_runner().invoke(args=ARGS)
+    assert result.exit_code == 2
+    assert "cannot reach the Celery broker at redis://:***@127.0.0.1:1/0" in result.output
+    assert "set COURIER_CELERY_BROKER_URL" in result.output and "secret" not in result.output

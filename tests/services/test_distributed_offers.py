@@ -1,0 +1,311 @@
+"""Distributed runs without a broker: chunking, idempotent chunk writes, and the coordinator driving
+in-process workers (threads running the real chunk task body). Runs everywhere (SQLite).
+
+The real thing (Redis, Celery worker processes, PostgreSQL, SIGKILL) is tests/services/test_distributed_celery.py.
+"""
+
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
+
+import pytest
+from sqlalchemy import func, select
+
+from config import DATA_DIR
+from services.offers.chunk_worker import ChunkAttemptFailed, ChunkJob, score_chunk
+from services.offers.chunks import (
+    ChunkStatus,
+    ClaimedChunk,
+    ClaimRefused,
+    chunk_progress,
+    claim_chunk,
+    commit_chunk,
+    cut_chunks,
+    record_attempt_error,
+    reopen_for_resume,
+    store_chunk,
+)
+from services.offers.distributed import DistributedSettings, run_distributed
+from services.offers.pipeline import ResumeError, RunOptions, run_offers
+from services.offers.recording import MemberOutcome, create_run
+from services.offers.statuses import MemberStatus, RunStatus
+from services.tables import OfferResult, OfferRun, OfferRunChunk
+from tests.offers_fixtures import LivePartner
+
+SAMPLE = str(DATA_DIR / "member_data.csv")
+AS_OF = date(2024, 1, 5)
+
+
+class ThreadQueue:
+    """A ChunkQueue whose "workers" are threads running the real task body (score_chunk), with
+    Celery's retry-on-ChunkAttemptFailed; ``gate`` (an Event) holds every chunk until set."""
+
+    def __init__(self, sessions, partner, *, workers=2, max_attempts=3, gate=None):
+        self.sessions, self.partner, self.max_attempts, self.gate = sessions, partner, max_attempts, gate
+        self.pool = ThreadPoolExecutor(workers)
+        self.enqueued: list[ChunkJob] = []
+        self.revoked: set[str] = set()
+        self.started = threading.Semaphore(0)  # released once per chunk a worker takes
+
+    def check(self):
+        pass
+
+    def enqueue(self, job):
+        task_id = uuid.uuid4().hex  # unique like Celery's: a resume revokes the ids of an earlier attempt
+        self.enqueued.append(job)
+        self.pool.submit(self._work, task_id, job)
+        return task_id
+
+    def _work(self, task_id, job):
+        self.started.release()
+        if self.gate is not None:
+            self.gate.wait(30)
+        while task_id not in self.revoked:
+            try:
+                return score_chunk(self.sessions, self.partner, job, worker="thread", max_attempts=self.max_attempts)
+            except ChunkAttemptFailed:
+                continue
+
+    def revoke(self, task_ids):
+        self.revoked.update(task_ids)
+
+    def close(self):
+        self.pool.shutdown(wait=True)
+
+
+@pytest.fixture
+def sessions(app):
+    return app.extensions["courier"].session_factory
+
+
+def options(**kw):
+    return RunOptions(**{"input_path": SAMPLE, "partner": "reference", "as_of": AS_OF, "concurrency": 8, **kw})
+
+
+def results(sessions, run_id):
+    with sessions() as session:
+        rows = session.execute(select(OfferResult.member_id, OfferResult.status, OfferResult.ats_prediction,
+                                      OfferResult.resp_prediction, OfferResult.offer, OfferResult.error)
+                               .where(OfferResult.run_id == run_id).order_by(OfferResult.member_id)).all()
+    return [tuple(r) for r in rows]
+
+
+def new_run(session):
+    return create_run(session, partner="reference", input_path="x.csv", input_sha256="0" * 64, as_of=AS_OF,
+                      concurrency=1)
+
+
+# --- chunking and idempotent writes -------------------------------------------------------------------
+
+def test_chunks_are_cut_in_order_and_the_last_one_is_short():
+    rows = [{"member_id": str(i)} for i in range(12)]
+    chunks = list(cut_chunks(rows, 5))
+    assert [(n, [r["member_id"] for r in c]) for n, c in chunks] == [
+        (0, ["0", "1", "2", "3", "4"]), (1, ["5", "6", "7", "8", "9"]), (2, ["10", "11"])]
+    assert list(cut_chunks(rows, 5)) == chunks  # the same input cuts the same way (resume relies on it)
+    assert list(cut_chunks([], 5)) == []
+
+
+def outcome(member_id, status=MemberStatus.SCORED):
+    return MemberOutcome(member_id=member_id, status=status, offer="OFFER_1" if status == "scored" else None)
+
+
+def test_a_chunk_committed_twice_is_recorded_once(db_session):
+    run = new_run(db_session)
+    store_chunk(db_session, run.id, 0, [{"member_id": "a"}, {"member_id": "b"}])
+    claimed = claim_chunk(db_session, run.id, 0, "w1", max_attempts=3)
+    assert isinstance(claimed, ClaimedChunk) and claimed.attempt == 1
+    assert commit_chunk(db_session, run.id, 0, [outcome("a"), outcome("b")], {"members": 2, "failed": 0})
+    # the broker delivered the chunk again (its worker died before acknowledging): nothing more is written
+    assert claim_chunk(db_session, run.id, 0, "w2", max_attempts=3) is ClaimRefused.DONE
+    assert not commit_chunk(db_session, run.id, 0, [outcome("a"), outcome("b")], {"members": 2, "failed": 0})
+    db_session.commit()
+    assert db_session.scalar(select(func.count()).select_from(OfferResult).where(OfferResult.run_id == run.id)) == 2
+    chunk = db_session.get(OfferRunChunk, (run.id, 0))
+    assert chunk.status == ChunkStatus.DONE and chunk.stats["record_s"] >= 0
+
+
+def test_a_chunk_is_not_committed_after_its_run_stopped(db_session):
+    run = new_run(db_session)
+    store_chunk(db_session, run.id, 0, [{"member_id": "a"}])
+    claim_chunk(db_session, run.id, 0, "w1", max_attempts=3)
+    run.status = RunStatus.INTERRUPTED.value
+    db_session.flush()
+    assert not commit_chunk(db_session, run.id, 0, [outcome("a")], {"members": 1, "failed": 0})
+    assert claim_chunk(db_session, run.id, 0, "w1", max_attempts=3) is ClaimRefused.RUN_NOT_RUNNING
+    assert db_session.scalar(select(func.count()).select_from(OfferResult)) == 0
+
+
+def test_attempts_are_counted_when_claimed_and_bounded(db_session):
+    run = new_run(db_session)
+    store_chunk(db_session, run.id, 0, [{"member_id": "a"}])
+    assert isinstance(claim_chunk(db_session, run.id, 0, "w1", max_attempts=2), ClaimedChunk)
+    assert record_attempt_error(db_session, run.id, 0, "partner down", max_attempts=2) is True  # retry
+    assert isinstance(claim_chunk(db_session, run.id, 0, "w1", max_attempts=2), ClaimedChunk)
+    # the second worker died mid-chunk (no error recorded); the redelivered copy finds no attempt left
+    assert claim_chunk(db_session, run.id, 0, "w2", max_attempts=2) is ClaimRefused.NO_ATTEMPTS_LEFT
+    chunk = db_session.get(OfferRunChunk, (run.id, 0))
+    assert chunk.status == ChunkStatus.FAILED and chunk.error.startswith("gave up after 2 attempts")
+    progress = chunk_progress(db_session, run.id)
+    assert progress.failed == 1 and progress.first_failure[0] == 0
+
+
+def test_resume_reopens_unfinished_chunks_and_chunks_with_failed_members(db_session):
+    run = new_run(db_session)
+    for n in range(4):
+        store_chunk(db_session, run.id, n, [{"member_id": f"m{n}"}])
+    for n, failed in ((0, 0), (1, 1)):
+        claim_chunk(db_session, run.id, n, "w", max_attempts=3)
+        status = MemberStatus.FAILED if failed else MemberStatus.SCORED
+        commit_chunk(db_session, run.id, n, [outcome(f"m{n}", status)], {"members": 1, "failed": failed})
+    claim_chunk(db_session, run.id, 2, "w", max_attempts=3)  # its worker died: still "running"
+    assert reopen_for_resume(db_session, run.id) == [1, 2, 3]
+    assert {c.chunk_no: (c.status, c.attempts) for c in db_session.scalars(select(OfferRunChunk))} == {
+        0: ("done", 1), 1: ("pending", 0), 2: ("pending", 0), 3: ("pending", 0)}
+    # scoring chunk 1 again replaces its member's result instead of adding one
+    claim_chunk(db_session, run.id, 1, "w", max_attempts=3)
+    assert commit_chunk(db_session, run.id, 1, [outcome("m1")], {"members": 1, "failed": 0})
+    assert db_session.execute(select(OfferResult.member_id, OfferResult.status).order_by(OfferResult.member_id)
+                              ).all() == [("m0", "scored"), ("m1", "scored")]
+
+
+# --- the coordinator with in-process workers -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def partner():
+    live = LivePartner()
+    yield live
+    live.close()
+
+
+def test_a_distributed_run_records_exactly_what_a_local_run_records(app, sessions, partner):
+    config = partner.config(batch=True)
+    queue = ThreadQueue(sessions, config)
+    lines = []
+    totals, advanced = [], []
+    report = run_distributed(sessions, config, options(), queue, DistributedSettings(chunk_size=100, stall_s=60),
+                             progress_start=totals.append, progress=advanced.append, note=lines.append)
+    queue.close()
+    local = run_offers(sessions, config, options())
+    run = report.run
+    assert (run.status, run.mode, run.chunk_size) == ("succeeded", "distributed", 100)
+    assert (run.members_scored, run.members_skipped, run.rows_rejected) == (890, 100, 10)
+    assert results(sessions, run.id) == results(sessions, local.run.id)
+    assert run.offers == local.run.offers
+    assert len(queue.enqueued) == 9 and totals == [990] and sum(advanced) == 990
+    assert run.step_metrics["ats"]["items"] == 890 and "p99_ms" in run.step_metrics["ats"]
+    assert run.timeline[-1][1] == 990
+    assert "queued 9 chunk(s)" in lines[0]
+
+
+def test_ctrl_c_revokes_pending_chunks_and_resume_sends_only_unfinished_ones(app, sessions, partner):
+    config = partner.config(batch=True)
+    gate = threading.Event()
+    queue = ThreadQueue(sessions, config, workers=1, gate=gate)
+    stop = threading.Event()
+
+    def first_progress(_n):
+        stop.set()  # Ctrl-C as soon as the first members are recorded (the skipped ones)
+
+    finished = {}
+    thread = threading.Thread(target=lambda: finished.update(report=run_distributed(
+        sessions, config, options(), queue, DistributedSettings(chunk_size=100, stall_s=60),
+        progress=first_progress, stop=stop)))
+    thread.start()
+    thread.join(30)
+    gate.set()
+    queue.close()
+    run = finished["report"].run
+    assert run.status == RunStatus.INTERRUPTED
+    with sessions() as session:
+        chunks = dict(session.execute(select(OfferRunChunk.chunk_no, OfferRunChunk.status)
+                                      .where(OfferRunChunk.run_id == run.id)).all())
+    assert set(chunks.values()) == {"pending"}  # nothing was scored after the interruption
+    assert queue.revoked  # the queued tasks were revoked
+
+    resumed_queue = ThreadQueue(sessions, config)
+    report = run_distributed(sessions, config, options(resume_run_id=run.id), resumed_queue,
+                             DistributedSettings(chunk_size=100, stall_s=60))
+    resumed_queue.close()
+    assert report.run.status == RunStatus.SUCCEEDED and report.run.members_total == 990
+    # the chunk queued before the interruption, then the ones it never got to
+    assert sorted(j.chunk_no for j in resumed_queue.enqueued) == sorted(chunks) + list(range(len(chunks), 9))
+    # resuming a finished chunk set sends nothing again
+    with pytest.raises(ResumeError, match="already succeeded"):
+        run_distributed(sessions, config, options(resume_run_id=run.id), ThreadQueue(sessions, config),
+                        DistributedSettings(chunk_size=100, stall_s=60))
+
+
+def test_only_unfinished_chunks_are_sent_again(app, sessions, partner):
+    config = partner.config(batch=True)
+    queue = ThreadQueue(sessions, config)
+    report = run_distributed(sessions, config, options(), queue, DistributedSettings(chunk_size=300, stall_s=60))
+    queue.close()
+    with sessions() as session, session.begin():  # as if chunk 1's worker was lost and the run abandoned
+        session.get(OfferRunChunk, (report.run.id, 1)).status = ChunkStatus.RUNNING.value
+        run = session.get(OfferRun, report.run.id)
+        run.status, run.lease_owner = RunStatus.INTERRUPTED.value, None
+    again = ThreadQueue(sessions, config)
+    resumed = run_distributed(sessions, config, options(resume_run_id=report.run.id), again,
+                              DistributedSettings(chunk_size=5000, stall_s=60))  # the run keeps its size
+    again.close()
+    assert [j.chunk_no for j in again.enqueued] == [1]
+    assert resumed.run.status == RunStatus.SUCCEEDED and resumed.run.members_total == 990
+    assert results(sessions, report.run.id) == results(sessions, run_offers(sessions, config, options()).run.id)
+
+
+def test_a_run_whose_chunks_keep_failing_ends_failed_with_the_reason(app, sessions):
+    down = LivePartner(fail={"/ml/ats/predict/batch": lambda body: 500})
+    try:
+        config = down.config(batch=True)
+        queue = ThreadQueue(sessions, config, max_attempts=2)
+        report = run_distributed(sessions, config, options(max_consecutive_failures=5), queue,
+                                 DistributedSettings(chunk_size=500, stall_s=60))
+        queue.close()
+    finally:
+        down.close()
+    run = report.run
+    assert run.status == RunStatus.FAILED
+    assert run.error.startswith("chunk 0 failed: attempt 2/2: stopped after 5 consecutive member failures")
+    with sessions() as session:
+        assert session.get(OfferRunChunk, (run.id, 0)).attempts == 2
+
+
+def test_no_worker_means_failed_after_the_stall_time_not_a_hang(app, sessions, partner):
+    class NoWorkers:
+        revoked: list = []
+
+        def check(self):
+            pass
+
+        def enqueue(self, job):
+            return f"t{job.chunk_no}"
+
+        def revoke(self, task_ids):
+            self.revoked.extend(task_ids)
+
+    queue = NoWorkers()
+    report = run_distributed(sessions, partner.config(batch=True), options(), queue,
+                             DistributedSettings(chunk_size=500, stall_s=0.5))
+    assert report.run.status == RunStatus.FAILED
+    assert "no chunk started or finished in 0.5 s (0/2 done); are workers running?" in report.run.error
+    assert sorted(queue.revoked) == ["t0", "t1"]
+
+
+def test_local_and_distributed_runs_resume_only_in_their_own_mode(app, sessions, partner):
+    config = partner.config(batch=True)
+    local = run_offers(sessions, config, options())
+    with sessions() as session, session.begin():
+        session.get(OfferRun, local.run.id).status = RunStatus.INTERRUPTED.value
+    with pytest.raises(ResumeError, match="is a local run; resume it without --distributed"):
+        run_distributed(sessions, config, options(resume_run_id=local.run.id), ThreadQueue(sessions, config),
+                        DistributedSettings(chunk_size=100, stall_s=60))
+
+
+def test_the_command_refuses_sqlite_and_a_chunk_size_without_distributed(runner):
+    result = runner.invoke(args=["run-offers", "--input", SAMPLE, "--distributed"])
+    assert result.exit_code == 2
+    assert "--distributed needs a database every worker shares: set COURIER_DATABASE_URL to PostgreSQL" in result.output
+    result = runner.invoke(args=["run-offers", "--input", SAMPLE, "--chunk-size", "10"])
+    assert result.exit_code == 2 and "--chunk-size applies to --distributed runs only" in result.output
