@@ -40,9 +40,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
-def run_command(env: dict, path: Path, distributed: bool, chunk_size: int) -> dict:
+def run_command(env: dict, path: Path, distributed: bool, chunk_size: int, no_batch: bool) -> dict:
     cmd = [str(BIN / "flask"), "--app", "wsgi", "run-offers", "--input", str(path), "--as-of", "2024-01-05",
-           "--max-consecutive-failures", "0"]
+           "--max-consecutive-failures", "0", *(["--no-batch"] if no_batch else [])]
     if distributed:
         cmd += ["--distributed", "--chunk-size", str(chunk_size)]
     started = time.perf_counter()
@@ -75,6 +75,8 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=100_000, help="Generated members (~90%% scoreable).")
     parser.add_argument("--chunk-size", type=int, default=5000, help="Members per chunk task.")
     parser.add_argument("--workers", default="1,2", help="Worker process counts to measure, comma-separated.")
+    parser.add_argument("--no-batch", action="store_true",
+                        help="Per-member partner calls (3 per member) instead of the batch endpoints.")
     args = parser.parse_args()
     url = args.database_url.replace("postgresql://", "postgresql+psycopg://", 1) \
         if args.database_url.startswith("postgresql://") else args.database_url
@@ -91,8 +93,8 @@ def main() -> None:
             subprocess.run([str(BIN / "flask"), "--app", "wsgi", "db", "upgrade"], cwd=ROOT, env=env, check=True,
                            capture_output=True)
             print(f"input: {args.members:,} generated members; chunk size {args.chunk_size:,}; partner {partner_url} "
-                  "(keep-alive, batch endpoints)")
-            local = run_command(env, path, False, args.chunk_size)
+                  f"(keep-alive, {'per-member calls' if args.no_batch else 'batch endpoints'})")
+            local = run_command(env, path, False, args.chunk_size, args.no_batch)
             run, _ = last_run(url)
             rows = [("local (baseline)", local, run, [], None)]
             for count in [int(n) for n in args.workers.split(",")]:
@@ -100,7 +102,7 @@ def main() -> None:
                            for i in range(count)]
                 try:
                     before = [process_group_usage(w.process.pid) for w in workers]
-                    result = run_command(env, path, True, args.chunk_size)
+                    result = run_command(env, path, True, args.chunk_size, args.no_batch)
                     after = [process_group_usage(w.process.pid) for w in workers]
                 finally:
                     for worker in workers:

@@ -44,7 +44,7 @@ from services.offers.chunks import (
 from services.offers.features import FeatureScan, read_header, scan_features
 from services.offers.lease import Heartbeat, new_owner
 from services.offers.partners import PartnerConfig
-from services.offers.pipeline import RunOptions, RunReport, file_sha256, open_run
+from services.offers.pipeline import RunOptions, RunReport, count_run, file_sha256, open_run
 from services.offers.recording import MemberOutcome, Timeline, finalise_run, insert_outcomes
 from services.offers.scoring import LatencyHistogram, RetryTally, StepStats, ping_partner
 from services.offers.statuses import MemberStatus, RunStatus
@@ -228,6 +228,7 @@ def _coordinate(sessions, partner, options, queue, settings, scan, scan_steps, r
             finalise_run(session, run, status=status, rows_read=scan.rows_read, rejected=scan.rejected.as_dict(),
                          step_metrics=steps_out, error=error, timeline=timeline.points())
         leftover = pending_task_ids(session, run_id) if status is not None else []
+    count_run(run, steps_out)
     if leftover:
         queue.revoke(leftover)
     if error:

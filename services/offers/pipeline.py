@@ -198,16 +198,17 @@ def _rows(scan: FeatureScan, done: set[str], emit: Callable[[MemberOutcome], Non
                 yield row
 
 
-def _count_run(run: OfferRun, steps: dict[str, StepStats]) -> None:
+def count_run(run: OfferRun, step_metrics: dict[str, Any]) -> None:
     """Prometheus: the run's final status, its members by outcome, each step's items and seconds."""
     m = metrics()
     m.offer_runs.labels(run.status).inc()
     for outcome, count in ((MemberStatus.SCORED, run.members_scored), (MemberStatus.SKIPPED, run.members_skipped),
                            (MemberStatus.FAILED, run.members_failed)):
         m.offer_members.labels(outcome).inc(count)
-    for name, step in steps.items():
-        m.offer_step_items.labels(name).inc(step.items)
-        m.offer_step_seconds.labels(name).inc(step.seconds)
+    for name, step in step_metrics.items():
+        if name != "retries":
+            m.offer_step_items.labels(name).inc(step["items"])
+            m.offer_step_seconds.labels(name).inc(step["seconds"])
 
 
 def open_run(sessions: sessionmaker, options: RunOptions, sha: str, owner: str, *, mode: str = "local",
@@ -333,7 +334,7 @@ def run_offers(
                     finalise_run(session, run, status=RunStatus.FAILED if error else (RunStatus.INTERRUPTED if interrupted else None),
                                  rows_read=scan.rows_read, rejected=scan.rejected.as_dict(), step_metrics=steps_out,
                                  error=error, timeline=writer.timeline.points() if writer else None)
-            _count_run(run, steps)
+            count_run(run, steps_out)
             if error:
                 log.error("offers run failed", extra={"run_id": run_id, "error": error})
             return RunReport(run=run, rows_read=scan.rows_read, steps=steps, elapsed_s=time.perf_counter() - started,
@@ -344,5 +345,5 @@ def run_offers(
             request_id_var.reset(run_log_id)
 
 
-__all__ = ["DEFAULT_MAX_CONSECUTIVE_FAILURES", "ResumeError", "RunOptions", "RunReport", "file_sha256", "open_run",
+__all__ = ["DEFAULT_MAX_CONSECUTIVE_FAILURES", "ResumeError", "RunOptions", "RunReport", "count_run", "file_sha256", "open_run",
            "run_offers"]

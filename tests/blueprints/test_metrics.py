@@ -80,3 +80,33 @@ def test_metrics_are_summed_over_two_gunicorn_workers(db_url, tmp_path):
         # Every /healthz answered, whichever worker answered it: the total is the sum of both files
         # (plus the one /healthz that found the server up).
         assert sample(text, "courier_http_requests_total", route="/healthz", method="GET", status="200") == sent + 1
+
+
+def test_offers_runs_and_real_time_offers_are_counted(client, app, live_partner):
+    from datetime import date
+
+    from config import DATA_DIR
+    from services.offers.pipeline import RunOptions, run_offers
+    from tests.offers_fixtures import route_to_app
+
+    before = client.get("/metrics").get_data(as_text=True)
+    run_offers(app.extensions["courier"].session_factory, live_partner.config(batch=True),
+               RunOptions(str(DATA_DIR / "member_data.csv"), "reference", date(2024, 1, 5), 8))
+    with responses.RequestsMock() as mock:
+        route_to_app(mock, app)
+        ok = client.post("/api/v1/offers", json={"member_id": "m1", "as_of": "2024-01-05", "transactions": [
+            {"ts": "2023-12-10 11:24:18", "type": "gift", "points": 9600, "revenue_usd": 32.0}]})
+    assert ok.status_code == 200
+    after = client.get("/metrics").get_data(as_text=True)
+
+    def delta(name, **labels):
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    assert delta("courier_offer_runs_total", status="succeeded") == 1
+    assert delta("courier_offer_members_total", outcome="scored") == 890
+    assert delta("courier_offer_members_total", outcome="skipped") == 100
+    assert delta("courier_offer_step_items_total", step="ats") == 890
+    assert delta("courier_offer_step_seconds_total", step="features") > 0
+    assert delta("courier_realtime_offers_total", outcome="ok") == 1
+    # no member ids, slugs or paths as label values
+    assert "m1" not in re.findall(r'"([^"]*)"', after)
