@@ -48,6 +48,7 @@ class RunReportData:
     call_latency_ms: dict[str, Histogram]  # partner call -> histogram of per-member milliseconds (log bins)
     failures: dict[str, int]  # "step: code" -> failed members
     features_by_offer: dict[str, dict[str, Histogram]] = field(default_factory=dict)  # feature -> offer -> hist
+    mode: str = "local"  # "local", or "distributed (chunks of N)"
 
 
 def failure_reason(error: str | None) -> str:
@@ -125,6 +126,7 @@ def collect_report(session: Session, run_id: int) -> RunReportData:
 
     return RunReportData(
         run=run_record(run),
+        mode=run.mode if run.mode != "distributed" else f"distributed (chunks of {run.chunk_size:,})",
         timeline=list(run.timeline or []),
         call_latency_ms={call: Histogram(call_edges[call].tolist(), counts.tolist())
                          for call, counts in call_counts.items()},

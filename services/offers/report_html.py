@@ -180,7 +180,7 @@ def render_report(data: RunReportData) -> str:
             "features": _features_chart(data.features_by_offer),
         }
     steps = {name: s for name, s in run["step_metrics"].items() if name != "retries"}
-    return _template().render(run=run, charts=charts, steps=steps, failures=data.failures,
+    return _template().render(run=run, mode=data.mode, charts=charts, steps=steps, failures=data.failures,
                               retries=run["step_metrics"].get("retries"))
 
 
@@ -212,6 +212,7 @@ dt { color: #555; } dd { margin: 0; word-break: break-all; }
 <dt>input</dt><dd>{{ run.input_path }}</dd>
 <dt>input sha256</dt><dd>{{ run.input_sha256 }}</dd>
 <dt>concurrency</dt><dd>{{ run.concurrency }}</dd>
+<dt>mode</dt><dd id="mode">{{ mode }}</dd>
 </dl>
 <table id="counts">
 <tr><th>rows read</th><th>rows rejected</th><th>members recorded</th><th>scored</th><th>skipped</th><th>failed</th>

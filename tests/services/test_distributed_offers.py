@@ -197,6 +197,10 @@ def test_a_distributed_run_records_exactly_what_a_local_run_records(app, session
     assert run.step_metrics["ats"]["items"] == 890 and "p99_ms" in run.step_metrics["ats"]
     assert run.timeline[-1][1] == 990
     assert "queued 9 chunk(s)" in lines[0]
+    from services.offers.report_html import run_report_html
+
+    with sessions() as session:
+        assert '<dd id="mode">distributed (chunks of 100)</dd>' in run_report_html(session, run.id)
 
 
 def test_ctrl_c_revokes_pending_chunks_and_resume_sends_only_unfinished_ones(app, sessions, partner):
