@@ -33,13 +33,16 @@ run: $(VENV)/.installed-run
 	$(BIN)/flask seed-venues
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-## test: install dev extras; lint (ruff), then the whole suite with branch coverage (fails under 93%)
+## test: install dev extras; lint (ruff, line length 120), type-check (mypy), then the whole suite with
+## branch coverage (fails under 93%)
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest --cov --cov-fail-under=93
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 ## venue-standin: serve the bundled venue snapshots like the upstream venue API (127.0.0.1:8081)
 venue-standin: $(VENV)/.installed-run

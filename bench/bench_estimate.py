@@ -47,7 +47,8 @@ def mixed_bodies(count: int = 500, seed: int = 13) -> list[str]:
     for _ in range(count):
         venue = rng.choice(venues) if rng.random() > 0.1 else f"unknown-{rng.randrange(10**6)}"
         day, hour, minute = rng.randrange(1, 29), rng.randrange(24), rng.randrange(60)
-        stamp = rng.choice([f"2017-02-{day:02d} {hour:02d}:{minute:02d}:07", f"2017-02-{day:02d}T{hour:02d}:{minute:02d}:07",
+        stamp = rng.choice([f"2017-02-{day:02d} {hour:02d}:{minute:02d}:07",
+                            f"2017-02-{day:02d}T{hour:02d}:{minute:02d}:07",
                             f"2017-02-{day:02d} {hour:02d}:{minute:02d}:07.938113"])
         bodies.append(json.dumps({"venue_id": venue, "time_received": stamp, "is_retail": rng.random() < 0.3}))
     return bodies

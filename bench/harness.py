@@ -171,7 +171,8 @@ def _python_load(label, url, path, method, body, seconds, connections) -> LoadRe
     procs = 2
     started = time.monotonic()
     with mp.Pool(procs) as pool:
-        parts = pool.map(_py_worker, [(host, int(port), path, method, body, seconds, max(1, connections // procs))] * procs)
+        job = (host, int(port), path, method, body, seconds, max(1, connections // procs))
+        parts = pool.map(_py_worker, [job] * procs)
     elapsed = time.monotonic() - started
     lat = sorted(x for part in parts for x in part[0])
     failed = sum(part[1] for part in parts)

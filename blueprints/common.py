@@ -61,7 +61,8 @@ def load_query(schema: Schema, message: str = "Invalid query parameters.") -> An
     try:
         data = schema.load(flat)
     except ValidationError as exc:
-        for key, problems in exc.messages.items():
+        messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+        for key, problems in messages.items():
             if key not in details:  # "given twice" says it better than "missing"
                 details[key] = problems if isinstance(problems, list) else [str(problems)]
         data = None

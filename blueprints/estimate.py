@@ -157,7 +157,8 @@ def document(spec, app) -> None:
                         "use the median preparation time (`venue_known: false`) unless "
                         "`COURIER_ESTIMATE_UNKNOWN_VENUE=reject` (404). Errors also carry `result: null`."),
         "requestBody": {"required": True, "content": {"application/json": {"schema": "EstimateRequest"}}},
-        "responses": {"200": {"description": "Prediction", "content": {"application/json": {"schema": "EstimateResponse"}}},
+        "responses": {"200": {"description": "Prediction",
+                              "content": {"application/json": {"schema": "EstimateResponse"}}},
                       **error_responses(400, 404, 413, 503, schema="EstimateError")},
     }
     spec.path(path="/api/v1/delivery-estimate", operations={"post": operation})

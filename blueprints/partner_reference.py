@@ -107,5 +107,6 @@ def document(spec, app) -> None:
             "type": "array", "items": {"type": "object", "properties": {
                 "offer": {"type": "string", "enum": ["OFFER_1", "OFFER_2"]}}}}}}},
             **error_responses(422)}}})
-    spec.path(path=prefix + "/", operations={"get": {"summary": "Reference partner: ping", "tags": ["reference partner"],
+    spec.path(path=prefix + "/", operations={"get": {"summary": "Reference partner: ping",
+                                                     "tags": ["reference partner"],
                                                      "responses": {"200": {"description": "pong"}}}})

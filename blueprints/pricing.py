@@ -102,7 +102,8 @@ def delivery_order_price():
     args = load_query(_schema)
     quote = price_order(current_app.extensions["courier"].services["venues"], PriceQuery(**args))
     return jsonify(total_price=quote.total_price, small_order_surcharge=quote.small_order_surcharge,
-                   cart_value=quote.cart_value, delivery={"fee": quote.delivery_fee, "distance": quote.delivery_distance})
+                   cart_value=quote.cart_value,
+                   delivery={"fee": quote.delivery_fee, "distance": quote.delivery_distance})
 
 
 def document(spec, app) -> None:
@@ -114,7 +115,8 @@ def document(spec, app) -> None:
                                                                            "pattern": SLUG_RE.pattern}},
         {"name": "cart_value", "in": "query", "required": True,
          "schema": {"type": "integer", "minimum": 0, "maximum": app.config["PRICING_MAX_CART_VALUE"]}},
-        {"name": "user_lat", "in": "query", "required": True, "schema": {"type": "number", "minimum": -90, "maximum": 90}},
+        {"name": "user_lat", "in": "query", "required": True,
+         "schema": {"type": "number", "minimum": -90, "maximum": 90}},
         {"name": "user_lon", "in": "query", "required": True,
          "schema": {"type": "number", "minimum": -180, "maximum": 180}},
     ]
@@ -124,6 +126,7 @@ def document(spec, app) -> None:
         "description": ("Money in the currency's smallest unit, distance in metres. 400 `delivery_not_available` "
                         "when the address is beyond the venue's last distance range."),
         "parameters": params,
-        "responses": {"200": {"description": "Price", "content": {"application/json": {"schema": "DeliveryOrderPrice"}}},
+        "responses": {"200": {"description": "Price",
+                              "content": {"application/json": {"schema": "DeliveryOrderPrice"}}},
                       **error_responses(400, 404, 502, 503, 504)},
     }})

@@ -86,7 +86,8 @@ def docs_static(filename: str):
 
 def document(spec: APISpec, app: Flask) -> None:
     ok = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
-    spec.path(path="/healthz", operations={"get": {"summary": "Liveness", "tags": ["system"], "responses": {"200": ok}}})
+    spec.path(path="/healthz",
+              operations={"get": {"summary": "Liveness", "tags": ["system"], "responses": {"200": ok}}})
     spec.path(
         path="/readyz",
         operations={"get": {"summary": "Readiness: database migrated, model loaded", "tags": ["system"],

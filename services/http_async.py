@@ -74,7 +74,7 @@ class AsyncHttpClient:
         self.on_retry = on_retry
         self._transport: KeepAliveTransport | None = None
         # Only for parsing Retry-After exactly as the sync client does (seconds or an HTTP date, capped).
-        self._retry_after = Retry(retry_after_max=self.policy.retry_after_max_s)
+        self._retry_after = Retry(retry_after_max=self.policy.retry_after_max_s)  # type: ignore[arg-type]  # a float cap works
 
     async def open(self) -> AsyncHttpClient:
         if self._transport is None:
@@ -162,14 +162,13 @@ class AsyncHttpClient:
             if status not in RETRY_STATUSES or not idempotent or retries_left <= 0:
                 return status, headers, payload
             consecutive += 1
-            wait = None
+            advised: float | None = None
             if status in RETRY_AFTER_STATUSES and headers.get("Retry-After"):
                 try:
-                    wait = self._retry_after.parse_retry_after(headers["Retry-After"])
+                    advised = self._retry_after.parse_retry_after(headers["Retry-After"])
                 except Exception:  # noqa: BLE001 - an unparsable header means "no advice", as in urllib3
-                    wait = None
-            if wait is None:
-                wait = self._backoff(consecutive)
+                    advised = None
+            wait = advised if advised is not None else self._backoff(consecutive)
             if deadline is not None and time.monotonic() + wait + attempt_s > deadline:
                 return status, headers, payload
             retries_left -= 1

@@ -287,7 +287,9 @@ class HttpClient:
                 return self.session.request(method, url, json=json, params=params, timeout=self.policy.timeout,
                                             headers=headers)
             timeout = DeadlineTimeout(self.policy.connect_timeout_s, self.policy.read_timeout_s, deadline)
-            response = self.session.request(method, url, json=json, params=params, timeout=timeout, stream=True,
+            # requests hands a urllib3 Timeout to urllib3 unchanged; its type hints only know numbers.
+            response = self.session.request(method, url, json=json, params=params, stream=True,
+                                            timeout=timeout,  # type: ignore[arg-type]
                                             headers=headers)
         except requests.exceptions.RequestException as exc:
             raise self._convert(exc, url) from exc

@@ -84,6 +84,7 @@ class _Connection(asyncio.Protocol):
     def send(self, data: bytes) -> asyncio.Future:
         self.waiter = asyncio.get_running_loop().create_future()
         self.headers, self.body, self.received = {}, [], False
+        assert self.transport is not None, "send() before connection_made()"
         self.transport.write(data)
         return self.waiter
 

@@ -158,7 +158,8 @@ def load_model(path: str | Path, expected_features: Sequence[str] = FEATURES) ->
         raise ModelLoadError(f"{path}: booster {booster.get('name')!r} is not supported (gbtree only)")
     objective = (learner.get("objective") or {}).get("name")
     if objective not in IDENTITY_OBJECTIVES:
-        raise ModelLoadError(f"{path}: objective {objective!r} is not supported; use one of {sorted(IDENTITY_OBJECTIVES)}")
+        raise ModelLoadError(f"{path}: objective {objective!r} is not supported; "
+                             f"use one of {sorted(IDENTITY_OBJECTIVES)}")
     params = learner.get("learner_model_param") or {}
     if str(params.get("num_class", "0")) not in ("0", "1") or str(params.get("num_target", "1")) != "1":
         raise ModelLoadError(f"{path}: multi-class or multi-target models are not supported")

@@ -22,9 +22,9 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from services.offers.recording import MemberOutcome, insert_outcomes
@@ -162,11 +162,11 @@ def commit_chunk(session: Session, run_id: int, chunk_no: int, outcomes: list[Me
     run_status = session.scalar(select(OfferRun.status).where(OfferRun.id == run_id).with_for_update())
     if run_status != RunStatus.RUNNING:
         return False
-    moved = session.execute(
+    moved = cast(CursorResult, session.execute(
         update(OfferRunChunk)
         .where(OfferRunChunk.run_id == run_id, OfferRunChunk.chunk_no == chunk_no,
                OfferRunChunk.status != ChunkStatus.DONE)
-        .values(status=ChunkStatus.DONE.value, stats=stats, error=None, finished_at=utcnow())).rowcount
+        .values(status=ChunkStatus.DONE.value, stats=stats, error=None, finished_at=utcnow()))).rowcount
     if not moved:
         return False
     started = time.perf_counter()

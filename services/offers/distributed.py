@@ -265,7 +265,7 @@ def _follow(sessions, run_id, settings, stop, progress, note, timeline, scoring_
             timeline.add(time.perf_counter() - scoring_started, newly)
             if progress:
                 progress(newly)
-        if state.failed:
+        if state.failed and state.first_failure is not None:
             chunk_no, chunk_error = state.first_failure
             return f"chunk {chunk_no} failed: {chunk_error}", False
         if state.done == state.total:

@@ -367,7 +367,8 @@ class RejectedSummary:
         if room > 0:
             self.sample.extend(RejectedRow(line, member_id if member_id is None else member_id[:MAX_MEMBER_ID_LENGTH],
                                            reason)
-                               for line, member_id, reason in bad.head(room).select("line", "member_id", "reason").iter_rows())
+                               for line, member_id, reason
+                               in bad.head(room).select("line", "member_id", "reason").iter_rows())
 
     def as_dict(self) -> dict:
         return {"total": self.total, "by_reason": dict(sorted(self.by_reason.items())),
@@ -458,6 +459,7 @@ class FeatureScan:
 
         def flush() -> None:
             nonlocal pending_rows, flushes
+            assert self._tmp is not None  # spilling is decided (and the folder made) before any flush
             for partition, frames in pending.items():
                 pl.concat(frames).write_ipc(self._tmp / f"rows-{partition:05d}-{flushes:06d}.arrow")
             pending.clear()

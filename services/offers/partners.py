@@ -9,7 +9,7 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from services.errors import NotFound, UpstreamInvalid
 from services.http_async import AsyncHttpClient, RetryEvent
@@ -123,7 +123,8 @@ def _batch(raw: Any, problems: list[str], where: str) -> BatchEndpoints | None:
         paths[key] = value
     for key in set(raw) - {*_BATCH_PATH_KEYS, "max_size", "concurrency"}:
         problems.append(f"{where}.{key}: unknown key")
-    return BatchEndpoints(**paths, max_size=_positive(raw, "max_size", DEFAULT_MAX_BATCH, problems, where, integer=True),
+    return BatchEndpoints(**cast(dict[str, str], paths),  # bad paths are in problems: never built then
+                          max_size=_positive(raw, "max_size", DEFAULT_MAX_BATCH, problems, where, integer=True),
                           concurrency=_positive(raw, "concurrency", 4, problems, where, integer=True))
 
 
@@ -196,7 +197,7 @@ def parse_registry(doc: dict[str, Any], path: str, service_url: str | None = Non
         for key in set(raw) - known:
             problems.append(f"{where}.{key}: unknown key")
         config = PartnerConfig(
-            name=name, base_url=base_url if isinstance(base_url, str) else "", **paths,
+            name=name, base_url=base_url if isinstance(base_url, str) else "", **cast(dict[str, str], paths),
             features=dict(features), fields={**_FIELD_DEFAULTS, **fields_raw}, header_env=dict(headers),
             connect_timeout_s=_positive(raw, "connect_timeout_s", 1.0, problems, where),
             read_timeout_s=_positive(raw, "read_timeout_s", 5.0, problems, where),

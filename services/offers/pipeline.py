@@ -308,7 +308,8 @@ def run_offers(
                                            max_consecutive_failures=options.max_consecutive_failures,
                                            use_batch=options.use_batch)
                 try:
-                    result = score_stream(partner, _rows(scan, done, emitter), settings, emitter, stop, on_retry=retries)
+                    result = score_stream(partner, _rows(scan, done, emitter), settings, emitter, stop,
+                                          on_retry=retries)
                 finally:
                     scoring_seconds = time.perf_counter() - scoring_started
                     emitter.flush()
@@ -331,7 +332,8 @@ def run_offers(
             with sessions() as session, session.begin():
                 run = session.get(OfferRun, run_id)
                 if run.lease_owner == owner:  # never overwrite the status of a process that took over
-                    finalise_run(session, run, status=RunStatus.FAILED if error else (RunStatus.INTERRUPTED if interrupted else None),
+                    status = RunStatus.FAILED if error else (RunStatus.INTERRUPTED if interrupted else None)
+                    finalise_run(session, run, status=status,
                                  rows_read=scan.rows_read, rejected=scan.rejected.as_dict(), step_metrics=steps_out,
                                  error=error, timeline=writer.timeline.points() if writer else None)
             count_run(run, steps_out)
@@ -345,5 +347,6 @@ def run_offers(
             request_id_var.reset(run_log_id)
 
 
-__all__ = ["DEFAULT_MAX_CONSECUTIVE_FAILURES", "ResumeError", "RunOptions", "RunReport", "count_run", "file_sha256", "open_run",
+__all__ = ["DEFAULT_MAX_CONSECUTIVE_FAILURES", "ResumeError", "RunOptions", "RunReport", "count_run", "file_sha256",
+           "open_run",
            "run_offers"]

@@ -104,6 +104,7 @@ class RealtimeOffers:
                     self._clients = {}
                     self._pool = ThreadPoolExecutor(8, thread_name_prefix="offers-rt")
                     self._pid = os.getpid()
+        assert self._pool is not None  # made with the registry
         return self._registry, self._pool
 
     def client(self, partner: str) -> PartnerClient:

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import CursorResult, Table, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from services.offers.features import STANDARD_FEATURES
@@ -104,8 +104,9 @@ def recorded_members(session: Session, run_id: int) -> set[str]:
 
 def forget_failed(session: Session, run_id: int) -> int:
     """Drop a run's failed results so that resuming retries those members (and never duplicates them)."""
-    return session.execute(delete(OfferResult).where(OfferResult.run_id == run_id,
-                                                     OfferResult.status == MemberStatus.FAILED)).rowcount or 0
+    result = session.execute(delete(OfferResult).where(OfferResult.run_id == run_id,
+                                                       OfferResult.status == MemberStatus.FAILED))
+    return cast(CursorResult, result).rowcount or 0
 
 
 _INSERT_CACHE: dict[str, tuple[str, tuple[str, ...] | None]] = {}
@@ -115,10 +116,10 @@ def _compiled_insert(dialect) -> tuple[str, tuple[str, ...] | None]:
     """The INSERT of every result column in the dialect's own parameter style (cached per dialect)."""
     cached = _INSERT_CACHE.get(dialect.name)
     if cached is None:
-        table = OfferResult.__table__
+        table = cast(Table, OfferResult.__table__)
         columns = [c.name for c in table.columns if c.name != "id"]
         compiled = insert(table).compile(dialect=dialect, column_keys=columns)
-        cached = (compiled.string, tuple(compiled.positiontup) if compiled.positional else None)
+        cached = (compiled.string, tuple(compiled.positiontup or ()) if compiled.positional else None)
         _INSERT_CACHE[dialect.name] = cached
     return cached
 

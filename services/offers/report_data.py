@@ -95,10 +95,12 @@ def collect_report(session: Session, run_id: int) -> RunReportData:
     """Everything the report draws, for run ``run_id`` (NotFound if there is none)."""
     run = get_run(session, run_id)
     ranges = _ranges(session, run_id)
-    call_edges = {call: _log_edges(*ranges[f"{call}_ms"]) for call in PARTNER_CALLS}
-    feature_edges = {name: _linear_edges(*ranges[FEATURE_COLUMNS[name]]) for name in STANDARD_FEATURES}
-    call_counts = {call: np.zeros(HISTOGRAM_BINS, dtype=np.int64) for call, e in call_edges.items() if e is not None}
-    feature_counts: dict[str, dict[str, np.ndarray]] = {name: {} for name, e in feature_edges.items() if e is not None}
+    # Only values that exist get edges (a run without scored members has no latencies at all).
+    call_edges = {call: e for call in PARTNER_CALLS if (e := _log_edges(*ranges[f"{call}_ms"])) is not None}
+    feature_edges = {name: e for name in STANDARD_FEATURES
+                     if (e := _linear_edges(*ranges[FEATURE_COLUMNS[name]])) is not None}
+    call_counts = {call: np.zeros(HISTOGRAM_BINS, dtype=np.int64) for call in call_edges}
+    feature_counts: dict[str, dict[str, np.ndarray]] = {name: {} for name in feature_edges}
     failures: Counter[str] = Counter()
     largest = set(sorted(run.offers, key=lambda o: (-run.offers[o], o))[:MAX_OFFER_GROUPS])
 

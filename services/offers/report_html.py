@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import re
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from markupsafe import Markup
 from sqlalchemy.orm import Session
@@ -169,7 +169,7 @@ def render_report(data: RunReportData) -> str:
     import matplotlib
 
     run = data.run
-    with matplotlib.rc_context(_RC):
+    with matplotlib.rc_context(cast(Any, _RC)):  # its hints list every rc key as a Literal
         charts = {
             "timeline": _timeline_chart(data.timeline),
             "offers": _bars(run["offers"], "members"),
@@ -191,13 +191,15 @@ _TEMPLATE = """<!doctype html>
 <title>Offers run {{ run.id }}: {{ run.status }}</title>
 <style>
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 60rem; padding: 0 1rem; color: #222; }
-h1 { font-size: 1.5rem; margin-bottom: .2rem; } h2 { font-size: 1.1rem; margin-top: 2rem; border-bottom: 1px solid #ddd; }
+h1 { font-size: 1.5rem; margin-bottom: .2rem; }
+h2 { font-size: 1.1rem; margin-top: 2rem; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: .5rem 0; } td, th { padding: .2rem .7rem; text-align: right; }
 th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
 .status { display: inline-block; padding: .1rem .5rem; border-radius: .3rem; color: #fff; background: #777; }
 .status-succeeded { background: #2a7d2e; } .status-completed_with_failures { background: #b26a00; }
 .status-failed, .status-abandoned { background: #b3261e; } .status-interrupted, .status-running { background: #1f5fa8; }
-.muted { color: #777; } svg { max-width: 100%; height: auto; } dl { display: grid; grid-template-columns: max-content auto; gap: .1rem 1rem; }
+.muted { color: #777; } svg { max-width: 100%; height: auto; }
+dl { display: grid; grid-template-columns: max-content auto; gap: .1rem 1rem; }
 dt { color: #555; } dd { margin: 0; word-break: break-all; }
 </style>
 </head>
@@ -222,7 +224,8 @@ run.members_failed, retries.total if retries else 0) %}<td>{{ value }}</td>{% en
 </table>
 
 <h2>Members completed over time</h2>
-{{ charts.timeline or '<p class="muted">No timeline recorded for this run (recorded from migration 0008 on).</p>'|safe }}
+{{ charts.timeline or
+   '<p class="muted">No timeline recorded for this run (recorded from migration 0008 on).</p>'|safe }}
 
 <h2>Offer split</h2>
 <table id="offers">
@@ -258,7 +261,8 @@ run.members_failed, retries.total if retries else 0) %}<td>{{ value }}</td>{% en
 {{ charts.failures }}
 {% else %}<p class="muted" id="failures">No member failed.</p>{% endif %}
 {% if retries %}
-<p>Retries: {{ retries.total }} ({% for reason, n in retries.by_reason.items() %}{{ reason }}: {{ n }}{{ ', ' if not loop.last }}{% endfor %})</p>
+<p>Retries: {{ retries.total }} ({% for reason, n in retries.by_reason.items() -%}
+{{ reason }}: {{ n }}{{ ', ' if not loop.last }}{% endfor %})</p>
 {% endif %}
 {% if run.rows_rejected %}
 <h3>Rejected input rows</h3>

@@ -201,7 +201,7 @@ class _Scorer:
             if not taken:
                 return
             row = taken[0]
-            member_id = row.get("member_id")
+            member_id = str(row.get("member_id"))
             try:
                 outcome = await self._member(row)
             except Exception as exc:  # noqa: BLE001 - never lose a member silently
@@ -256,7 +256,7 @@ class _Scorer:
             rows = self._take(size)
             if not rows:
                 return
-            ids = [row.get("member_id") for row in rows]
+            ids = [str(row.get("member_id")) for row in rows]
             try:
                 outcomes = await self._batch(rows)
             except Exception as exc:  # noqa: BLE001 - never lose a member silently

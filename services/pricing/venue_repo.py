@@ -38,10 +38,10 @@ def load_venue(session: Session, slug: str) -> VenueData | None:
 
 def upsert_venue(session: Session, data: VenueData) -> bool:
     """Insert or update; returns True when the venue was new."""
-    row = session.get(Venue, data.slug)
-    created = row is None
+    existing = session.get(Venue, data.slug)
+    created = existing is None
+    row = existing if existing is not None else Venue(slug=data.slug)
     if created:
-        row = Venue(slug=data.slug)
         session.add(row)
     row.latitude = data.static.latitude
     row.longitude = data.static.longitude

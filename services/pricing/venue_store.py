@@ -161,7 +161,8 @@ class VenueStore:
 
     def close(self) -> None:
         if self._executor is not None and self._executor_pid == os.getpid():
-            self._refresher.shutdown(wait=False, cancel_futures=True)
+            if self._refresher is not None:
+                self._refresher.shutdown(wait=False, cancel_futures=True)
             self._executor.shutdown(wait=False, cancel_futures=True)
         self._executor = self._refresher = None
         if self.client is not None:
@@ -234,6 +235,7 @@ class VenueStore:
             return
         self._count(counter)
         self._pool()
+        assert self._refresher is not None  # _pool() made it
         try:
             self._refresher.submit(contextvars.copy_context().run, self._fetch_and_store, slug, future)
         except RuntimeError:  # pool shut down (process exiting): nothing to refresh for
@@ -263,6 +265,7 @@ class VenueStore:
             static_due, dynamic_due = (True, True) if entry is None else \
                 self._due(entry, now, self.policy.refresh_ahead)
             if not (static_due or dynamic_due):
+                assert entry is not None  # a missing entry is always due
                 future.set_result(entry.data)
                 return
             try:
@@ -360,6 +363,7 @@ class VenueStore:
         else:
             dynamic = self.client.fetch_dynamic(slug)
         if old is None:
+            assert static is not None and dynamic is not None  # nothing stored yet: both halves were due
             return VenueData(slug, static, fetched_at, dynamic, fetched_at)
         data = old
         if static is not None:
@@ -370,6 +374,7 @@ class VenueStore:
 
     def _fetch_both(self, slug: str):
         """Both halves in parallel: static in the fetch pool, dynamic in this thread."""
+        assert self.client is not None
         static_future = self._pool().submit(contextvars.copy_context().run, self.client.fetch_static, slug)
         dynamic, dynamic_error = None, None
         try:

@@ -146,7 +146,8 @@ def test_secrets_are_compared_in_constant_time_even_for_an_unknown_id(app, anony
 def test_openapi_declares_the_key_schemes_per_operation(anonymous):
     doc = anonymous.get("/openapi.json").get_json()
     schemes = doc["components"]["securitySchemes"]
-    assert schemes["bearerKey"] == {"type": "http", "scheme": "bearer", "description": schemes["bearerKey"]["description"]}
+    assert schemes["bearerKey"] == {"type": "http", "scheme": "bearer",
+                                    "description": schemes["bearerKey"]["description"]}
     assert schemes["headerKey"]["in"] == "header" and schemes["headerKey"]["name"] == "X-API-Key"
     runs = doc["paths"]["/api/v1/offer-runs"]["get"]
     assert runs["security"] == [{"bearerKey": []}, {"headerKey": []}] and runs["x-required-scope"] == "runs:read"

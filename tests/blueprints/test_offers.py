@@ -21,7 +21,8 @@ URL = "/api/v1/offers"
 def sample_transactions(member_id):
     with open(SAMPLE, newline="") as handle:
         return [{"ts": r["lastTransactionUtcTs"], "type": r["lastTransactionType"],
-                 "points": float(r["lastTransactionPointsBought"]), "revenue_usd": float(r["lastTransactionRevenueUSD"])}
+                 "points": float(r["lastTransactionPointsBought"]),
+                 "revenue_usd": float(r["lastTransactionRevenueUSD"])}
                 for r in csv.DictReader(handle) if r["memberId"] == member_id and r["lastTransactionType"]]
 
 
@@ -108,7 +109,8 @@ def test_too_many_transactions_is_400(client, app):
 
 
 def test_unknown_partner_is_404(client):
-    response = client.post(URL, json={"member_id": "A", "partner": "acme", "transactions": sample_transactions("F44DBBBC")})
+    response = client.post(URL, json={"member_id": "A", "partner": "acme",
+                                      "transactions": sample_transactions("F44DBBBC")})
     assert response.status_code == 404 and response.get_json()["code"] == "partner_not_found"
 
 

@@ -244,7 +244,8 @@ def test_a_member_id_longer_than_the_results_column_is_rejected(tmp_path):
 
     long_id = "L" * 129
     path = tmp_path / "tx.csv"
-    path.write_text(HEADER + f"{long_id},2024-01-01 00:00:00,buy,100,1\n{long_id},,,,\nOK,2024-01-01 00:00:00,buy,1,1\n")
+    path.write_text(HEADER + f"{long_id},2024-01-01 00:00:00,buy,100,1\n{long_id},,,,\n"
+                             "OK,2024-01-01 00:00:00,buy,1,1\n")
     with scan_features(path, AS_OF) as scan:
         parts = list(scan.partitions())
         assert scan.rejected.by_reason == {"member id too long": 2}

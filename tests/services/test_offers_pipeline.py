@@ -46,7 +46,8 @@ def test_full_run_on_the_bundled_sample(app, sessions, live_partner):
     assert run.step_metrics["ats"]["items"] == 890 and "p99_ms" in run.step_metrics["ats"]
     with sessions() as session:
         result = session.scalars(select(OfferResult).where(OfferResult.member_id == "F44DBBBC")).one()
-        features = {name: getattr(result, name.lower()) for name in reference_formulas.ATS_INPUTS + reference_formulas.RESP_INPUTS}
+        inputs = reference_formulas.ATS_INPUTS + reference_formulas.RESP_INPUTS
+        features = {name: getattr(result, name.lower()) for name in inputs}
         # what was recorded is exactly what the partner's formulas give for the recorded features
         assert result.ats_prediction == reference_formulas.ats(features)
         assert result.resp_prediction == reference_formulas.resp(features)
