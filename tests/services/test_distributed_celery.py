@@ -11,7 +11,7 @@ import time
 from datetime import date
 
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, func, select, text
 
 from config import DATA_DIR
 from services import migrations
@@ -172,6 +172,57 @@ def test_a_worker_killed_mid_chunk_loses_and_duplicates_nothing(pg_app, partner,
     rows = results(sessions, 1)
     assert len(rows) == len({r[0] for r in rows}) == 990
     assert rows == local_results(pg_app, partner)
+
+
+def test_ctrl_c_on_the_command_interrupts_revokes_pending_chunks_and_resume_finishes(pg_app, partner, workers,
+                                                                                    settings, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from tests.distributed_fixtures import ROOT
+
+    worker = workers("only")
+    sessions = pg_app.extensions["courier"].session_factory
+    released = threading.Event()
+    partner.fail[ATS_BATCH] = lambda body: released.wait(30) and None  # the first chunk stays in flight
+    env = {**os.environ, **settings}
+    command = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", *ARGS], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def all_queued_one_running():
+            with sessions() as session:
+                queued = session.scalar(select(func.count()).select_from(OfferRunChunk)
+                                        .where(OfferRunChunk.queued_at.is_not(None)))
+            return queued == 9 and running_workers(sessions)
+
+        deadline = time.monotonic() + 30
+        while not all_queued_one_running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        command.send_signal(signal.SIGINT)  # Ctrl-C while a chunk is in flight and eight are queued
+        output, _ = command.communicate(timeout=30)
+    finally:
+        released.set()
+        if command.poll() is None:
+            command.kill()
+    assert command.returncode == 130, output
+    assert "run 1 interrupted" in output and "--distributed --resume 1" in output
+    # the queued chunks were revoked: the worker discards them without taking them
+    deadline = time.monotonic() + 30
+    while worker.log_path.read_text().count("Discarding revoked task") < 8 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert worker.log_path.read_text().count("Discarding revoked task") == 8
+    with sessions() as session:
+        run = session.get(OfferRun, 1)
+        taken = session.scalar(select(func.count()).select_from(OfferRunChunk).where(OfferRunChunk.attempts > 0))
+    assert run.status == "interrupted"
+    assert taken == 1
+    # the chunk in flight finished after the interruption: discarded at its commit, not recorded
+    assert {status for _, status, *_ in results(sessions, 1)} == {"skipped"}
+    partner.fail.clear()
+    resumed = pg_app.test_cli_runner().invoke(args=[*ARGS, "--resume", "1"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "890 scored, 100 skipped, 0 failed (990 recorded)" in resumed.output
 
 
 def test_refused_with_sqlite_or_without_a_broker(app_config, settings):
