@@ -24,7 +24,7 @@ lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install --quiet --upgrade pip
 	.lock-venv/bin/pip install --quiet -e '.[dev,train,postgres,distributed]'
-	{ head -2 constraints.txt; .lock-venv/bin/pip freeze --exclude-editable | grep -v '^courier'; } > constraints.new
+	{ head -2 constraints.txt; .lock-venv/bin/pip freeze --all --exclude-editable | grep -v -e '^courier' -e '^pip=='; } > constraints.new
 	mv constraints.new constraints.txt && rm -rf .lock-venv
 
 ## run: install, migrate, seed bundled data, serve on 127.0.0.1:8000 with gunicorn

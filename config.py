@@ -13,12 +13,25 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-PROJECT_ROOT = Path(__file__).resolve().parent
+
+def _project_root() -> Path:
+    """Where alembic.ini, migrations/ and data/ are: the source tree (a checkout or an editable
+    install), or ``<prefix>/share/courier`` where a non-editable ``pip install .`` puts them
+    (setup.cfg's data_files)."""
+    here = Path(__file__).resolve().parent
+    if (here / "migrations").is_dir():
+        return here
+    shared = Path(sys.prefix) / "share" / "courier"
+    return shared if shared.is_dir() else here
+
+
+PROJECT_ROOT = _project_root()
 DATA_DIR = PROJECT_ROOT / "data"
 
 
