@@ -20,8 +20,9 @@ from services.offers.celery_tasks import display_url
 from services.offers.distributed import DistributedUnavailable
 from services.offers.features import InputError
 from services.offers.partners import PartnerClient, PartnerConfigError, load_registry
-from services.offers.pipeline import ResumeError, RunOptions, run_offers
+from services.offers.pipeline import run_offers
 from services.offers.recording import OUTPUT_SUFFIXES, write_output
+from services.offers.run_lifecycle import ResumeError, RunOptions
 from services.offers.statuses import EXIT_CODES, RunStatus
 
 

@@ -79,7 +79,7 @@ class OfferRun(Base):
     input_path: Mapped[str] = mapped_column(Text, nullable=False)
     input_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
     as_of: Mapped[date] = mapped_column(Date, nullable=False)
-    # running / succeeded / completed_with_failures / failed / interrupted (services.offers.pipeline)
+    # running / succeeded / completed_with_failures / failed / interrupted (services.offers.statuses)
     status: Mapped[str] = mapped_column(String(32), nullable=False, index=True)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -19,8 +19,9 @@ from sqlalchemy.orm import sessionmaker
 from services.offers.chunks import ClaimedChunk, ClaimRefused, claim_chunk, commit_chunk, record_attempt_error
 from services.offers.partners import PartnerConfig
 from services.offers.recording import MemberOutcome
-from services.offers.scoring import RetryTally, ScoringSettings, StepStats, score_stream
+from services.offers.scoring import ScoringSettings, score_stream
 from services.offers.statuses import MemberStatus
+from services.offers.step_stats import RetryTally, StepStats
 
 log = logging.getLogger("courier.offers.chunks")
 

@@ -44,10 +44,12 @@ from services.offers.chunks import (
 from services.offers.features import FeatureScan, read_header, scan_features
 from services.offers.lease import Heartbeat, new_owner
 from services.offers.partners import PartnerConfig
-from services.offers.pipeline import RunOptions, RunReport, count_run, file_sha256, open_run
-from services.offers.recording import MemberOutcome, Timeline, finalise_run, insert_outcomes
-from services.offers.scoring import LatencyHistogram, RetryTally, StepStats, ping_partner
+from services.offers.pipeline import RunReport
+from services.offers.recording import MemberOutcome, finalise_run, insert_outcomes
+from services.offers.run_lifecycle import RunOptions, count_run, file_sha256, open_run
+from services.offers.scoring import ping_partner
 from services.offers.statuses import MemberStatus, RunStatus
+from services.offers.step_stats import LatencyHistogram, RetryTally, StepStats, Timeline
 from services.tables import OfferRun
 
 log = logging.getLogger("courier.offers.distributed")

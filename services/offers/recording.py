@@ -52,42 +52,6 @@ class MemberOutcome:
         }
 
 
-TIMELINE_POINTS = 500  # enough for a smooth progress chart; a 10M-member run still stores ~10 KB
-
-
-class Timeline:
-    """Members recorded over time, thinned to at most ``TIMELINE_POINTS`` points as it grows.
-
-    The n-th write is kept when n is a multiple of the stride; when the list is full the stride
-    doubles and the points off the new stride go. Memory stays flat however long the run, the
-    points stay evenly spread, and the last point is always the latest.
-    """
-
-    def __init__(self, already_recorded: int = 0) -> None:
-        self.total = already_recorded
-        self._writes = 0
-        self._kept: list[tuple[int, list[float]]] = [(0, [0.0, already_recorded])]  # (write number, point)
-        self._stride = 1
-        self._last: list[float] | None = None
-
-    def add(self, seconds: float, members: int) -> None:
-        self.total += members
-        self._writes += 1
-        self._last = [round(seconds, 3), self.total]
-        if self._writes % self._stride:
-            return
-        self._kept.append((self._writes, self._last))
-        if len(self._kept) >= TIMELINE_POINTS:
-            self._stride *= 2
-            self._kept = [(n, point) for n, point in self._kept if n % self._stride == 0]
-
-    def points(self) -> list[list[float]]:
-        points = [point for _, point in self._kept]
-        if self._last is not None and points[-1] is not self._last:
-            points.append(self._last)
-        return points
-
-
 def create_run(session: Session, *, partner: str, input_path: str, input_sha256: str, as_of: date,
                concurrency: int, owner: str | None = None) -> OfferRun:
     run = OfferRun(partner=partner, input_path=input_path, input_sha256=input_sha256, as_of=as_of,

@@ -19,11 +19,10 @@ emitted.  A :class:`CircuitBreaker` stops the run after too many consecutive mem
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from services.errors import CourierError
@@ -31,61 +30,6 @@ from services.http_async import RetryEvent
 from services.offers.partners import AsyncPartnerClient, PartnerConfig
 from services.offers.recording import MemberOutcome
 from services.offers.statuses import MemberStatus
-
-# Histogram resolution: buckets 1% apart, so a percentile is within 1% of the exact value while
-# memory stays a few hundred integers whatever the number of members (a list of floats per call
-# was 100 MB at 1M members).
-_LOG_STEP = math.log(1.01)
-
-
-class LatencyHistogram:
-    """Log-bucketed latencies (ms): percentiles within 1%, constant memory."""
-
-    __slots__ = ("counts", "total")
-
-    def __init__(self) -> None:
-        self.counts: dict[int, int] = {}
-        self.total = 0
-
-    def add(self, ms: float, times: int = 1) -> None:
-        bucket = int(math.log(ms) / _LOG_STEP) if ms > 0.001 else -695  # log(0.001)/log(1.01)
-        self.counts[bucket] = self.counts.get(bucket, 0) + times
-        self.total += times
-
-    def percentile(self, q: float) -> float:
-        rank = max(1, math.ceil(self.total * q / 100))
-        seen = 0
-        for bucket in sorted(self.counts):
-            seen += self.counts[bucket]
-            if seen >= rank:
-                return math.exp((bucket + 0.5) * _LOG_STEP)  # the bucket's middle
-        return 0.0
-
-
-@dataclass
-class StepStats:
-    """Items, wall-clock span and a latency histogram of one step."""
-
-    name: str
-    items: int = 0
-    seconds: float = 0.0
-    latencies: LatencyHistogram = field(default_factory=LatencyHistogram)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, ms: float, times: int = 1) -> None:
-        with self._lock:
-            self.items += times
-            self.latencies.add(ms, times)
-
-    def span(self, seconds: float) -> None:
-        self.seconds = seconds
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"items": self.items, "seconds": round(self.seconds, 4),
-                               "items_per_s": round(self.items / self.seconds, 1) if self.seconds > 0 else None}
-        if self.latencies.total:
-            out.update({f"p{q}_ms": round(self.latencies.percentile(q), 3) for q in (50, 95, 99)})
-        return out
 
 
 class CircuitBreaker:
@@ -105,22 +49,6 @@ class CircuitBreaker:
                 self.tripped = True
         elif outcome.status == MemberStatus.SCORED:
             self.consecutive = 0
-
-
-@dataclass
-class RetryTally:
-    """Retries counted by upstream and reason, instead of a log line each (5,340 lines in one run)."""
-
-    total: int = 0
-    by_reason: dict[str, int] = field(default_factory=dict)
-    listener: Callable[[RetryTally, RetryEvent], None] | None = None
-
-    def __call__(self, event: RetryEvent) -> None:
-        self.total += 1
-        key = f"{event.upstream}: {event.reason}"
-        self.by_reason[key] = self.by_reason.get(key, 0) + 1
-        if self.listener is not None:
-            self.listener(self, event)
 
 
 @dataclass(frozen=True)
@@ -321,5 +249,4 @@ def score_stream(config: PartnerConfig, rows: Iterator[dict[str, Any]], settings
     return result
 
 
-__all__ = ["CircuitBreaker", "LatencyHistogram", "RetryTally", "ScoringResult", "ScoringSettings", "StepStats",
-           "ping_partner", "score_stream"]
+__all__ = ["CircuitBreaker", "ScoringResult", "ScoringSettings", "ping_partner", "score_stream"]

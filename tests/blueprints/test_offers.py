@@ -10,7 +10,8 @@ import responses
 from openapi_spec_validator import validate
 
 from config import DATA_DIR
-from services.offers.pipeline import RunOptions, run_offers
+from services.offers.pipeline import run_offers
+from services.offers.run_lifecycle import RunOptions
 from services.tables import OfferRun
 from tests.offers_fixtures import REFERENCE_BASE, route_to_app
 

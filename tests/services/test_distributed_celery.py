@@ -15,7 +15,8 @@ from sqlalchemy import create_engine, func, select, text
 
 from config import DATA_DIR
 from services import migrations
-from services.offers.pipeline import RunOptions, run_offers
+from services.offers.pipeline import run_offers
+from services.offers.run_lifecycle import RunOptions
 from services.tables import OfferResult, OfferRun, OfferRunChunk
 from tests.distributed_fixtures import CeleryWorker, MissingComponent, RedisServer
 from tests.offers_fixtures import LivePartner

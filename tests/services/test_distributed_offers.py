@@ -27,8 +27,9 @@ from services.offers.chunks import (
     store_chunk,
 )
 from services.offers.distributed import DistributedSettings, run_distributed
-from services.offers.pipeline import ResumeError, RunOptions, run_offers
+from services.offers.pipeline import run_offers
 from services.offers.recording import MemberOutcome, create_run
+from services.offers.run_lifecycle import ResumeError, RunOptions
 from services.offers.statuses import MemberStatus, RunStatus
 from services.tables import OfferResult, OfferRun, OfferRunChunk
 from tests.offers_fixtures import LivePartner

@@ -8,7 +8,8 @@ from sqlalchemy import select
 
 from config import DATA_DIR
 from services.offers import reference_formulas
-from services.offers.pipeline import ResumeError, RunOptions, run_offers
+from services.offers.pipeline import run_offers
+from services.offers.run_lifecycle import ResumeError, RunOptions
 from services.tables import OfferResult, OfferRun
 from tests.offers_fixtures import LivePartner
 
@@ -250,7 +251,7 @@ def test_a_failing_results_writer_fails_the_run_instead_of_hanging(app, sessions
     def locked(*args, **kwargs):
         raise OperationalError("INSERT", {}, Exception("database is locked"))
 
-    monkeypatch.setattr("services.offers.pipeline.insert_outcomes", locked)
+    monkeypatch.setattr("services.offers.result_writer.insert_outcomes", locked)
     report = run_offers(sessions, live_partner.config(), options())
     assert report.run.status == "failed"
     assert report.run.error.startswith("writing results failed") and "database is locked" in report.run.error

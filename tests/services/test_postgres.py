@@ -13,7 +13,8 @@ from sqlalchemy import create_engine, text
 from app import create_app
 from config import DATA_DIR
 from services import migrations
-from services.offers.pipeline import RunOptions, run_offers
+from services.offers.pipeline import run_offers
+from services.offers.run_lifecycle import RunOptions
 from tests.auth_fixtures import keyed_client
 
 PG_URL = os.environ.get("COURIER_TEST_POSTGRES_URL")

@@ -6,11 +6,13 @@ from datetime import date
 import pytest
 
 from config import DATA_DIR
-from services.offers.pipeline import RunOptions, run_offers
-from services.offers.recording import TIMELINE_POINTS, Timeline, run_record
+from services.offers.pipeline import run_offers
+from services.offers.recording import run_record
 from services.offers.report_data import Histogram, RunReportData, collect_report, failure_reason
 from services.offers.report_html import render_report
+from services.offers.run_lifecycle import RunOptions
 from services.offers.statuses import MemberStatus
+from services.offers.step_stats import TIMELINE_POINTS, Timeline
 from tests.offers_fixtures import LivePartner
 
 SAMPLE = str(DATA_DIR / "member_data.csv")
