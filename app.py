@@ -75,12 +75,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-    from blueprints import register_blueprints
+    from blueprints import estimate, offers, partner_reference, pricing, system
     from blueprints.auth import protect
     from blueprints.errors import register_error_handlers
     from blueprints.hooks import register_request_hooks
     from blueprints.openapi import register_openapi
-    from cli import register_cli
     from services.db import make_engine, make_session_factory
     from services.logs import configure_logging
     from services.migrations import database_readiness
@@ -97,84 +96,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["courier"] = runtime
     runtime.readiness_checks["database"] = database_readiness(engine)
 
-    _init_estimate(app, runtime)
-    _init_pricing(app, runtime)
-    _init_offers(app, runtime)
+    # Each capability wires itself: its state (typed, on app.extensions), blueprint and commands.
+    system.init_app(app)
+    estimate.init_app(app)
+    pricing.init_app(app)
+    offers.init_app(app)
+    partner_reference.init_app(app)
 
     register_request_hooks(app)
     register_error_handlers(app)
-    register_blueprints(app)
     protect(app, app.config["OPEN_SCOPES"])
     register_openapi(app)
-    register_cli(app)
     return app
 
-
-def _init_estimate(app: Flask, runtime) -> None:
-    """Load the model (a failure makes /readyz 503, not the process die) and the prep-time cache."""
-    import logging
-
-    from services.estimate.model import ModelLoadError, load_model
-    from services.estimate.prep_times import PrepTimeCache
-
-    model, problem = None, None
-    try:
-        model = load_model(app.config["MODEL_PATH"])
-    except ModelLoadError as exc:
-        problem = str(exc)
-        logging.getLogger("courier.estimate").error("model not loaded", extra={"problem": problem})
-    runtime.services["estimate_model"] = model
-    if model is not None:
-        from services.metrics import metrics
-
-        metrics().model_info.labels(model.version).set(1)
-    prep_times = PrepTimeCache(runtime.session_factory, app.config["PREP_TIMES_RELOAD_S"])
-    runtime.services["prep_times"] = prep_times
-    runtime.warmers["prep_times"] = prep_times.get
-    runtime.readiness_checks["model"] = lambda: problem
-
-
-def _init_pricing(app: Flask, runtime) -> None:
-    from services.pricing.venue_api import VenueApiClient, venue_api_policy
-    from services.pricing.venue_store import VenueCachePolicy, VenueStore
-
-    cfg = app.config
-    client = None
-    if cfg["VENUE_API_URL"]:
-        client = VenueApiClient(cfg["VENUE_API_URL"], venue_api_policy(
-            connect_timeout_s=cfg["VENUE_API_CONNECT_TIMEOUT_S"], read_timeout_s=cfg["VENUE_API_READ_TIMEOUT_S"],
-            retries=cfg["VENUE_API_RETRIES"], deadline_s=cfg["VENUE_API_DEADLINE_S"],
-            pool_maxsize=cfg["HTTP_POOL_MAXSIZE"]))
-    store = VenueStore(client, runtime.session_factory, VenueCachePolicy(
-        static_ttl_s=cfg["VENUE_STATIC_TTL_S"], dynamic_ttl_s=cfg["VENUE_DYNAMIC_TTL_S"],
-        max_stale_s=cfg["VENUE_MAX_STALE_S"], failure_backoff_s=cfg["VENUE_FAILURE_BACKOFF_S"],
-        enabled=cfg["VENUE_CACHE_ENABLED"], wait_s=cfg["VENUE_API_DEADLINE_S"] + 0.5))
-    runtime.services["venues"] = store
-    runtime.closers.append(store.close)
-
-
-def _init_offers(app: Flask, runtime) -> None:
-    from services.offers.realtime import RealtimeOffers
-
-    realtime = RealtimeOffers(app.config["PARTNERS_FILE"], app.config["OFFERS_REALTIME_DEADLINE_S"],
-                              service_url=app.config["SERVICE_URL"])
-    runtime.services["realtime_offers"] = realtime
-    runtime.closers.append(realtime.close)
-    _init_distributed_offers(app, runtime)
-
-
-def _init_distributed_offers(app: Flask, runtime) -> None:
-    """Celery for ``run-offers --distributed`` and its workers; Celery itself is imported on first use."""
-    from services.offers.celery_tasks import CelerySettings, DistributedOffers
-    from services.offers.partners import load_registry
-
-    cfg = app.config
-
-    def partner_config(name: str):
-        return load_registry(cfg["PARTNERS_FILE"], cfg["SERVICE_URL"]).get(name)
-
-    runtime.services["distributed_offers"] = DistributedOffers(
-        CelerySettings(broker_url=cfg["CELERY_BROKER_URL"], result_backend=cfg["CELERY_RESULT_BACKEND"],
-                       visibility_timeout_s=cfg["CELERY_VISIBILITY_TIMEOUT_S"],
-                       chunk_max_attempts=cfg["OFFERS_CHUNK_MAX_ATTEMPTS"]),
-        context_factory=app.app_context, sessions=runtime.session_factory, partner_config=partner_config)

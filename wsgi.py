@@ -18,5 +18,7 @@ except ConfigError as exc:
 
 def __getattr__(name: str):
     if name == "celery_app":
-        return app.extensions["courier"].services["distributed_offers"].celery
+        from blueprints.offers import EXTENSION
+
+        return app.extensions[EXTENSION].distributed.celery
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,16 +1,6 @@
-"""HTTP layer: each blueprint parses and validates, calls one service function, serialises."""
+"""HTTP layer: each blueprint parses and validates, calls one service function, serialises.
 
-from __future__ import annotations
-
-from flask import Flask
-
-
-def register_blueprints(app: Flask) -> None:
-    from blueprints import estimate, offers, partner_reference, pricing, system
-
-    app.register_blueprint(system.bp)
-    app.register_blueprint(estimate.bp)
-    app.register_blueprint(pricing.bp)
-    app.register_blueprint(offers.bp)
-    if app.config["REFERENCE_PARTNER_ENABLED"]:
-        app.register_blueprint(partner_reference.bp, url_prefix=app.config["REFERENCE_PARTNER_PREFIX"].rstrip("/"))
+Each capability module (estimate, pricing, offers, partner_reference, system) has ``init_app(app)``:
+it builds the capability's state as a typed object on ``app.extensions``, registers its blueprint
+and its commands. ``app.create_app`` is the list of those calls.
+"""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import re
+from dataclasses import dataclass
 from datetime import datetime
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, Flask, current_app, jsonify
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
@@ -21,9 +23,50 @@ from blueprints.errors import (
 from services.auth.api_keys import Scope
 from services.errors import CourierError
 from services.estimate.estimator import EstimateQuery, estimate_delivery
-from services.estimate.prep_times import MAX_VENUE_ID_LENGTH
+from services.estimate.model import TreeModel
+from services.estimate.prep_times import MAX_VENUE_ID_LENGTH, PrepTimeCache
 
 bp = Blueprint("estimate", __name__)
+EXTENSION = "courier.estimate"
+
+
+@dataclass(frozen=True)
+class EstimateCapability:
+    """What the estimate endpoints use: the model (None when it failed to load: /readyz says why)
+    and the venues' preparation times (reloaded when their data version changes)."""
+
+    model: TreeModel | None
+    prep_times: PrepTimeCache
+
+
+def estimate_capability() -> EstimateCapability:
+    return current_app.extensions[EXTENSION]
+
+
+def init_app(app: Flask) -> EstimateCapability:
+    """Load the model (a failure makes /readyz 503, not the process die), the prep-time cache, the
+    endpoints and the model commands (`flask train-model`, `flask evaluate-model`)."""
+    from cli.model import evaluate_model, train_model
+    from services.estimate.model import ModelLoadError, load_model
+    from services.metrics import metrics
+
+    runtime = app.extensions["courier"]
+    model, problem = None, None
+    try:
+        model = load_model(app.config["MODEL_PATH"])
+    except ModelLoadError as exc:
+        problem = str(exc)
+        logging.getLogger("courier.estimate").error("model not loaded", extra={"problem": problem})
+    if model is not None:
+        metrics().model_info.labels(model.version).set(1)
+    prep_times = PrepTimeCache(runtime.session_factory, app.config["PREP_TIMES_RELOAD_S"])
+    runtime.warmers["prep_times"] = prep_times.get
+    runtime.readiness_checks["model"] = lambda: problem
+    capability = app.extensions[EXTENSION] = EstimateCapability(model=model, prep_times=prep_times)
+    app.register_blueprint(bp)
+    app.cli.add_command(train_model)
+    app.cli.add_command(evaluate_model)
+    return capability
 
 # "YYYY-MM-DD HH:MM:SS[.ffffff]" or ISO 8601 with "T", optionally with "Z" or an offset.
 _TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:?\d{2})?$")
@@ -105,10 +148,10 @@ _NULL_RESULT = {"result": None}
 @requires(Scope.ESTIMATE_READ)
 def delivery_estimate():
     data = load_or_400(_request_schema, json_body(), "Invalid estimate request.")
-    runtime = current_app.extensions["courier"]
+    capability = estimate_capability()
     estimate = estimate_delivery(
-        runtime.services["estimate_model"],
-        runtime.services["prep_times"].get(),
+        capability.model,
+        capability.prep_times.get(),
         EstimateQuery(venue_id=data["venue_id"], hour_of_day=data["time_received"].hour,
                       is_retail=data["is_retail"]),
         current_app.config["ESTIMATE_UNKNOWN_VENUE"],

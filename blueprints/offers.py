@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from flask import Blueprint, Response, current_app, jsonify, stream_with_context
+from flask import Blueprint, Flask, Response, current_app, jsonify, stream_with_context
 from marshmallow import Schema, ValidationError, fields, validate
 
 from blueprints.auth import requires
@@ -15,11 +16,53 @@ from blueprints.hooks import db_session
 from services.auth.api_keys import Scope
 from services.errors import InvalidRequest, Unprocessable
 from services.offers import runs as run_service
+from services.offers.celery_tasks import DistributedOffers
 from services.offers.features import STANDARD_FEATURES, TRANSACTION_TYPES
+from services.offers.realtime import RealtimeOffers
 from services.offers.recording import EXPORT_COLUMNS
 from services.offers.statuses import MemberStatus, RunStatus
 
 bp = Blueprint("offers", __name__)
+EXTENSION = "courier.offers"
+
+
+@dataclass(frozen=True)
+class OffersCapability:
+    """Real-time offers (one member over REST) and distributed runs (Celery, built on first use)."""
+
+    realtime: RealtimeOffers
+    distributed: DistributedOffers
+
+
+def offers_capability() -> OffersCapability:
+    return current_app.extensions[EXTENSION]
+
+
+def init_app(app: Flask) -> OffersCapability:
+    """Partner clients for real-time offers, Celery wiring for distributed runs (Celery itself is
+    imported on first use), the endpoints, and `flask run-offers`, `partners`, `offers`."""
+    from cli.offers import offers_group, partners_group, run_offers_command
+    from services.offers.celery_tasks import CelerySettings
+    from services.offers.partners import load_registry
+
+    runtime = app.extensions["courier"]
+    cfg = app.config
+    realtime = RealtimeOffers(cfg["PARTNERS_FILE"], cfg["OFFERS_REALTIME_DEADLINE_S"], service_url=cfg["SERVICE_URL"])
+    runtime.closers.append(realtime.close)
+
+    def partner_config(name: str):
+        return load_registry(cfg["PARTNERS_FILE"], cfg["SERVICE_URL"]).get(name)
+
+    distributed = DistributedOffers(
+        CelerySettings(broker_url=cfg["CELERY_BROKER_URL"], result_backend=cfg["CELERY_RESULT_BACKEND"],
+                       visibility_timeout_s=cfg["CELERY_VISIBILITY_TIMEOUT_S"],
+                       chunk_max_attempts=cfg["OFFERS_CHUNK_MAX_ATTEMPTS"]),
+        context_factory=app.app_context, sessions=runtime.session_factory, partner_config=partner_config)
+    capability = app.extensions[EXTENSION] = OffersCapability(realtime=realtime, distributed=distributed)
+    app.register_blueprint(bp)
+    for command in (run_offers_command, partners_group, offers_group):
+        app.cli.add_command(command)
+    return capability
 
 _TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-](\d{2}):?(\d{2}))?$")
 
@@ -170,7 +213,7 @@ def realtime_offer():
     if not data["transactions"]:
         raise Unprocessable("The member has no transactions to score.", code="no_transactions",
                             details={"member_id": data["member_id"]})
-    offer = current_app.extensions["courier"].services["realtime_offers"].offer(
+    offer = offers_capability().realtime.offer(
         data["partner"] or current_app.config["OFFERS_DEFAULT_PARTNER"],
         data["member_id"],
         data["transactions"],

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Flask, jsonify, request
 
 from services.errors import Unprocessable
 from services.offers import reference_formulas
 
 bp = Blueprint("partner_reference", __name__)
+
+
+def init_app(app: Flask) -> None:
+    """The reference partner's endpoints, when enabled (stateless: nothing to keep on the app)."""
+    if app.config["REFERENCE_PARTNER_ENABLED"]:
+        app.register_blueprint(bp, url_prefix=app.config["REFERENCE_PARTNER_PREFIX"].rstrip("/"))
 
 
 def _body():

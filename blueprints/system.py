@@ -13,6 +13,18 @@ from services.auth.api_keys import Scope
 
 bp = Blueprint("system", __name__)
 
+
+def init_app(app: Flask) -> None:
+    """Probes, metrics and docs, and the commands that serve every capability: `flask db`,
+    `flask api-keys`, `flask seed-venues` (preparation times and venue pricing data)."""
+    from cli.api_keys import api_keys_group
+    from cli.db import db_group
+    from cli.seed import seed_venues
+
+    app.register_blueprint(bp)
+    for command in (db_group, api_keys_group, seed_venues):
+        app.cli.add_command(command)
+
 _DOCS_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Courier API</title>
 <link rel="stylesheet" href="/docs/static/swagger-ui.css"></head>

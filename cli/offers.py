@@ -14,6 +14,7 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
+from blueprints.offers import offers_capability
 from cli.db import require_migrated
 from services.errors import CourierError
 from services.offers.celery_tasks import display_url
@@ -225,7 +226,7 @@ def run_offers_command(input_path, partner, as_of, output, concurrency, no_batch
     queue = None
     if distributed:
         try:
-            queue = runtime.services["distributed_offers"].queue()
+            queue = offers_capability().distributed.queue()
             queue.check()  # before any work: exit 2 naming the broker URL and the setting
         except DistributedUnavailable as exc:
             _usage_error(str(exc))

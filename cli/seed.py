@@ -6,6 +6,8 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
+from blueprints.estimate import estimate_capability
+from blueprints.pricing import pricing_capability
 from cli.db import require_migrated
 from config import DATA_DIR
 from services.errors import CourierError
@@ -42,7 +44,7 @@ def _refuse(summary: str, problems: list[str]) -> None:
 def seed_venues(prep_times_path: str, venues_dir: str, overwrite: bool, from_api: bool,
                 slugs: tuple[str, ...]) -> None:
     runtime = current_app.extensions["courier"]
-    store = runtime.services["venues"]
+    store = pricing_capability().venues
     require_migrated(runtime.engine)
     times: dict[str, float] | None = None
     if not from_api:
@@ -78,7 +80,7 @@ def seed_venues(prep_times_path: str, venues_dir: str, overwrite: bool, from_api
     with runtime.session() as session, session.begin():
         counts = upsert_prep_times(session, times, overwrite=overwrite) if times is not None else None
         created = sum(upsert_venue(session, venue) for venue in venues)
-    runtime.services["prep_times"].invalidate()
+    estimate_capability().prep_times.invalidate()
     for venue in venues:
         store.forget(venue.slug)
     if counts is not None:

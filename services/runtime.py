@@ -24,7 +24,6 @@ class Runtime:
     session_factory: sessionmaker
     readiness_checks: dict[str, ReadinessCheck] = field(default_factory=dict)
     closers: list[Callable[[], Any]] = field(default_factory=list)
-    services: dict[str, Any] = field(default_factory=dict)
     # Loads worth doing once per process before traffic (gunicorn's post_worker_init calls warm_up).
     warmers: dict[str, Callable[[], Any]] = field(default_factory=dict)
 

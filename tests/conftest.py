@@ -107,7 +107,7 @@ def seeded_prep_times(app):
     times = parse_prep_times_csv(DATA_DIR / "venue_preparation.csv")
     with app.extensions["courier"].session() as session, session.begin():
         upsert_prep_times(session, times)
-    app.extensions["courier"].services["prep_times"].invalidate()
+    app.extensions["courier.estimate"].prep_times.invalidate()
     return times
 
 

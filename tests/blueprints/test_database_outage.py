@@ -45,13 +45,13 @@ def test_readyz_says_the_database_is_down_without_its_address(client, database_d
 def test_the_estimate_keeps_answering_from_memory(client, seeded_prep_times, database_down, app):
     before = client.post("/api/v1/delivery-estimate", json=ESTIMATE).get_json()
     database_down()
-    app.extensions["courier"].services["prep_times"].invalidate()  # the next request would reload
+    app.extensions["courier.estimate"].prep_times.invalidate()  # the next request would reload
     after = client.post("/api/v1/delivery-estimate", json=ESTIMATE)
     assert after.status_code == 200 and after.get_json() == before and before["venue_known"] is True
 
 
 def test_a_cold_worker_answers_503_database_unavailable_not_500(client, seeded_prep_times, database_down, app):
-    app.extensions["courier"].services["prep_times"]._snapshot = None  # never loaded in this worker
+    app.extensions["courier.estimate"].prep_times._snapshot = None  # never loaded in this worker
     database_down()
     response = client.post("/api/v1/delivery-estimate", json=ESTIMATE)
     assert response.status_code == 503
@@ -63,8 +63,7 @@ def test_a_worker_warmed_at_start_answers_estimates_through_an_outage(client, se
     import runpy
     from pathlib import Path
 
-    runtime = app.extensions["courier"]
-    runtime.services["prep_times"]._snapshot = None
+    app.extensions["courier.estimate"].prep_times._snapshot = None
     hooks = runpy.run_path(str(Path(__file__).resolve().parents[2] / "gunicorn.conf.py"))
     hooks["post_worker_init"](type("Worker", (), {"wsgi": app})())  # what gunicorn calls before traffic
     database_down()
@@ -73,6 +72,6 @@ def test_a_worker_warmed_at_start_answers_estimates_through_an_outage(client, se
 
 def test_a_failed_warm_up_is_reported_not_raised(app, database_down):
     runtime = app.extensions["courier"]
-    runtime.services["prep_times"]._snapshot = None
+    app.extensions["courier.estimate"].prep_times._snapshot = None
     database_down()
     assert runtime.warm_up() == {"prep_times": "OperationalError"}

@@ -115,7 +115,7 @@ def test_mapping_change_is_served_without_restart(client, app):
     before = client.post("/", json=afternoon).get_json()["result"]
     with app.extensions["courier"].session() as session, session.begin():
         upsert_prep_times(session, {"8a61b8c": 30.0})
-    app.extensions["courier"].services["prep_times"].invalidate()  # the reload interval passing
+    app.extensions["courier.estimate"].prep_times.invalidate()  # the reload interval passing
     after = client.post("/", json=afternoon).get_json()["result"]
     assert after == 25.156749725341797 != before  # the published example for prep 30.0, retail, hour 15
 
@@ -136,7 +136,7 @@ def test_default_model_is_the_retrained_artifact(app_config):
     from app import create_app
 
     app = create_app({k: v for k, v in app_config.items() if k != "MODEL_PATH"})
-    assert app.extensions["courier"].services["estimate_model"].version.startswith("retrained-")
+    assert app.extensions["courier.estimate"].model.version.startswith("retrained-")
 
 
 def test_openapi_documents_both_paths(client):

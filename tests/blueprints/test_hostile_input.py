@@ -20,7 +20,7 @@ def test_a_cursor_beyond_64_bits_is_400_naming_the_cursor(client):
 
 
 def test_a_model_that_yields_nan_is_a_500_envelope_never_nan_json(client, app, seeded_prep_times, monkeypatch):
-    model = app.extensions["courier"].services["estimate_model"]
+    model = app.extensions["courier.estimate"].model
     monkeypatch.setattr(model, "predict", lambda *args: float("nan"))
     response = client.post("/api/v1/delivery-estimate",
                            json={"venue_id": "8a61b8c", "time_received": "2017-01-25 03:16:07", "is_retail": True})

@@ -260,7 +260,7 @@ def test_past_the_ttl_a_hanging_upstream_does_not_delay_the_answer(app_config, s
     app = live_app(app_config, standin.url, VENUE_DYNAMIC_TTL_S=60)
     client = app.test_client()
     assert client.get(URL, query_string=params()).status_code == 200  # warm
-    store = app.extensions["courier"].services["venues"]
+    store = app.extensions["courier.pricing"].venues
     entry = store._mem["home-assignment-venue-helsinki"]
     store._mem["home-assignment-venue-helsinki"] = type(entry)(entry.data, entry.static_at, entry.dynamic_at - 120)
     standin.app.knobs.share_hang, standin.app.knobs.hang_s = 1.0, 3.0
