@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, stream_with_context
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import Schema, ValidationError, fields, pre_load, validate
 
 from blueprints.auth import requires
 from blueprints.common import json_body, load_or_400, load_query
@@ -19,7 +19,7 @@ from services.offers import runs as run_service
 from services.offers.celery_tasks import DistributedOffers
 from services.offers.features import STANDARD_FEATURES, TRANSACTION_TYPES
 from services.offers.realtime import RealtimeOffers
-from services.offers.recording import EXPORT_COLUMNS
+from services.offers.result_shape import EXPORT_COLUMNS, RESULT_FIELDS, ResultField
 from services.offers.statuses import MemberStatus, RunStatus
 
 bp = Blueprint("offers", __name__)
@@ -97,10 +97,11 @@ class TransactionSchema(Schema):
     points = FiniteNumber(required=True, metadata={"type": "number", "example": 9600})
     revenue_usd = FiniteNumber(required=True, metadata={"type": "number", "example": 32.0})
 
-    def load(self, data, *args, **kwargs):  # types in any case, like the CSV input
+    @pre_load
+    def _type_in_any_case(self, data, **kwargs):  # like the CSV input
         if isinstance(data, dict) and isinstance(data.get("type"), str):
             data = {**data, "type": data["type"].strip().lower()}
-        return super().load(data, *args, **kwargs)
+        return data
 
 
 class OfferRequestSchema(Schema):
@@ -114,13 +115,19 @@ class OfferRequestSchema(Schema):
                                                      "description": "Default: today (UTC)."})
 
 
-class FeaturesSchema(Schema):
-    pass
+_MARSHMALLOW_KINDS: dict[type, type[fields.Field]] = {str: fields.String, float: fields.Float, int: fields.Integer}
 
 
-for _name in STANDARD_FEATURES:
-    FeaturesSchema._declared_fields[_name] = (fields.Integer() if _name == "DAYS_SINCE_LAST_TRANSACTION"
-                                              else fields.Float())
+def _field(field: ResultField, *, nullable: bool | None = None) -> fields.Field:
+    """The marshmallow field of one declared result field (services/offers/result_shape.py)."""
+    metadata = {"description": field.description} if field.description else {}
+    allow_none = field.nullable if nullable is None else nullable
+    return _MARSHMALLOW_KINDS[field.kind](allow_none=allow_none, metadata=metadata)
+
+
+# A real-time offer always has every feature: the same declarations, never null.
+FeaturesSchema = Schema.from_dict({f.name: _field(f, nullable=False) for f in RESULT_FIELDS
+                                   if f.name in STANDARD_FEATURES}, name="FeaturesSchema")
 
 
 class LatencySchema(Schema):
@@ -176,15 +183,11 @@ class RunSchema(Schema):
         "description": "Last sign of life of the process running it (every 5 s while running)."})
 
 
-class ResultSchema(Schema):
-    member_id = fields.String()
-    status = fields.String(metadata={"enum": [s.value for s in MemberStatus]})
-
-
-for _name in EXPORT_COLUMNS[1:]:
-    if _name not in ResultSchema._declared_fields:
-        ResultSchema._declared_fields[_name] = (fields.String(allow_none=True) if _name in ("offer", "error")
-                                                else fields.Float(allow_none=True))
+ResultSchema = Schema.from_dict(
+    {f.name: _field(f) for f in RESULT_FIELDS}
+    | {"status": fields.String(metadata={"enum": [s.value for s in MemberStatus],
+                                         "description": "scored, skipped or failed"})},
+    name="ResultSchema")
 
 
 class RunPageSchema(Schema):

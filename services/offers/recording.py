@@ -17,13 +17,9 @@ from sqlalchemy.orm import Session
 
 from services.offers.features import STANDARD_FEATURES
 from services.offers.lease import shown_status
+from services.offers.result_shape import EXPORT_COLUMNS, FEATURE_COLUMNS, RESULT_FIELDS, polars_schema
 from services.offers.statuses import MemberStatus, RunStatus
 from services.tables import OfferResult, OfferRun, utcnow
-
-# UPPER_CASE feature name -> column of offer_results
-FEATURE_COLUMNS = {name: name.lower() for name in STANDARD_FEATURES}
-EXPORT_COLUMNS = ["member_id", *STANDARD_FEATURES, "ats_prediction", "resp_prediction", "offer", "status", "error",
-                  "ats_ms", "resp_ms", "offer_ms"]
 
 
 @dataclass
@@ -161,14 +157,19 @@ def run_record(run: OfferRun) -> dict[str, Any]:
     }
 
 
+_AFTER_FEATURES = [f for f in RESULT_FIELDS[len(STANDARD_FEATURES) + 1:]]
+
+
 def result_record(result: OfferResult) -> dict[str, Any]:
+    """One result as served and exported: RESULT_FIELDS in order, registry features beyond the
+    standard eight after the standard ones."""
     record: dict[str, Any] = {"member_id": result.member_id}
     for name, column in FEATURE_COLUMNS.items():
         record[name] = getattr(result, column)
     if result.extra_features:
         record.update(result.extra_features)
-    for key in EXPORT_COLUMNS[len(STANDARD_FEATURES) + 1:]:
-        record[key] = getattr(result, key)
+    for field in _AFTER_FEATURES:
+        record[field.name] = getattr(result, field.column)
     return record
 
 
@@ -217,13 +218,8 @@ def write_output(session: Session, run: OfferRun, path: str | Path) -> Path:
     if suffix == ".parquet":
         import polars as pl
 
-        frame = pl.DataFrame(
-            [{c: r.get(c) for c in EXPORT_COLUMNS} for r in iter_results(session, run.id)],
-            schema={"member_id": pl.String, **{n: pl.Float64 for n in STANDARD_FEATURES},
-                    "DAYS_SINCE_LAST_TRANSACTION": pl.Int64, "ats_prediction": pl.Float64,
-                    "resp_prediction": pl.Float64, "offer": pl.String, "status": pl.String, "error": pl.String,
-                    "ats_ms": pl.Float64, "resp_ms": pl.Float64, "offer_ms": pl.Float64},
-        )
+        frame = pl.DataFrame([{c: r.get(c) for c in EXPORT_COLUMNS} for r in iter_results(session, run.id)],
+                             schema=polars_schema())
         frame.write_parquet(path)
     elif suffix == ".jsonl":
         with open(path, "w", encoding="utf-8") as handle:

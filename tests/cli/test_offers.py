@@ -8,7 +8,7 @@ import pytest
 import responses
 
 from config import DATA_DIR
-from services.offers.recording import EXPORT_COLUMNS
+from services.offers.result_shape import EXPORT_COLUMNS
 from tests.auth_fixtures import keyed_client
 from tests.offers_fixtures import LivePartner, route_to_app
 
