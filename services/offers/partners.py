@@ -9,22 +9,19 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from services.errors import NotFound, UpstreamInvalid
 from services.http_async import AsyncHttpClient, RetryEvent
 from services.http_client import HttpClient, HttpPolicy
-from services.offers.features import REGISTRY
+from services.offers.registry_schema import DEFAULT_MAX_BATCH
+from services.offers.registry_schema import FIELD_DEFAULTS as _FIELD_DEFAULTS
 
 # A base_url may start with this placeholder: the address this service itself answers on (see
 # ``service_url``), so the bundled reference partner follows the service wherever it listens.
 SERVICE_PLACEHOLDER = "{service}"
 
-_PATH_KEYS = ("ping_path", "ats_path", "resp_path", "offer_path")
-_BATCH_PATH_KEYS = ("ats_path", "resp_path", "offer_path")
-# The reference partner accepts at most this many items per batch call (and documents it).
-DEFAULT_MAX_BATCH = 1000
-_FIELD_DEFAULTS = {"prediction": "prediction", "ats": "ats_prediction", "resp": "resp_prediction", "offer": "offer"}
+
 
 
 class PartnerConfigError(Exception):
@@ -91,43 +88,6 @@ class PartnerRegistry:
                            details={"partner": name, "known": sorted(self.partners)}) from None
 
 
-def _positive(raw: dict, key: str, default: float, problems: list[str], where: str, integer: bool = False):
-    value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or not math.isfinite(value) or (
-            integer and int(value) != value):
-        problems.append(f"{where}.{key}: must be a positive {'integer' if integer else 'number'}, got {value!r}")
-        return default
-    return int(value) if integer else float(value)
-
-
-def _retries(raw: dict, problems: list[str], where: str) -> int:
-    value = raw.get("retries", 3)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10:
-        problems.append(f"{where}.retries: must be a whole number from 0 to 10, got {value!r}")
-        return 3
-    return value
-
-
-def _batch(raw: Any, problems: list[str], where: str) -> BatchEndpoints | None:
-    if raw is None:
-        return None
-    where = f"{where}.batch"
-    if not isinstance(raw, dict):
-        problems.append(f"{where}: must be a table")
-        return None
-    paths = {}
-    for key in _BATCH_PATH_KEYS:
-        value = raw.get(key)
-        if not isinstance(value, str) or not value.startswith("/"):
-            problems.append(f"{where}.{key}: must be a path starting with '/', got {value!r}")
-        paths[key] = value
-    for key in set(raw) - {*_BATCH_PATH_KEYS, "max_size", "concurrency"}:
-        problems.append(f"{where}.{key}: unknown key")
-    return BatchEndpoints(**cast(dict[str, str], paths),  # bad paths are in problems: never built then
-                          max_size=_positive(raw, "max_size", DEFAULT_MAX_BATCH, problems, where, integer=True),
-                          concurrency=_positive(raw, "concurrency", 4, problems, where, integer=True))
-
-
 def redact_url(url: str) -> str:
     """The URL with credentials (``user:password@``) masked, for logs, output and run records."""
     from urllib.parse import urlsplit, urlunsplit
@@ -152,62 +112,26 @@ def service_url_from_bind(bind: str | None) -> str:
 
 
 def parse_registry(doc: dict[str, Any], path: str, service_url: str | None = None) -> PartnerRegistry:
-    problems: list[str] = []
+    """Validate every partner (``registry_schema``); all problems at once, each naming partner and key."""
+    from services.offers.registry_schema import parse_partners
+
     partners_raw = doc.get("partners")
     if not isinstance(partners_raw, dict) or not partners_raw:
         raise PartnerConfigError(path, ["no [partners.<name>] tables"])
-    registry = PartnerRegistry(path=path)
-    for name, raw in partners_raw.items():
-        where = f"partners.{name}"
-        if not isinstance(raw, dict):
-            problems.append(f"{where}: must be a table")
-            continue
-        base_url = raw.get("base_url")
+
+    def substitute(base_url: Any) -> Any:
         if isinstance(base_url, str) and base_url.startswith(SERVICE_PLACEHOLDER):
-            base_url = (service_url or service_url_from_bind(None)).rstrip("/") + base_url[len(SERVICE_PLACEHOLDER):]
-        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            shown = redact_url(base_url) if isinstance(base_url, str) else base_url
-            problems.append(f"{where}.base_url: must be an http(s) URL, got {shown!r}")
-        paths = {}
-        for key in _PATH_KEYS:
-            value = raw.get(key, "/" if key == "ping_path" else None)
-            if not isinstance(value, str) or not value.startswith("/"):
-                problems.append(f"{where}.{key}: must be a path starting with '/', got {value!r}")
-            paths[key] = value
-        features = raw.get("features")
-        if not isinstance(features, dict) or not features:
-            problems.append(f"{where}.features: must map JSON names to feature names")
-            features = {}
-        for json_name, feature_name in features.items():
-            if feature_name not in REGISTRY:
-                problems.append(f"{where}.features.{json_name}: unknown feature {feature_name!r} "
-                                f"(known: {', '.join(REGISTRY)})")
-        fields_raw = raw.get("fields", {})
-        unknown_fields = set(fields_raw) - set(_FIELD_DEFAULTS) if isinstance(fields_raw, dict) else {"?"}
-        if unknown_fields:
-            problems.append(f"{where}.fields: unknown key(s) {sorted(unknown_fields)}")
-            fields_raw = {}
-        headers = raw.get("headers", {})
-        if not isinstance(headers, dict) or not all(isinstance(v, str) and v for v in headers.values()):
-            problems.append(f"{where}.headers: must map header names to environment variable names")
-            headers = {}
-        batch = _batch(raw.get("batch"), problems, where)
-        known = {"base_url", "features", "fields", "headers", "connect_timeout_s", "read_timeout_s", "retries",
-                 "max_concurrency", "batch", *_PATH_KEYS}
-        for key in set(raw) - known:
-            problems.append(f"{where}.{key}: unknown key")
-        config = PartnerConfig(
-            name=name, base_url=base_url if isinstance(base_url, str) else "", **cast(dict[str, str], paths),
-            features=dict(features), fields={**_FIELD_DEFAULTS, **fields_raw}, header_env=dict(headers),
-            connect_timeout_s=_positive(raw, "connect_timeout_s", 1.0, problems, where),
-            read_timeout_s=_positive(raw, "read_timeout_s", 5.0, problems, where),
-            retries=_retries(raw, problems, where),
-            max_concurrency=_positive(raw, "max_concurrency", 16, problems, where, integer=True),
-            batch=batch,
-        )
-        registry.partners[name] = config
+            return (service_url or service_url_from_bind(None)).rstrip("/") + base_url[len(SERVICE_PLACEHOLDER):]
+        return base_url
+
+    loaded, problems = parse_partners(partners_raw, substitute)
     if problems:
         raise PartnerConfigError(path, problems)
+    registry = PartnerRegistry(path=path)
+    for name, data in loaded.items():
+        fields_ = data.pop("fields_")
+        registry.partners[name] = PartnerConfig(name=name, fields={**_FIELD_DEFAULTS, **fields_},
+                                                header_env=data.pop("headers"), **data)
     return registry
 
 

@@ -120,3 +120,29 @@ def test_credentials_in_a_base_url_are_never_displayed(tmp_path):
     config = load_registry(write(tmp_path, text)).get("reference")
     assert config.display_url == "http://***@127.0.0.1:1/partners/reference"
     assert "s3cret" not in config.display_url
+
+
+def test_the_registry_schema_names_partner_key_and_problem_for_everything_wrong_at_once():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "fixtures" / "bad_partners.toml"
+    with pytest.raises(PartnerConfigError) as info:
+        load_registry(path)
+    assert sorted(info.value.problems) == sorted([
+        "partners.acme.base_url: must be an http(s) URL, got 'ftp://***@x'",  # the password never shown
+        "partners.acme.ats_path: must be a path starting with '/', got 'nope'",
+        "partners.acme.retries: must be a whole number from 0 to 10, got 99",
+        "partners.acme.max_concurrency: must be a positive integer, got 1.5",
+        "partners.acme.batch.resp_path: must be a path starting with '/', got 3",
+        "partners.acme.batch.offer_path: is required",
+        "partners.acme.batch.max_size: must be a positive integer, got 0",
+        "partners.acme.colour: unknown key",
+        "partners.acme.features.days: unknown feature 'DAYS_UNTIL_CHRISTMAS' (known: AVG_POINTS_BOUGHT, "
+        "AVG_REVENUE_USD, LAST_3_TRANSACTIONS_AVG_POINTS_BOUGHT, LAST_3_TRANSACTIONS_AVG_REVENUE_USD, "
+        "PCT_BUY_TRANSACTIONS, PCT_GIFT_TRANSACTIONS, PCT_REDEEM_TRANSACTIONS, DAYS_SINCE_LAST_TRANSACTION)",
+        "partners.acme.fields: unknown key(s) ['bogus']",
+        "partners.beta.ats_path: is required",
+        "partners.beta.resp_path: is required",
+        "partners.beta.offer_path: is required",
+        "partners.beta.features: is required",
+    ])
