@@ -39,7 +39,8 @@ def sample_report(tmp_path_factory, migrated_template, failing_partner):
     sessions = app.extensions["courier"].session_factory
     options = RunOptions(input_path=SAMPLE, partner="reference", as_of=date(2024, 1, 5), concurrency=8,
                          max_consecutive_failures=0)
-    report = run_offers(sessions, failing_partner.config(), options)
+    # no retries: a refused member fails at once (the retried path is the pipeline tests' business)
+    report = run_offers(sessions, failing_partner.config(retries=0), options)
     with sessions() as session:
         data = collect_report(session, report.run.id)
         record = run_record(report.run)
@@ -67,7 +68,7 @@ def test_the_page_shows_the_run_records_figures(sample_report):
     counts = cells[:7]
     assert counts == [str(record[k]) for k in ("rows_read", "rows_rejected", "members_total", "members_scored",
                                                 "members_skipped", "members_failed")] + \
-        [str(record["step_metrics"]["retries"]["total"])]
+        [str(record["step_metrics"].get("retries", {}).get("total", 0))]
     for offer, count in record["offers"].items():
         assert f"<tr><td>{offer}</td><td>{count}</td>" in text
     for step, stats in record["step_metrics"].items():
