@@ -199,7 +199,9 @@ def document(spec, app) -> None:
         "description": ("`time_received`'s hour is used as written (no timezone conversion). Unknown venues "
                         "use the median preparation time (`venue_known: false`) unless "
                         "`COURIER_ESTIMATE_UNKNOWN_VENUE=reject` (404). Errors also carry `result: null`."),
-        "requestBody": {"required": True, "content": {"application/json": {"schema": "EstimateRequest"}}},
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": "EstimateRequest",
+            "example": {"venue_id": "8a61b8c", "time_received": "2017-01-25 03:16:07.938113", "is_retail": True}}}},
         "responses": {"200": {"description": "Prediction",
                               "content": {"application/json": {"schema": "EstimateResponse"}}},
                       **error_responses(400, 404, 413, 503, schema="EstimateError")},

@@ -27,7 +27,7 @@ class ErrorSchema(Schema):
     details = fields.Dict(required=True, metadata={"description": "Per-field problems or context."})
 
 
-def error_responses(*statuses: int, schema: str | dict = "Error") -> dict:
+def error_responses(*statuses: int, schema: str | dict = "Error", examples: dict[int, dict] | None = None) -> dict:
     """Response objects for ``statuses``, all using the shared error envelope (or ``schema``)."""
     reasons = {
         400: "Invalid request (details name each bad field)",
@@ -41,10 +41,40 @@ def error_responses(*statuses: int, schema: str | dict = "Error") -> dict:
         503: "Upstream unavailable (see Retry-After)",
         504: "Upstream timed out",
     }
+    examples = examples or {}
     return {
-        str(s): {"description": reasons.get(s, "Error"), "content": {"application/json": {"schema": schema}}}
+        str(s): {"description": reasons.get(s, "Error"), "content": {"application/json": {
+            "schema": schema, **({"example": examples[s]} if s in examples else {})}}}
         for s in statuses
     }
+
+
+# Path parameters mean the same wherever they appear: described once.
+PATH_PARAMETERS = {
+    "run_id": "The run's id, as `flask run-offers` prints it and `GET /api/v1/offer-runs` lists it.",
+    "member_id": "A member id of that run (as in the input file).",
+}
+
+
+def annotate_operations(document: dict, app: Flask) -> None:
+    """Every operation gets an ``operationId`` from its view's endpoint (declared once, by the view;
+    a second path of one view gets the path as a suffix) and described path parameters."""
+    seen: set[str] = set()
+    for rule in sorted(app.url_map.iter_rules(), key=lambda r: len(r.rule), reverse=True):
+        operations = document.get("paths", {}).get(_openapi_path(rule.rule), {})
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            operation = operations.get(method.lower())
+            if operation is None:
+                continue
+            if "operationId" not in operation:
+                operation_id = rule.endpoint.replace(".", "_")
+                if operation_id in seen:
+                    operation_id += "_" + (re.sub(r"\W+", "_", rule.rule).strip("_") or "root")
+                operation["operationId"] = operation_id
+            seen.add(operation["operationId"])
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") == "path" and parameter["name"] in PATH_PARAMETERS:
+                    parameter.setdefault("description", PATH_PARAMETERS[parameter["name"]])
 
 
 def build_spec(app: Flask) -> APISpec:
@@ -97,5 +127,6 @@ def add_security(document: dict, app: Flask) -> None:
 def register_openapi(app: Flask) -> None:
     document = build_spec(app).to_dict()
     add_security(document, app)
+    annotate_operations(document, app)
     app.extensions["courier_openapi"] = json.dumps(document).encode()
 

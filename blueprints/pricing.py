@@ -143,18 +143,28 @@ def delivery_order_price():
                    delivery={"fee": quote.delivery_fee, "distance": quote.delivery_distance})
 
 
+# What this endpoint answers to cart_value=x (tests/blueprints/test_openapi_coverage.py holds it to that).
+INVALID_REQUEST_EXAMPLE = {"error": "Invalid query parameters.", "code": "invalid_request",
+                           "details": {"cart_value": ["must be a non-negative whole number (smallest currency unit)"]}}
+
+
 def document(spec, app) -> None:
     from blueprints.openapi import error_responses
 
     spec.components.schema("DeliveryOrderPrice", schema=PriceResponseSchema)
     params = [
-        {"name": "venue_slug", "in": "query", "required": True, "schema": {"type": "string", "maxLength": 128,
-                                                                           "pattern": SLUG_RE.pattern}},
-        {"name": "cart_value", "in": "query", "required": True,
+        # The examples are the Helsinki case of the README: "Try it out" starts filled with them.
+        {"name": "venue_slug", "in": "query", "required": True, "example": "home-assignment-venue-helsinki",
+         "description": "The venue, as the venue API names it.",
+         "schema": {"type": "string", "maxLength": 128, "pattern": SLUG_RE.pattern}},
+        {"name": "cart_value", "in": "query", "required": True, "example": 1000,
+         "description": "The cart's value in the currency's smallest unit (cents).",
          "schema": {"type": "integer", "minimum": 0, "maximum": app.config["PRICING_MAX_CART_VALUE"]}},
-        {"name": "user_lat", "in": "query", "required": True,
+        {"name": "user_lat", "in": "query", "required": True, "example": 60.17094,
+         "description": "Latitude of the delivery address (WGS84 degrees).",
          "schema": {"type": "number", "minimum": -90, "maximum": 90}},
-        {"name": "user_lon", "in": "query", "required": True,
+        {"name": "user_lon", "in": "query", "required": True, "example": 24.93087,
+         "description": "Longitude of the delivery address (WGS84 degrees).",
          "schema": {"type": "number", "minimum": -180, "maximum": 180}},
     ]
     spec.path(path="/api/v1/delivery-order-price", operations={"get": {
@@ -165,5 +175,5 @@ def document(spec, app) -> None:
         "parameters": params,
         "responses": {"200": {"description": "Price",
                               "content": {"application/json": {"schema": "DeliveryOrderPrice"}}},
-                      **error_responses(400, 404, 502, 503, 504)},
+                      **error_responses(400, 404, 502, 503, 504, examples={400: INVALID_REQUEST_EXAMPLE})},
     }})

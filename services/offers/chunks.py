@@ -156,10 +156,12 @@ def commit_chunk(session: Session, run_id: int, chunk_no: int, outcomes: list[Me
                  stats: dict[str, Any]) -> bool:
     """Record the chunk's results; False (and nothing written) if a copy was first or the run stopped.
 
-    Lock order: the run row, then the chunk row (the coordinator's finalise also locks the run row
-    first), so a chunk commits entirely before an interruption or not at all.
+    Lock order: the run row, then the chunk row. The run row is held FOR SHARE, so chunk commits of
+    many workers run side by side, while the coordinator's finalise (FOR UPDATE) waits for those in
+    flight and every later one sees the run stopped: a chunk commits entirely before an
+    interruption or not at all.
     """
-    run_status = session.scalar(select(OfferRun.status).where(OfferRun.id == run_id).with_for_update())
+    run_status = session.scalar(select(OfferRun.status).where(OfferRun.id == run_id).with_for_update(read=True))
     if run_status != RunStatus.RUNNING:
         return False
     moved = cast(CursorResult, session.execute(

@@ -1,0 +1,54 @@
+"""The OpenAPI document covers the app exactly, and every operation is named, summarised and described."""
+
+import re
+
+from openapi_spec_validator import validate
+
+UI_ONLY = {("/docs", "get"), ("/docs/static/{filename}", "get")}  # the Swagger page itself, not an API
+
+
+def routes(app) -> set[tuple[str, str]]:
+    found = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        found |= {(path, method.lower()) for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}}
+    return found
+
+
+def operations(spec) -> dict[tuple[str, str], dict]:
+    return {(path, method): op for path, item in spec["paths"].items() for method, op in item.items()
+            if method in {"get", "post", "put", "patch", "delete"}}
+
+
+def test_every_route_is_documented_and_nothing_else(client, app):
+    spec = client.get("/openapi.json").get_json()
+    validate(spec)
+    assert set(operations(spec)) == routes(app) - UI_ONLY
+
+
+def test_every_operation_has_a_unique_id_a_summary_and_described_parameters(client):
+    ops = operations(client.get("/openapi.json").get_json())
+    ids = [op["operationId"] for op in ops.values()]
+    assert len(ids) == len(set(ids)) and all(re.fullmatch(r"[a-z_]+", i) for i in ids), ids
+    assert ops[("/api/v1/delivery-order-price", "get")]["operationId"] == "pricing_delivery_order_price"
+    for key, op in ops.items():
+        assert op.get("summary"), key
+        for parameter in op.get("parameters", []):
+            assert parameter.get("description"), (key, parameter["name"])
+
+
+def test_try_it_out_starts_filled_with_the_readme_examples(client, seeded_prep_times):
+    ops = operations(client.get("/openapi.json").get_json())
+    price = {p["name"]: p["example"] for p in ops[("/api/v1/delivery-order-price", "get")]["parameters"]}
+    assert price == {"venue_slug": "home-assignment-venue-helsinki", "cart_value": 1000, "user_lat": 60.17094,
+                     "user_lon": 24.93087}
+    example = ops[("/api/v1/delivery-estimate", "post")]["requestBody"]["content"]["application/json"]["example"]
+    assert client.post("/api/v1/delivery-estimate", json=example).status_code == 200
+    error = ops[("/api/v1/delivery-order-price", "get")]["responses"]["400"]["content"]["application/json"]
+    assert error["example"]["code"] == "invalid_request"
+    # the documented error example is what the service really answers
+    real = client.get("/api/v1/delivery-order-price?venue_slug=home-assignment-venue-helsinki&cart_value=x"
+                      "&user_lat=60.17094&user_lon=24.93087").get_json()
+    assert real == error["example"]
