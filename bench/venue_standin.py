@@ -21,6 +21,7 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -48,6 +49,7 @@ class VenueStandIn:
         self.stats: Counter[str] = Counter()
         self.random = random.Random(self.knobs.seed)
         self._lock = threading.Lock()
+        self.on_request: Callable[[str], None] | None = None  # tests: called with the path of each venue request
 
     def _respond(self, start_response, status: str, body: bytes, headers=()):
         start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers])
@@ -72,6 +74,8 @@ class VenueStandIn:
         with self._lock:
             draw = self.random.random()
         self.stats["requests"] += 1
+        if self.on_request is not None:
+            self.on_request(path)
         if k.latency_ms:
             time.sleep(k.latency_ms / 1000)
         edge = k.share_429
