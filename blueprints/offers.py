@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, stream_with_context
 from marshmallow import Schema, ValidationError, fields, pre_load, validate
@@ -19,7 +19,7 @@ from services.offers import runs as run_service
 from services.offers.celery_tasks import DistributedOffers
 from services.offers.features import STANDARD_FEATURES, TRANSACTION_TYPES
 from services.offers.realtime import RealtimeOffers
-from services.offers.result_shape import EXPORT_COLUMNS, RESULT_FIELDS, ResultField
+from services.offers.result_shape import EXPORT_COLUMNS, RESULT_FIELDS, RUN_FIELDS, ResultField, RunField
 from services.offers.statuses import MemberStatus, RunStatus
 
 bp = Blueprint("offers", __name__)
@@ -157,30 +157,20 @@ class ResultsQuerySchema(ListQuerySchema):
     offer = fields.String(load_default=None, validate=validate.Length(min=1, max=64))
 
 
-class RunSchema(Schema):
-    id = fields.Integer()
-    partner = fields.String()
-    input_path = fields.String()
-    input_sha256 = fields.String()
-    as_of = fields.String()
-    status = fields.String(metadata={
-        "enum": [s.value for s in RunStatus],
-        "description": "abandoned: was running, but its process stopped beating (killed); resume it."})
-    started_at = fields.String()
-    finished_at = fields.String(allow_none=True)
-    concurrency = fields.Integer()
-    rows_read = fields.Integer()
-    rows_rejected = fields.Integer()
-    members_total = fields.Integer()
-    members_scored = fields.Integer()
-    members_skipped = fields.Integer()
-    members_failed = fields.Integer()
-    offers = fields.Dict(keys=fields.String(), values=fields.Integer())
-    rejected = fields.Dict()
-    step_metrics = fields.Dict()
-    error = fields.String(allow_none=True)
-    heartbeat_at = fields.String(allow_none=True, metadata={
-        "description": "Last sign of life of the process running it (every 5 s while running)."})
+def _run_field(field: RunField) -> fields.Field:
+    """The marshmallow field of one declared run-record key (services/offers/result_shape.py)."""
+    metadata: dict = {"description": field.description} if field.description else {}
+    if field.name == "status":
+        metadata["enum"] = [s.value for s in RunStatus]
+    if field.kind is dict:
+        return fields.Dict(allow_none=field.nullable, metadata=metadata)
+    if field.kind in (date, datetime):
+        metadata["format"] = "date" if field.kind is date else "date-time"
+        return fields.String(allow_none=field.nullable, metadata=metadata)
+    return _MARSHMALLOW_KINDS[field.kind](allow_none=field.nullable, metadata=metadata)
+
+
+RunSchema = Schema.from_dict({f.name: _run_field(f) for f in RUN_FIELDS}, name="RunSchema")
 
 
 ResultSchema = Schema.from_dict(

@@ -8,7 +8,7 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date
+from datetime import date
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from services.offers.features import STANDARD_FEATURES
 from services.offers.lease import shown_status
-from services.offers.result_shape import EXPORT_COLUMNS, FEATURE_COLUMNS, RESULT_FIELDS, polars_schema
+from services.offers.result_shape import EXPORT_COLUMNS, FEATURE_COLUMNS, RESULT_FIELDS, polars_schema, run_values
 from services.offers.statuses import MemberStatus, RunStatus
 from services.tables import OfferResult, OfferRun, utcnow
 
@@ -136,28 +136,11 @@ def finalise_run(session: Session, run: OfferRun, *, status: str | None, rows_re
     return run
 
 
-def _iso(dt) -> str | None:
-    if dt is None:
-        return None
-    # SQLite returns naive datetimes for timezone-aware columns; they were written as UTC.
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).isoformat()
-
-
 def run_record(run: OfferRun) -> dict[str, Any]:
-    return {
-        "id": run.id, "partner": run.partner, "input_path": run.input_path, "input_sha256": run.input_sha256,
-        "as_of": run.as_of.isoformat(), "status": shown_status(run),
-        "started_at": _iso(run.started_at),
-        "finished_at": _iso(run.finished_at),
-        "concurrency": run.concurrency, "rows_read": run.rows_read, "rows_rejected": run.rows_rejected,
-        "members_total": run.members_total, "members_scored": run.members_scored,
-        "members_skipped": run.members_skipped, "members_failed": run.members_failed,
-        "offers": run.offers, "rejected": run.rejected, "step_metrics": run.step_metrics, "error": run.error,
-        "heartbeat_at": _iso(run.heartbeat_at),
-    }
+    return run_values(run, shown_status(run))
 
 
-_AFTER_FEATURES = [f for f in RESULT_FIELDS[len(STANDARD_FEATURES) + 1:]]
+_AFTER_FEATURES = RESULT_FIELDS[len(STANDARD_FEATURES) + 1:]
 
 
 def result_record(result: OfferResult) -> dict[str, Any]:

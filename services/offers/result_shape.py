@@ -1,4 +1,4 @@
-"""The shape of one member's result, declared once.
+"""The shapes of a member's result and of a run record, each declared once.
 
 Every other view of a result is derived from ``RESULT_FIELDS``: the export columns (CSV, JSON
 lines), the Parquet types, the REST schema (``blueprints/offers.py``) and the record the REST API
@@ -9,6 +9,7 @@ by ``tests/services/test_result_shape.py``, so a field added here and not there 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from typing import Any
 
 from services.offers.features import STANDARD_FEATURES
@@ -52,3 +53,59 @@ def polars_schema() -> dict[str, Any]:
 
     types = {str: pl.String, float: pl.Float64, int: pl.Int64}
     return {f.name: types[f.kind] for f in RESULT_FIELDS}
+
+
+@dataclass(frozen=True)
+class RunField:
+    """One key of a run record, as the REST API, ``summary.json`` and the report show it."""
+
+    name: str  # also its column in offer_runs
+    kind: type  # int, str, date, datetime or dict (JSON)
+    nullable: bool = False
+    description: str = ""
+
+
+RUN_FIELDS: tuple[RunField, ...] = (
+    RunField("id", int),
+    RunField("partner", str),
+    RunField("input_path", str),
+    RunField("input_sha256", str),
+    RunField("as_of", date, description="the date DAYS_SINCE_LAST_TRANSACTION counts to"),
+    RunField("status", str, description="succeeded, completed_with_failures, failed, interrupted, running; "
+                                        "abandoned: was running, but its process stopped beating (killed); resume it."),
+    RunField("started_at", datetime),
+    RunField("finished_at", datetime, nullable=True),
+    RunField("concurrency", int),
+    RunField("rows_read", int),
+    RunField("rows_rejected", int),
+    RunField("members_total", int),
+    RunField("members_scored", int),
+    RunField("members_skipped", int),
+    RunField("members_failed", int),
+    RunField("offers", dict, description="members per offer"),
+    RunField("rejected", dict, description="rejected input rows: total, by_reason, first rows"),
+    RunField("step_metrics", dict, description="per step: items, seconds, items_per_s, p50/p95/p99 ms; retries"),
+    RunField("error", str, nullable=True),
+    RunField("heartbeat_at", datetime, nullable=True,
+             description="Last sign of life of the process running it (every 5 s while running)."),
+)
+
+
+def iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    # SQLite returns naive datetimes for timezone-aware columns; they were written as UTC.
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+
+
+def run_values(run: Any, status: str) -> dict[str, Any]:
+    """A run's record from its row: RUN_FIELDS in order, dates as ISO text, ``status`` as shown."""
+    record: dict[str, Any] = {}
+    for field in RUN_FIELDS:
+        value: Any = status if field.name == "status" else getattr(run, field.name)
+        if field.kind is datetime:
+            value = iso(value)
+        elif field.kind is date and value is not None:
+            value = value.isoformat()
+        record[field.name] = value
+    return record

@@ -31,3 +31,30 @@ def test_exports_parquet_and_rest_derive_from_the_declaration(client):
     assert list(properties) == EXPORT_COLUMNS
     assert properties["DAYS_SINCE_LAST_TRANSACTION"]["type"] == "integer"
     assert properties["status"]["enum"] == ["scored", "skipped", "failed"]
+
+
+def test_the_run_record_is_declared_once_and_the_table_holds_every_key(client, db_session):
+    from datetime import date, datetime
+
+    from sqlalchemy import JSON, Date, DateTime
+
+    from services.offers.recording import create_run, run_record
+    from services.offers.result_shape import RUN_FIELDS
+    from services.tables import OfferRun
+
+    kinds = {Integer: int, String: str, Text: str, Date: date, DateTime: datetime, JSON: dict}
+    table = OfferRun.__table__
+    for field in RUN_FIELDS:
+        column = table.columns[field.name]
+        assert kinds[type(column.type)] is field.kind, field.name
+        assert column.nullable == field.nullable, field.name
+    run = create_run(db_session, partner="reference", input_path="x.csv", input_sha256="0" * 64,
+                     as_of=date(2024, 1, 5), concurrency=4)
+    record = run_record(run)
+    assert list(record) == [f.name for f in RUN_FIELDS]
+    assert record["as_of"] == "2024-01-05" and record["status"] == "running"
+    assert record["started_at"].endswith("+00:00") and record["finished_at"] is None
+    spec = client.get("/openapi.json").get_json()
+    properties = spec["components"]["schemas"]["OfferRun"]["properties"]
+    assert list(properties) == [f.name for f in RUN_FIELDS]
+    assert properties["started_at"]["format"] == "date-time" and "abandoned" in properties["status"]["enum"]
