@@ -110,3 +110,45 @@ class LivePartner:
     def close(self) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+def recorded_results(sessions, run_id: int) -> list[tuple]:
+    """A run's results as (member_id, status, ats, resp, offer, error) tuples in member order: what
+    two runs must agree on (latencies excluded)."""
+    from sqlalchemy import select
+
+    from services.tables import OfferResult
+
+    with sessions() as session:
+        rows = session.execute(select(OfferResult.member_id, OfferResult.status, OfferResult.ats_prediction,
+                                      OfferResult.resp_prediction, OfferResult.offer, OfferResult.error)
+                               .where(OfferResult.run_id == run_id).order_by(OfferResult.member_id)).all()
+    return [tuple(r) for r in rows]
+
+
+def app_on_template_copy(tmp_path_factory, migrated_template, name: str, **config):
+    """An app on its own copy of the migrated template database: for module-scoped fixtures that
+    share one expensive run between tests."""
+    import shutil
+
+    from app import create_app
+
+    folder = tmp_path_factory.mktemp(name)
+    shutil.copy(migrated_template, folder / "db.sqlite")
+    app = create_app({"DATABASE_URL": f"sqlite:///{folder / 'db.sqlite'}", "ACCESS_LOG": False, "TESTING": True,
+                      **config})
+    return app, folder
+
+
+def fresh_postgres(url: str) -> None:
+    """Empty the PostgreSQL test database and migrate it to head (the PostgreSQL modules share it)."""
+    from sqlalchemy import create_engine, text
+
+    from services import migrations
+
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    migrations.upgrade(engine)
+    engine.dispose()

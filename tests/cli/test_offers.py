@@ -10,7 +10,7 @@ import responses
 from config import DATA_DIR
 from services.offers.result_shape import EXPORT_COLUMNS
 from tests.auth_fixtures import keyed_client
-from tests.offers_fixtures import LivePartner, route_to_app
+from tests.offers_fixtures import LivePartner, app_on_template_copy, route_to_app
 
 SAMPLE = str(DATA_DIR / "member_data.csv")
 ARGS = ["run-offers", "--input", SAMPLE, "--as-of", "2024-01-05"]
@@ -26,14 +26,8 @@ def module_partner():
 @pytest.fixture(scope="module")
 def sample_run(tmp_path_factory, migrated_template, module_partner):
     """One CLI run on the bundled sample writing all three formats (shared by the export tests)."""
-    import shutil
-
-    from app import create_app
-
-    folder = tmp_path_factory.mktemp("offers")
-    shutil.copy(migrated_template, folder / "db.sqlite")
-    app = create_app({"DATABASE_URL": f"sqlite:///{folder / 'db.sqlite'}", "ACCESS_LOG": False, "TESTING": True,
-                      "SERVICE_URL": module_partner.service_url})
+    app, folder = app_on_template_copy(tmp_path_factory, migrated_template, "offers",
+                                       SERVICE_URL=module_partner.service_url)
     runner = app.test_cli_runner()
     results = {"csv": runner.invoke(args=[*ARGS, "--output", str(folder / "out.csv")])}
     for fmt in ("jsonl", "parquet"):

@@ -11,15 +11,14 @@ import time
 from datetime import date
 
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select
 
 from config import DATA_DIR
-from services import migrations
 from services.offers.pipeline import run_offers
 from services.offers.run_lifecycle import RunOptions
-from services.tables import OfferResult, OfferRun, OfferRunChunk
+from services.tables import OfferRun, OfferRunChunk
 from tests.distributed_fixtures import CeleryWorker, MissingComponent, RedisServer
-from tests.offers_fixtures import LivePartner
+from tests.offers_fixtures import LivePartner, fresh_postgres, recorded_results
 
 PG_URL = os.environ.get("COURIER_TEST_POSTGRES_URL")
 pytestmark = pytest.mark.skipif(not PG_URL, reason="COURIER_TEST_POSTGRES_URL not set")
@@ -56,12 +55,7 @@ def settings(redis, partner):
 
 @pytest.fixture
 def pg_app(settings, partner):
-    engine = create_engine(PG_URL)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    migrations.upgrade(engine)
-    engine.dispose()
+    fresh_postgres(PG_URL)
     from app import create_app
 
     for key, value in settings.items():
@@ -84,14 +78,6 @@ def workers(settings, tmp_path):
     yield start
     for worker in started:
         worker.close()
-
-
-def results(sessions, run_id):
-    with sessions() as session:
-        return [tuple(r) for r in session.execute(
-            select(OfferResult.member_id, OfferResult.status, OfferResult.ats_prediction, OfferResult.resp_prediction,
-                   OfferResult.offer, OfferResult.error).where(OfferResult.run_id == run_id)
-            .order_by(OfferResult.member_id)).all()]
 
 
 def running_workers(sessions, run_id=None):
@@ -119,7 +105,7 @@ def watch(condition, action, timeout=30):
 def local_results(app, partner):
     sessions = app.extensions["courier"].session_factory
     report = run_offers(sessions, partner.config(batch=True), RunOptions(SAMPLE, "reference", date(2024, 1, 5), 8))
-    return results(sessions, report.run.id)
+    return recorded_results(sessions, report.run.id)
 
 
 ARGS = ["run-offers", "--input", SAMPLE, "--as-of", "2024-01-05", "--distributed", "--chunk-size", "100"]
@@ -143,7 +129,7 @@ def test_two_worker_processes_score_the_sample_exactly_like_a_local_run(pg_app, 
         chunks = session.execute(select(OfferRunChunk.worker, OfferRunChunk.attempts)).all()
     assert run.mode == "distributed" and len(chunks) == 9
     assert {worker for worker, _ in chunks} == {a.hostname, b.hostname}
-    assert results(sessions, 1) == local_results(pg_app, partner)
+    assert recorded_results(sessions, 1) == local_results(pg_app, partner)
     assert (tmp_path / "out.csv").read_text().count("\n") == 991  # header + every member once
 
 
@@ -170,7 +156,7 @@ def test_a_worker_killed_mid_chunk_loses_and_duplicates_nothing(pg_app, partner,
     # the victim's chunk was redelivered by the broker and finished by the survivor, on its second attempt
     assert {worker for _, worker, _, _ in chunks} == {survivor.hostname}
     assert max(attempts for _, _, attempts, _ in chunks) == 2
-    rows = results(sessions, 1)
+    rows = recorded_results(sessions, 1)
     assert len(rows) == len({r[0] for r in rows}) == 990
     assert rows == local_results(pg_app, partner)
 
@@ -219,7 +205,7 @@ def test_ctrl_c_on_the_command_interrupts_revokes_pending_chunks_and_resume_fini
     assert run.status == "interrupted"
     assert taken == 1
     # the chunk in flight finished after the interruption: discarded at its commit, not recorded
-    assert {status for _, status, *_ in results(sessions, 1)} == {"skipped"}
+    assert {status for _, status, *_ in recorded_results(sessions, 1)} == {"skipped"}
     partner.fail.clear()
     resumed = pg_app.test_cli_runner().invoke(args=[*ARGS, "--resume", "1"])
     assert resumed.exit_code == 0, resumed.output

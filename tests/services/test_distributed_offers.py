@@ -33,7 +33,7 @@ from services.offers.recording import MemberOutcome, create_run
 from services.offers.run_lifecycle import ResumeError, RunOptions
 from services.offers.statuses import MemberStatus, RunStatus
 from services.tables import OfferResult, OfferRun, OfferRunChunk
-from tests.offers_fixtures import LivePartner
+from tests.offers_fixtures import LivePartner, recorded_results
 
 SAMPLE = str(DATA_DIR / "member_data.csv")
 AS_OF = date(2024, 1, 5)
@@ -83,14 +83,6 @@ def sessions(app):
 
 def options(**kw):
     return RunOptions(**{"input_path": SAMPLE, "partner": "reference", "as_of": AS_OF, "concurrency": 8, **kw})
-
-
-def results(sessions, run_id):
-    with sessions() as session:
-        rows = session.execute(select(OfferResult.member_id, OfferResult.status, OfferResult.ats_prediction,
-                                      OfferResult.resp_prediction, OfferResult.offer, OfferResult.error)
-                               .where(OfferResult.run_id == run_id).order_by(OfferResult.member_id)).all()
-    return [tuple(r) for r in rows]
 
 
 def new_run(session):
@@ -193,7 +185,7 @@ def test_a_distributed_run_records_exactly_what_a_local_run_records(app, session
     run = report.run
     assert (run.status, run.mode, run.chunk_size) == ("succeeded", "distributed", 100)
     assert (run.members_scored, run.members_skipped, run.rows_rejected) == (890, 100, 10)
-    assert results(sessions, run.id) == results(sessions, local.run.id)
+    assert recorded_results(sessions, run.id) == recorded_results(sessions, local.run.id)
     assert run.offers == local.run.offers
     assert len(queue.enqueued) == 9 and totals == [990] and sum(advanced) == 990
     assert run.step_metrics["ats"]["items"] == 890 and "p99_ms" in run.step_metrics["ats"]
@@ -258,7 +250,8 @@ def test_only_unfinished_chunks_are_sent_again(app, sessions, partner):
     again.close()
     assert [j.chunk_no for j in again.enqueued] == [1]
     assert resumed.run.status == RunStatus.SUCCEEDED and resumed.run.members_total == 990
-    assert results(sessions, report.run.id) == results(sessions, run_offers(sessions, config, options()).run.id)
+    local = run_offers(sessions, config, options())
+    assert recorded_results(sessions, report.run.id) == recorded_results(sessions, local.run.id)
 
 
 def test_a_run_whose_chunks_keep_failing_ends_failed_with_the_reason(app, sessions):

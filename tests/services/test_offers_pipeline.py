@@ -11,7 +11,7 @@ from services.offers import reference_formulas
 from services.offers.pipeline import run_offers
 from services.offers.run_lifecycle import ResumeError, RunOptions
 from services.tables import OfferResult, OfferRun
-from tests.offers_fixtures import LivePartner
+from tests.offers_fixtures import LivePartner, recorded_results
 
 SAMPLE = str(DATA_DIR / "member_data.csv")
 AS_OF = date(2024, 1, 5)
@@ -24,14 +24,6 @@ def sessions(app):
 
 def options(**kw):
     return RunOptions(**{"input_path": SAMPLE, "partner": "reference", "as_of": AS_OF, "concurrency": 8, **kw})
-
-
-def results_of(sessions, run_id):
-    with sessions() as session:
-        rows = session.execute(select(OfferResult.member_id, OfferResult.status, OfferResult.ats_prediction,
-                                      OfferResult.resp_prediction, OfferResult.offer, OfferResult.error)
-                               .where(OfferResult.run_id == run_id).order_by(OfferResult.member_id)).all()
-    return [tuple(r) for r in rows]
 
 
 def test_full_run_on_the_bundled_sample(app, sessions, live_partner):
@@ -68,7 +60,7 @@ def test_batch_endpoints_record_exactly_what_per_member_calls_record(app, sessio
                                                  "/offer/assign/batch"]
     assert batched.run.status == per_member.run.status == "succeeded"
     assert batched.run.offers == per_member.run.offers
-    assert results_of(sessions, batched.run.id) == results_of(sessions, per_member.run.id)
+    assert recorded_results(sessions, batched.run.id) == recorded_results(sessions, per_member.run.id)
 
 
 def test_small_batches_are_split_and_answers_kept_in_member_order(app, sessions, live_partner):
@@ -80,7 +72,7 @@ def test_small_batches_are_split_and_answers_kept_in_member_order(app, sessions,
     reference = run_offers(sessions, live_partner.config(), options())
     assert live_partner.count("/ml/ats/predict/batch") == -(-890 // 64)
     assert max(len(body) for path, body in live_partner.calls if path == "/ml/ats/predict/batch") == 64
-    assert results_of(sessions, report.run.id) == results_of(sessions, reference.run.id)
+    assert recorded_results(sessions, report.run.id) == recorded_results(sessions, reference.run.id)
 
 
 def test_a_partner_with_batch_endpoints_and_one_without_in_the_same_suite(app, sessions, live_partner, tmp_path):
@@ -97,7 +89,7 @@ def test_a_partner_with_batch_endpoints_and_one_without_in_the_same_suite(app, s
     batched = run_offers(sessions, loaded.get("reference"), options())
     plain = run_offers(sessions, loaded.get("plain"), options(partner="plain"))
     assert live_partner.count("/ml/ats/predict/batch") == 1 and live_partner.count("/ml/ats/predict") == 890
-    assert results_of(sessions, batched.run.id) == results_of(sessions, plain.run.id)
+    assert recorded_results(sessions, batched.run.id) == recorded_results(sessions, plain.run.id)
 
 
 def test_a_run_with_failed_members_is_completed_with_failures(app, sessions):

@@ -8,7 +8,6 @@ import os
 from datetime import date
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from app import create_app
 from config import DATA_DIR
@@ -16,6 +15,7 @@ from services import migrations
 from services.offers.pipeline import run_offers
 from services.offers.run_lifecycle import RunOptions
 from tests.auth_fixtures import keyed_client
+from tests.offers_fixtures import fresh_postgres
 
 PG_URL = os.environ.get("COURIER_TEST_POSTGRES_URL")
 pytestmark = pytest.mark.skipif(not PG_URL, reason="COURIER_TEST_POSTGRES_URL not set")
@@ -23,12 +23,7 @@ pytestmark = pytest.mark.skipif(not PG_URL, reason="COURIER_TEST_POSTGRES_URL no
 
 @pytest.fixture(scope="module")
 def pg_app():
-    engine = create_engine(PG_URL)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    migrations.upgrade(engine)
-    engine.dispose()
+    fresh_postgres(PG_URL)
     app = create_app({"DATABASE_URL": PG_URL, "ACCESS_LOG": False, "TESTING": True, "VENUE_API_URL": ""})
     yield app
     app.extensions["courier"].close()

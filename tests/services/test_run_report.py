@@ -13,7 +13,7 @@ from services.offers.report_html import render_report
 from services.offers.run_lifecycle import RunOptions
 from services.offers.statuses import MemberStatus
 from services.offers.step_stats import TIMELINE_POINTS, Timeline
-from tests.offers_fixtures import LivePartner
+from tests.offers_fixtures import LivePartner, app_on_template_copy
 
 SAMPLE = str(DATA_DIR / "member_data.csv")
 
@@ -29,13 +29,7 @@ def failing_partner():
 @pytest.fixture(scope="module")
 def sample_report(tmp_path_factory, migrated_template, failing_partner):
     """One run of the bundled sample (some members failing), its report data and page: shared."""
-    import shutil
-
-    from app import create_app
-
-    folder = tmp_path_factory.mktemp("report")
-    shutil.copy(migrated_template, folder / "db.sqlite")
-    app = create_app({"DATABASE_URL": f"sqlite:///{folder / 'db.sqlite'}", "ACCESS_LOG": False, "TESTING": True})
+    app, _ = app_on_template_copy(tmp_path_factory, migrated_template, "report")
     sessions = app.extensions["courier"].session_factory
     options = RunOptions(input_path=SAMPLE, partner="reference", as_of=date(2024, 1, 5), concurrency=8,
                          max_consecutive_failures=0)
