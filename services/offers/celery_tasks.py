@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy.orm import sessionmaker
 
 from services.logs import request_id_var
-from services.offers.chunk_worker import ChunkAttemptFailed, ChunkJob, score_chunk
+from services.offers.chunk_worker import ChunkAttemptFailed, ChunkJob, ChunkOutcome, score_chunk
 from services.offers.distributed import DistributedUnavailable
 
 log = logging.getLogger("courier.offers.celery")
@@ -123,8 +123,6 @@ class DistributedOffers:
             with self.sessions() as session, session.begin():
                 fail_chunk(session, job.run_id, job.chunk_no, error)
             log.error("chunk failed", extra={"run_id": job.run_id, "chunk": job.chunk_no, "error": error})
-            from services.offers.chunk_worker import ChunkOutcome
-
             return ChunkOutcome(job.run_id, job.chunk_no, "failed")
         return score_chunk(self.sessions, partner, job, worker=worker,
                            max_attempts=self.settings.chunk_max_attempts)

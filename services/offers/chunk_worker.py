@@ -123,7 +123,7 @@ def score_chunk(sessions: sessionmaker, partner: PartnerConfig, job: ChunkJob, *
         log.info("chunk result discarded", extra={"run_id": job.run_id, "chunk": job.chunk_no,
                                                   "reason": "a copy committed first, or the run stopped"})
         return ChunkOutcome(job.run_id, job.chunk_no, "duplicate")
-    failed = sum(1 for o in outcomes if o.status == MemberStatus.FAILED)
+    failed = stats["failed"]
     log.info("chunk done", extra={"run_id": job.run_id, "chunk": job.chunk_no, "members": len(outcomes),
                                   "failed": failed, "score_s": round(score_s, 3)})
     return ChunkOutcome(job.run_id, job.chunk_no, "done", len(outcomes), failed)

@@ -28,7 +28,7 @@ from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from services.offers.recording import MemberOutcome, insert_outcomes
-from services.offers.statuses import MemberStatus, RunStatus
+from services.offers.statuses import RunStatus
 from services.tables import OfferResult, OfferRun, OfferRunChunk, utcnow
 
 
@@ -223,5 +223,9 @@ def chunk_stats(session: Session, run_id: int) -> Iterator[dict[str, Any]]:
         OfferRunChunk.run_id == run_id, OfferRunChunk.status == ChunkStatus.DONE)) if s)
 
 
-def failed_members(outcomes: Iterable[MemberOutcome]) -> int:
-    return sum(1 for o in outcomes if o.status == MemberStatus.FAILED)
+def chunk_members(session: Session, run_id: int, chunk_nos: Iterable[int] | None = None) -> int:
+    """Members in the run's stored chunks (only in ``chunk_nos`` when given)."""
+    stmt = select(func.sum(OfferRunChunk.members)).where(OfferRunChunk.run_id == run_id)
+    if chunk_nos is not None:
+        stmt = stmt.where(OfferRunChunk.chunk_no.in_(sorted(chunk_nos)))
+    return session.scalar(stmt) or 0

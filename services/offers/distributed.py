@@ -32,6 +32,7 @@ from services.errors import CourierError, UpstreamTimeout, UpstreamUnavailable
 from services.logs import request_id_var
 from services.offers.chunk_worker import PARTNER_STEPS, ChunkJob
 from services.offers.chunks import (
+    chunk_members,
     chunk_progress,
     chunk_stats,
     cut_chunks,
@@ -49,7 +50,7 @@ from services.offers.recording import MemberOutcome, finalise_run, insert_outcom
 from services.offers.run_lifecycle import RunOptions, count_run, file_sha256, open_run
 from services.offers.scoring import ping_partner
 from services.offers.statuses import MemberStatus, RunStatus
-from services.offers.step_stats import LatencyHistogram, RetryTally, StepStats, Timeline
+from services.offers.step_stats import RetryTally, StepStats, Timeline
 from services.tables import OfferRun
 
 log = logging.getLogger("courier.offers.distributed")
@@ -99,10 +100,7 @@ def _merged_steps(sessions: sessionmaker, run_id: int, scan_steps: dict[str, Ste
             for name in PARTNER_STEPS:
                 step = stats["steps"].get(name, {})
                 steps[name].items += step.get("items", 0)
-                hist: LatencyHistogram = steps[name].latencies
-                for bucket, count in step.get("hist", {}).items():
-                    hist.counts[int(bucket)] = hist.counts.get(int(bucket), 0) + count
-                    hist.total += count
+                steps[name].latencies.merge(step.get("hist", {}))
             members = stats.get("members", 0)
             if members:
                 steps["record"].add(stats.get("record_s", 0.0) * 1000 / members, members)
@@ -182,17 +180,9 @@ def _coordinate(sessions, partner, options, queue, settings, scan, scan_steps, r
             baseline = chunk_progress(session, run_id).members_done  # done before this attempt (resume)
         if stale_tasks:
             queue.revoke(stale_tasks)  # copies a dead coordinator queued: the chunks are queued again below
-        redo_members = 0
         with sessions() as session:
-            from sqlalchemy import func, select
-
-            from services.tables import OfferRunChunk
-
-            if redo:
-                redo_members = session.scalar(select(func.sum(OfferRunChunk.members)).where(
-                    OfferRunChunk.run_id == run_id, OfferRunChunk.chunk_no.in_(sorted(redo)))) or 0
-            stored_members = session.scalar(select(func.sum(OfferRunChunk.members)).where(
-                OfferRunChunk.run_id == run_id)) or 0
+            redo_members = chunk_members(session, run_id, redo) if redo else 0
+            stored_members = chunk_members(session, run_id)
         to_score = redo_members + max(0, scan.members - stored_members)
         to_skip = max(0, scan.skipped_members - len(done))
         if progress_start:

@@ -34,6 +34,12 @@ class LatencyHistogram:
         self.counts[bucket] = self.counts.get(bucket, 0) + times
         self.total += times
 
+    def merge(self, counts: dict) -> None:
+        """Add another histogram's bucket counts (keys may be text: they went through JSON)."""
+        for bucket, count in counts.items():
+            self.counts[int(bucket)] = self.counts.get(int(bucket), 0) + count
+            self.total += count
+
     def percentile(self, q: float) -> float:
         rank = max(1, math.ceil(self.total * q / 100))
         seen = 0
