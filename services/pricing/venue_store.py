@@ -257,8 +257,13 @@ class VenueStore:
             if self._inflight.get(slug) is future:
                 del self._inflight[slug]
 
-    def _fetch_and_store(self, slug: str, future: Future) -> None:
-        """Fetch what is due for ``slug``, persist and keep it; outcome (data or error) goes to ``future``."""
+    def _fetch_and_store(self, slug: str, future: Future, fetch_event: str | None = None) -> None:
+        """Fetch what is due for ``slug``, persist and keep it; outcome (data or error) goes to ``future``.
+
+        ``fetch_event`` is counted only if a fetch really starts: a request that found nothing in
+        memory may become the leader just after another request's fetch stored fresh data (CI saw
+        it: two misses counted for one upstream fetch); that request had a hit.
+        """
         try:
             now = self._clock()
             entry = self._mem.get(slug)
@@ -266,8 +271,12 @@ class VenueStore:
                 self._due(entry, now, self.policy.refresh_ahead)
             if not (static_due or dynamic_due):
                 assert entry is not None  # a missing entry is always due
+                if fetch_event is not None:
+                    self._count("hits")
                 future.set_result(entry.data)
                 return
+            if fetch_event is not None:
+                self._count(fetch_event)
             try:
                 data = self._refresh(slug, entry.data if entry else None, static_due, dynamic_due)
             except UpstreamNotFound:
@@ -315,8 +324,7 @@ class VenueStore:
             return self._stale_or_raise(slug, entry, now, failure.error, failure.until)
         future, leader = self._claim(slug)
         if leader:
-            self._count("refreshes" if entry else "misses")
-            self._fetch_and_store(slug, future)
+            self._fetch_and_store(slug, future, "refreshes" if entry else "misses")
         try:
             return future.result(timeout=self.policy.wait_s)
         except UpstreamNotFound as exc:

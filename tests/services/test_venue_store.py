@@ -366,6 +366,36 @@ def test_concurrent_cold_requests_share_one_upstream_fetch(app, clock):
     store.close()
 
 
+class FetchWhileReading:
+    """Sessions whose first use ends with another request fetching the venue (a race, made exact)."""
+
+    def __init__(self, sessions, other_request):
+        self.sessions, self.other_request, self.raced = sessions, other_request, False
+
+    def __call__(self):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def session():
+            with self.sessions() as inner:
+                yield inner
+            if not self.raced:
+                self.raced = True
+                self.other_request()  # its fetch completes after our read found nothing stored
+
+        return session()
+
+
+def test_a_request_that_finds_the_venue_fetched_meanwhile_counts_a_hit_not_a_miss(app, clock):
+    store, client, _ = gated_store(app, clock)
+    client.gate.set()
+    store._sessions = FetchWhileReading(store._sessions, lambda: store.get(SLUG))
+    assert store.get(SLUG).dynamic.base_price == 190
+    assert client.calls == 2  # one fetch of both halves, by the other request
+    assert (store.stats["misses"], store.stats["hits"]) == (1, 1)
+    store.close()
+
+
 def test_a_request_waits_for_another_requests_fetch_no_longer_than_its_budget(app, clock):
     import threading
 
