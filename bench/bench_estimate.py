@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import (  # noqa: E402
     ROOT,
+    checkout,
     compare_row,
     gunicorn,
     machine,
@@ -65,6 +66,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--before", metavar="REF", help="also serve this git commit (a temporary worktree): the "
+                        "working tree's req/s as a %% of that commit's, same run")
     args = parser.parse_args()
     levels = [8, 64]
     folder = Path(tempfile.mkdtemp(prefix="courier-bench-estimate-"))
@@ -86,20 +89,34 @@ def main() -> None:
                 bare[("mixed", c)] = median_load(args.runs, f"bare /echo mixed c={c}", url, "/echo",
                                                  requests_file=bare_mixed, connections=c, **post)
             usage = [("bare (every scenario)", start, server_usage(url), bare)]
-        with gunicorn(env, args.workers, quiet=True) as url:
-            median_load(1, "warm-up", url, "/api/v1/delivery-estimate", body=BODY, connections=8, **post)
-            start = server_usage(url)
-            for c in levels:
-                for path in ("/api/v1/delivery-estimate", "/"):
-                    ours[(path, c)] = median_load(args.runs, f"estimate {path} c={c}", url, path, body=BODY,
-                                                  connections=c, **post)
-                ours[("mixed", c)] = median_load(args.runs, f"estimate mixed 500 bodies c={c}", url, "/",
-                                                 requests_file=mixed, connections=c, **post)
-            usage.append(("courier estimate (every scenario)", start, server_usage(url), ours))
+
+        def measure(root: Path, label: str) -> dict:
+            results = {}
+            with gunicorn(env, args.workers, quiet=True, root=root) as url:
+                median_load(1, "warm-up", url, "/api/v1/delivery-estimate", body=BODY, connections=8, **post)
+                start = server_usage(url)
+                for c in levels:
+                    for path in ("/api/v1/delivery-estimate", "/"):
+                        results[(path, c)] = median_load(args.runs, f"{label} {path} c={c}", url, path, body=BODY,
+                                                         connections=c, **post)
+                    results[("mixed", c)] = median_load(args.runs, f"{label} mixed 500 bodies c={c}", url, "/",
+                                                        requests_file=mixed, connections=c, **post)
+                usage.append((f"courier {label} (every scenario)", start, server_usage(url), results))
+            return results
+
+        ours = measure(ROOT, "estimate")
+        before = {}
+        if args.before:
+            with checkout(args.before) as tree:
+                before = measure(tree, f"estimate at {args.before}")
     for c in levels:
         for path in ("/api/v1/delivery-estimate", "/"):
             print(compare_row(ours[(path, c)], bare[("single", c)]))
+            if before:
+                print(compare_row(ours[(path, c)], before[(path, c)], args.before))
         print(compare_row(ours[("mixed", c)], bare[("mixed", c)]))
+        if before:
+            print(compare_row(ours[("mixed", c)], before[("mixed", c)], args.before))
     for label, before, after, results in usage:
         # Requests of the median runs times the runs: an estimate of all requests served.
         print(usage_row(label, before, after, sum(r.requests for r in results.values()) * args.runs))

@@ -32,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import (  # noqa: E402
     HEADER,
+    ROOT,
+    checkout,
     compare_row,
     gunicorn,
     load,
@@ -91,19 +93,32 @@ def bare_comparison(args, standin_url: str) -> None:
                 bare[("mixed", c)] = median_load(args.runs, f"bare /query mixed c={c}", url, "/query",
                                                  requests_file=str(bare_mixed), connections=c, **get)
             usage = [("bare (every scenario)", start, server_usage(url), bare)]
-        with gunicorn(env, args.workers, quiet=True) as url:
-            load("warm-up", url, PATH, seconds=2, connections=8)  # every worker has the venue in memory
-            load("warm-up", url, "/", requests_file=str(mixed), seconds=2, connections=8)
-            start = server_usage(url)
-            for c in levels:
-                ours[("one", c)] = median_load(args.runs, f"price, warm, one query c={c}", url, PATH, connections=c,
-                                               **get)
-                ours[("mixed", c)] = median_load(args.runs, f"price, warm, 500 queries c={c}", url, "/",
-                                                 requests_file=str(mixed), connections=c, **get)
-            usage.append(("courier price (every scenario)", start, server_usage(url), ours))
+        def measure(root: Path, label: str) -> dict:
+            results = {}
+            with gunicorn(env, args.workers, quiet=True, root=root) as url:
+                load("warm-up", url, PATH, seconds=2, connections=8)  # every worker has the venue in memory
+                load("warm-up", url, "/", requests_file=str(mixed), seconds=2, connections=8)
+                start = server_usage(url)
+                for c in levels:
+                    results[("one", c)] = median_load(args.runs, f"{label}warm, one query c={c}", url, PATH,
+                                                      connections=c, **get)
+                    results[("mixed", c)] = median_load(args.runs, f"{label}warm, 500 queries c={c}", url, "/",
+                                                        requests_file=str(mixed), connections=c, **get)
+                usage.append((f"courier {label}(every scenario)", start, server_usage(url), results))
+            return results
+
+        ours = measure(ROOT, "price, ")
+        before = {}
+        if args.before:
+            with checkout(args.before) as tree:
+                before = measure(tree, f"price at {args.before}, ")
     for c in levels:
         print(compare_row(ours[("one", c)], bare[("one", c)]))
         print(compare_row(ours[("mixed", c)], bare[("mixed", c)]))
+        if before:
+            print(compare_row(before[("one", c)], bare[("one", c)]))
+            print(compare_row(ours[("one", c)], before[("one", c)], f"{args.before}"))
+            print(compare_row(ours[("mixed", c)], before[("mixed", c)], f"{args.before}"))
     for label, before, after, results in usage:
         print(usage_row(label, before, after, sum(r.requests for r in results.values()) * args.runs))
     print(metrics_cost({"COURIER_VENUE_API_URL": standin_url}, args.workers, args.runs, "price", PATH, **get))
@@ -115,6 +130,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--only-bare-comparison", action="store_true", help="skip the upstream scenarios")
+    parser.add_argument("--before", metavar="REF", help="also serve this git commit (a temporary worktree) in the "
+                        "bare comparison: the working tree's req/s as a %% of that commit's, same run")
     args = parser.parse_args()
     if args.only_bare_comparison:
         print(f"machine: {machine()}; gunicorn sync workers: {args.workers}; median of {args.runs} runs")

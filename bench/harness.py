@@ -92,13 +92,28 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 
 
 @contextmanager
-def served(cmd: list[str], port: int, health_path: str, env: dict | None = None, quiet: bool = False):
+def checkout(ref: str):
+    """``ref`` in a temporary git worktree, served by the same virtualenv: the code of another commit
+    measured in the same run as the working tree (``--before REF``), so the ratio is not noise
+    between runs minutes apart."""
+    path = Path(tempfile.mkdtemp(prefix="courier-bench-ref-")) / "tree"
+    subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(path), ref], cwd=ROOT, check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, check=False)
+        shutil.rmtree(path.parent, ignore_errors=True)
+
+
+@contextmanager
+def served(cmd: list[str], port: int, health_path: str, env: dict | None = None, quiet: bool = False,
+           cwd: Path = ROOT):
     """Run a server command on ``port`` until the block ends; yields its base URL once it answers.
 
     ``quiet``: its stderr (log lines, e.g. one access line per request) goes to /dev/null: still
     written, as in production, but not onto the terminal.
     """
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL if quiet else None)
     try:
         wait_http(f"http://127.0.0.1:{port}{health_path}")
@@ -110,10 +125,11 @@ def served(cmd: list[str], port: int, health_path: str, env: dict | None = None,
 
 @contextmanager
 def gunicorn(env: dict, workers: int, port: int | None = None, target: str = "wsgi:app", health: str = "/healthz",
-             quiet: bool = False):
-    """gunicorn with Courier's gunicorn.conf.py serving ``target`` (another app: same settings)."""
+             quiet: bool = False, root: Path = ROOT):
+    """gunicorn with Courier's gunicorn.conf.py serving ``target`` (another app: same settings), from
+    ``root`` (another checkout: gunicorn puts its directory first on sys.path)."""
     port = port or free_port()
-    with served([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", target], port, health, quiet=quiet,
+    with served([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", target], port, health, quiet=quiet, cwd=root,
                 env={**env, "COURIER_BIND": f"127.0.0.1:{port}", "COURIER_WORKERS": str(workers),
                      "COURIER_GUNICORN_LOG_LEVEL": "warning"}) as url:
         yield url
@@ -199,10 +215,11 @@ def median_load(runs: int, label: str, url: str, path: str, **kwargs) -> LoadRes
     return results[len(results) // 2]
 
 
-def compare_row(ours: LoadResult, bare: LoadResult) -> str:
-    """Our req/s as a % of the bare route's, and our p99 as a multiple of its p99."""
-    return (f"{ours.label:<40} {ours.rps:>8.0f} req/s = {ours.rps / bare.rps * 100:5.1f}% of bare ({bare.rps:.0f}); "
-            f"p99 {ours.p99_ms:.2f} ms = {ours.p99_ms / max(bare.p99_ms, 1e-9):.2f}x bare ({bare.p99_ms:.2f} ms)")
+def compare_row(ours: LoadResult, bare: LoadResult, baseline: str = "bare") -> str:
+    """Our req/s as a % of the baseline's (the bare route, or ``--before``), and our p99 as a multiple of its p99."""
+    return (f"{ours.label:<40} {ours.rps:>8.0f} req/s = {ours.rps / bare.rps * 100:5.1f}% of {baseline} "
+            f"({bare.rps:.0f}); p99 {ours.p99_ms:.2f} ms = {ours.p99_ms / max(bare.p99_ms, 1e-9):.2f}x {baseline} "
+            f"({bare.p99_ms:.2f} ms)")
 
 
 def machine() -> str:

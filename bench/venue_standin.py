@@ -151,7 +151,7 @@ class StandInServer:
         self.app = VenueStandIn(knobs)
         self.server = make_standin_server(self.app, port)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
     def __enter__(self) -> StandInServer:
         self.thread.start()

@@ -14,12 +14,14 @@ from werkzeug.exceptions import HTTPException
 
 from blueprints.auth import requires
 from blueprints.common import json_body, load_or_400
+from blueprints.declare import Operation, operation
 from blueprints.errors import (
     courier_error_response,
     database_error_response,
     http_error_response,
     internal_error_response,
 )
+from blueprints.openapi import ErrorSchema
 from services.auth.api_keys import Scope
 from services.errors import CourierError
 from services.estimate.estimator import EstimateQuery, estimate_delivery
@@ -75,6 +77,9 @@ _TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+
 class TimeReceived(fields.Field):
     """A timestamp whose hour is used as written: an offset is accepted but not applied."""
 
+    def json_schema(self) -> dict:
+        return {"type": "string", "pattern": _TIME_RE.pattern}
+
     def _deserialize(self, value, attr, data, **kwargs):
         if not isinstance(value, str) or not _TIME_RE.match(value.strip()):
             raise ValidationError("must be 'YYYY-MM-DD HH:MM:SS[.ffffff]' or ISO 8601 with 'T', optional offset")
@@ -86,6 +91,9 @@ class TimeReceived(fields.Field):
 
 class RetailFlag(fields.Field):
     """JSON true/false; 0 and 1 are accepted too, as the original service's clients send them."""
+
+    def json_schema(self) -> dict:
+        return {"type": "boolean"}
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, bool):
@@ -102,10 +110,10 @@ class EstimateRequestSchema(Schema):
     venue_id = fields.String(required=True, validate=validate.Length(min=1, max=MAX_VENUE_ID_LENGTH),
                              metadata={"example": "8a61b8c"})
     time_received = TimeReceived(required=True, metadata={
-        "type": "string", "example": "2017-01-25 03:16:07.938113", "pattern": _TIME_RE.pattern,
+        "example": "2017-01-25 03:16:07.938113",
         "description": "Order time. The model uses the hour as written: no timezone conversion."})
     is_retail = RetailFlag(required=True, metadata={
-        "type": "boolean", "example": True, "description": "0 and 1 are accepted too (original service's clients)."})
+        "example": True, "description": "0 and 1 are accepted too (original service's clients)."})
 
     def load(self, data, *args, **kwargs):  # trim venue_id before validating its length
         if isinstance(data, dict) and isinstance(data.get("venue_id"), str):
@@ -139,13 +147,26 @@ class EstimateResponseSchema(Schema):
     model_version = fields.String(required=True)
 
 
+class EstimateErrorSchema(ErrorSchema):
+    result = fields.Raw(allow_none=True, metadata={"description": "Always null on errors.", "nullable": True})
+
+
 _request_schema = EstimateRequestSchema()
+_response_schema = EstimateResponseSchema()
 _NULL_RESULT = {"result": None}
+ESTIMATE = Operation(
+    summary="Predict delivery time in minutes", tag="estimate",
+    description=("`time_received`'s hour is used as written (no timezone conversion). Unknown venues use the "
+                 "median preparation time (`venue_known: false`) unless `COURIER_ESTIMATE_UNKNOWN_VENUE=reject` "
+                 "(404). Errors also carry `result: null`."),
+    body=_request_schema, response=_response_schema, response_description="Prediction",
+    body_example={"venue_id": "8a61b8c", "time_received": "2017-01-25 03:16:07.938113", "is_retail": True},
+    errors=(400, 404, 413, 503), error_schema=EstimateErrorSchema)
 
 
 @bp.post("/api/v1/delivery-estimate")
-@bp.post("/")
 @requires(Scope.ESTIMATE_READ)
+@operation(ESTIMATE)
 def delivery_estimate():
     data = load_or_400(_request_schema, json_body(), "Invalid estimate request.")
     capability = estimate_capability()
@@ -156,8 +177,16 @@ def delivery_estimate():
                       is_retail=data["is_retail"]),
         current_app.config["ESTIMATE_UNKNOWN_VENUE"],
     )
-    return jsonify(result=estimate.minutes, error=None, venue_known=estimate.venue_known,
-                   model_version=estimate.model_version)
+    return jsonify(_response_schema.dump({"result": estimate.minutes, "error": None,
+                                          "venue_known": estimate.venue_known,
+                                          "model_version": estimate.model_version}))
+
+
+@bp.post("/")
+@requires(Scope.ESTIMATE_READ)
+@operation(ESTIMATE, summary="Same as /api/v1/delivery-estimate (the original service's path)")
+def delivery_estimate_legacy():
+    return delivery_estimate()
 
 
 # Errors of this endpoint carry "result": null as well, like the original service's answers.
@@ -182,30 +211,3 @@ def _database_error(exc):
 @bp.errorhandler(Exception)
 def _internal_error(exc):
     return internal_error_response(exc, _NULL_RESULT)
-
-
-def document(spec, app) -> None:
-    from blueprints.openapi import ErrorSchema, error_responses
-
-    class EstimateErrorSchema(ErrorSchema):
-        result = fields.Raw(allow_none=True, metadata={"description": "Always null on errors.", "nullable": True})
-
-    spec.components.schema("EstimateError", schema=EstimateErrorSchema)
-    spec.components.schema("EstimateRequest", schema=EstimateRequestSchema)
-    spec.components.schema("EstimateResponse", schema=EstimateResponseSchema)
-    operation = {
-        "summary": "Predict delivery time in minutes",
-        "tags": ["estimate"],
-        "description": ("`time_received`'s hour is used as written (no timezone conversion). Unknown venues "
-                        "use the median preparation time (`venue_known: false`) unless "
-                        "`COURIER_ESTIMATE_UNKNOWN_VENUE=reject` (404). Errors also carry `result: null`."),
-        "requestBody": {"required": True, "content": {"application/json": {
-            "schema": "EstimateRequest",
-            "example": {"venue_id": "8a61b8c", "time_received": "2017-01-25 03:16:07.938113", "is_retail": True}}}},
-        "responses": {"200": {"description": "Prediction",
-                              "content": {"application/json": {"schema": "EstimateResponse"}}},
-                      **error_responses(400, 404, 413, 503, schema="EstimateError")},
-    }
-    spec.path(path="/api/v1/delivery-estimate", operations={"post": operation})
-    spec.path(path="/", operations={"post": {**operation, "operationId": "delivery_estimate_legacy",
-                                             "summary": "Same as /api/v1/delivery-estimate (original service's path)"}})

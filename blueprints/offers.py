@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, stream_with_context
-from marshmallow import Schema, ValidationError, fields, pre_load, validate
+from marshmallow import Schema, ValidationError, fields, post_dump, pre_load, validate
 
 from blueprints.auth import requires
 from blueprints.common import json_body, load_or_400, load_query
+from blueprints.declare import operation
 from blueprints.hooks import db_session
 from services.auth.api_keys import Scope
 from services.errors import InvalidRequest, Unprocessable
@@ -68,6 +69,9 @@ _TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]
 
 
 class Timestamp(fields.String):
+    def json_schema(self) -> dict:
+        return {"type": "string", "pattern": _TS_RE.pattern}
+
     def _deserialize(self, value, attr, data, **kwargs):
         text = super()._deserialize(value, attr, data, **kwargs).strip()
         match = _TS_RE.match(text)
@@ -84,6 +88,9 @@ class Timestamp(fields.String):
 
 
 class FiniteNumber(fields.Field):
+    def json_schema(self) -> dict:
+        return {"type": "number"}
+
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValidationError("must be a finite number")
@@ -91,11 +98,11 @@ class FiniteNumber(fields.Field):
 
 
 class TransactionSchema(Schema):
-    ts = Timestamp(required=True, metadata={"example": "2023-12-10 11:24:18", "pattern": _TS_RE.pattern})
+    ts = Timestamp(required=True, metadata={"example": "2023-12-10 11:24:18"})
     type = fields.String(required=True, validate=validate.OneOf(TRANSACTION_TYPES),
                          metadata={"example": "gift"})
-    points = FiniteNumber(required=True, metadata={"type": "number", "example": 9600})
-    revenue_usd = FiniteNumber(required=True, metadata={"type": "number", "example": 32.0})
+    points = FiniteNumber(required=True, metadata={"example": 9600})
+    revenue_usd = FiniteNumber(required=True, metadata={"example": 32.0})
 
     @pre_load
     def _type_in_any_case(self, data, **kwargs):  # like the CSV input
@@ -125,8 +132,17 @@ def _field(field: ResultField, *, nullable: bool | None = None) -> fields.Field:
     return _MARSHMALLOW_KINDS[field.kind](allow_none=allow_none, metadata=metadata)
 
 
+class _KeepsRegistryFeatures(Schema):
+    """A result also carries the features a partner's registry adds beyond the standard eight:
+    those keys are the registry's, not declared here, and pass through as they are."""
+
+    @post_dump(pass_original=True)
+    def _registry_features(self, data: dict, original: dict, **kwargs) -> dict:
+        return {**original, **data} if len(original) > len(data) else data
+
+
 # A real-time offer always has every feature: the same declarations, never null.
-FeaturesSchema = Schema.from_dict({f.name: _field(f, nullable=False) for f in RESULT_FIELDS
+FeaturesSchema = _KeepsRegistryFeatures.from_dict({f.name: _field(f, nullable=False) for f in RESULT_FIELDS
                                    if f.name in STANDARD_FEATURES}, name="FeaturesSchema")
 
 
@@ -148,13 +164,16 @@ class OfferResponseSchema(Schema):
 
 
 class ListQuerySchema(Schema):
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
-    cursor = fields.String(load_default=None)
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500),
+                           metadata={"description": "Page size."})
+    cursor = fields.String(load_default=None, metadata={"description": "next_cursor of the previous page."})
 
 
 class ResultsQuerySchema(ListQuerySchema):
-    status = fields.String(load_default=None, validate=validate.OneOf([s.value for s in MemberStatus]))
-    offer = fields.String(load_default=None, validate=validate.Length(min=1, max=64))
+    status = fields.String(load_default=None, validate=validate.OneOf([s.value for s in MemberStatus]),
+                           metadata={"description": "Only members with this outcome."})
+    offer = fields.String(load_default=None, validate=validate.Length(min=1, max=64),
+                          metadata={"description": "Only members given this offer, e.g. OFFER_2."})
 
 
 def _run_field(field: RunField) -> fields.Field:
@@ -170,33 +189,45 @@ def _run_field(field: RunField) -> fields.Field:
     return _MARSHMALLOW_KINDS[field.kind](allow_none=field.nullable, metadata=metadata)
 
 
-RunSchema = Schema.from_dict({f.name: _run_field(f) for f in RUN_FIELDS}, name="RunSchema")
+OfferRunSchema = Schema.from_dict({f.name: _run_field(f) for f in RUN_FIELDS}, name="OfferRunSchema")
 
 
-ResultSchema = Schema.from_dict(
+OfferResultSchema = _KeepsRegistryFeatures.from_dict(
     {f.name: _field(f) for f in RESULT_FIELDS}
     | {"status": fields.String(metadata={"enum": [s.value for s in MemberStatus],
                                          "description": "scored, skipped or failed"})},
-    name="ResultSchema")
+    name="OfferResultSchema")
 
 
-class RunPageSchema(Schema):
-    items = fields.List(fields.Nested(RunSchema))
+class OfferRunPageSchema(Schema):
+    items = fields.List(fields.Nested(OfferRunSchema))
     next_cursor = fields.String(allow_none=True)
 
 
-class ResultPageSchema(Schema):
-    items = fields.List(fields.Nested(ResultSchema))
+class OfferResultPageSchema(Schema):
+    items = fields.List(fields.Nested(OfferResultSchema))
     next_cursor = fields.String(allow_none=True)
 
 
 _offer_schema = OfferRequestSchema()
+_offer = OfferResponseSchema()
 _list_schema = ListQuerySchema()
 _results_schema = ResultsQuerySchema()
+_run = OfferRunSchema()
+_run_page = OfferRunPageSchema()
+_result = OfferResultSchema()
+_result_page = OfferResultPageSchema()
 
 
 @bp.post("/api/v1/offers")
 @requires(Scope.OFFERS_SCORE)
+@operation(summary="Real-time offer for one member", tag="offers", body=_offer_schema, response=_offer,
+           errors=(400, 404, 413, 422, 502, 503, 504),
+           body_example={"member_id": "F44DBBBC", "partner": "reference", "as_of": "2024-01-05", "transactions": [
+               {"ts": "2023-12-10 11:24:18", "type": "gift", "points": 9600, "revenue_usd": 32.0}]},
+           description="Computes the member's features, calls the partner's ATS and RESP endpoints in parallel, "
+                       "then its offer endpoint. 400 names each bad field and transaction index; 422 "
+                       "`no_transactions`; 404 `partner_not_found`; partner failures 502/503/504.")
 def realtime_offer():
     body = json_body()
     cap = current_app.config["OFFERS_MAX_TRANSACTIONS"]
@@ -212,42 +243,49 @@ def realtime_offer():
         data["transactions"],
         data["as_of"] or datetime.now(UTC).date(),
     )
-    return jsonify(member_id=offer.member_id, features=offer.features, ats_prediction=offer.ats_prediction,
-                   resp_prediction=offer.resp_prediction, offer=offer.offer, partner=offer.partner,
-                   latency_ms=offer.latency_ms)
+    return jsonify(_offer.dump(offer))
 
 
 @bp.get("/api/v1/offer-runs")
 @requires(Scope.RUNS_READ)
+@operation(summary="Recorded offer runs, newest first", tag="offers", query=_list_schema, response=_run_page,
+           errors=(400,))
 def list_runs():
     args = load_query(_list_schema)
     items, cursor = run_service.list_runs(db_session(), args["limit"], args["cursor"])
-    return jsonify(items=items, next_cursor=cursor)
+    return jsonify(_run_page.dump({"items": items, "next_cursor": cursor}))
 
 
 @bp.get("/api/v1/offer-runs/<int:run_id>")
 @requires(Scope.RUNS_READ)
+@operation(summary="One run with its step metrics", tag="offers", response=_run, errors=(404,))
 def run_detail(run_id: int):
-    return jsonify(run_service.run_record(run_service.get_run(db_session(), run_id)))
+    return jsonify(_run.dump(run_service.run_record(run_service.get_run(db_session(), run_id))))
 
 
 @bp.get("/api/v1/offer-runs/<int:run_id>/results")
 @requires(Scope.RUNS_READ)
+@operation(summary="A run's per-member results, in member order", tag="offers", query=_results_schema,
+           response=_result_page, errors=(400, 404))
 def run_results(run_id: int):
     args = load_query(_results_schema)
     items, cursor = run_service.list_results(db_session(), run_id, status=args["status"], offer=args["offer"],
                                              limit=args["limit"], cursor=args["cursor"])
-    return jsonify(items=items, next_cursor=cursor)
+    return jsonify(_result_page.dump({"items": items, "next_cursor": cursor}))
 
 
 @bp.get("/api/v1/offer-runs/<int:run_id>/results/<path:member_id>")
 @requires(Scope.RUNS_READ)
+@operation(summary="One member's result in a run", tag="offers", response=_result, errors=(404,))
 def run_result(run_id: int, member_id: str):
-    return jsonify(run_service.get_result(db_session(), run_id, member_id))
+    return jsonify(_result.dump(run_service.get_result(db_session(), run_id, member_id)))
 
 
 @bp.get("/api/v1/offer-runs/<int:run_id>/export.csv")
 @requires(Scope.RUNS_READ)
+@operation(summary="A run's results as CSV (streamed)", tag="offers", media_type="text/csv",
+           response={"type": "string"}, response_description="CSV with columns " + ",".join(EXPORT_COLUMNS),
+           errors=(404,))
 def run_export(run_id: int):
     # A session of its own: it must outlive the view, until the last chunk is sent.
     session = current_app.extensions["courier"].session()
@@ -269,66 +307,14 @@ def run_export(run_id: int):
 
 @bp.get("/api/v1/offer-runs/<int:run_id>/report")
 @requires(Scope.RUNS_READ)
+@operation(summary="A run's report: one self-contained HTML page with charts", tag="offers", media_type="text/html",
+           response={"type": "string"}, response_description="HTML page", errors=(404,),
+           description="The run record, counts, offer split, per-step throughput and latency percentiles, "
+                       "partner call latency histograms, members completed over time, failures by reason and the "
+                       "features' distributions by offer. Inline SVG, no script, no network; the same page as "
+                       "`flask offers report RUN_ID`.")
 def run_report(run_id: int):
     from services.offers.report_html import CSP, run_report_html
 
     page = run_report_html(db_session(), run_id)
     return Response(page, mimetype="text/html", headers={"Content-Security-Policy": CSP})
-
-
-def document(spec, app) -> None:
-    from blueprints.openapi import error_responses
-
-    for name, schema in (("OfferRequest", OfferRequestSchema), ("OfferResponse", OfferResponseSchema),
-                         ("OfferRun", RunSchema), ("OfferResult", ResultSchema), ("OfferRunPage", RunPageSchema),
-                         ("OfferResultPage", ResultPageSchema)):
-        spec.components.schema(name, schema=schema)
-
-    def ok(schema, description="OK"):
-        return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-    def query(name, schema, description):
-        return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
-
-    paging = [query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "Page size."),
-              query("cursor", {"type": "string"}, "next_cursor of the previous page.")]
-    run_id = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "integer"}}
-    spec.path(path="/api/v1/offers", operations={"post": {
-        "summary": "Real-time offer for one member", "tags": ["offers"],
-        "description": ("Computes the member's features, calls the partner's ATS and RESP endpoints in parallel, "
-                        "then its offer endpoint. 400 names each bad field and transaction index; 422 "
-                        "`no_transactions`; 404 `partner_not_found`; partner failures 502/503/504."),
-        "requestBody": {"required": True, "content": {"application/json": {"schema": "OfferRequest"}}},
-        "responses": {"200": ok("OfferResponse"), **error_responses(400, 404, 413, 422, 502, 503, 504)}}})
-    spec.path(path="/api/v1/offer-runs", operations={"get": {
-        "summary": "Recorded offer runs, newest first", "tags": ["offers"], "parameters": paging,
-        "responses": {"200": ok("OfferRunPage"), **error_responses(400)}}})
-    spec.path(path="/api/v1/offer-runs/{run_id}", operations={"get": {
-        "summary": "One run with its step metrics", "tags": ["offers"], "parameters": [run_id],
-        "responses": {"200": ok("OfferRun"), **error_responses(404)}}})
-    spec.path(path="/api/v1/offer-runs/{run_id}/results", operations={"get": {
-        "summary": "A run's per-member results, in member order", "tags": ["offers"],
-        "parameters": [run_id, *paging,
-                       query("status", {"type": "string", "enum": [s.value for s in MemberStatus]}, "Filter."),
-                       query("offer", {"type": "string"}, "Filter, e.g. OFFER_2.")],
-        "responses": {"200": ok("OfferResultPage"), **error_responses(400, 404)}}})
-    spec.path(path="/api/v1/offer-runs/{run_id}/results/{member_id}", operations={"get": {
-        "summary": "One member's result in a run", "tags": ["offers"],
-        "parameters": [run_id, {"name": "member_id", "in": "path", "required": True, "schema": {"type": "string"}}],
-        "responses": {"200": ok("OfferResult"), **error_responses(404)}}})
-    spec.path(path="/api/v1/offer-runs/{run_id}/export.csv", operations={"get": {
-        "summary": "A run's results as CSV (streamed)", "tags": ["offers"], "parameters": [run_id],
-        "responses": {"200": {"description": "CSV with columns " + ",".join(EXPORT_COLUMNS),
-                              "content": {"text/csv": {"schema": {"type": "string"}}}}, **error_responses(404)}}})
-    spec.path(path="/api/v1/offer-runs/{run_id}/report", operations={"get": {
-        "summary": "A run's report: one self-contained HTML page with charts", "tags": ["offers"],
-        "description": ("The run record, counts, offer split, per-step throughput and latency percentiles, "
-                        "partner call latency histograms, members completed over time, failures by reason and "
-                        "the features' distributions by offer. Inline SVG, no script, no network; the same page "
-                        "as `flask offers report RUN_ID`."),
-        "parameters": [run_id],
-        "responses": {"200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}},
-                      **error_responses(404)}}})
-
-
-__all__ = ["bp", "document"]

@@ -1,24 +1,24 @@
-"""The OpenAPI 3 document, generated from the marshmallow schemas at app creation.
+"""The OpenAPI 3 document, generated at app creation from what each view declares.
 
-Each blueprint module that serves API routes exposes ``document(spec, app)``; this module
-builds the shared parts (error envelope, info) and serialises the result once, so serving
-``/openapi.json`` costs nothing per request.
+Every API view carries an ``@operation(...)`` declaration (``blueprints/declare.py``): the schemas
+it loads and dumps with, a summary, its error statuses. This module walks the app's URL map, so a
+route and its document cannot drift apart, turns each declaration into an operation with apispec's
+marshmallow plugin, and serialises the result once: serving ``/openapi.json`` costs nothing per
+request. Routes without a declaration (the Swagger page and its files) are not part of the API.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
+from typing import Any
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask
 from marshmallow import Schema, fields
 
-# Blueprint modules whose ``document(spec, app)`` adds their paths.
-DOCUMENTED_MODULES = ("blueprints.system", "blueprints.estimate", "blueprints.pricing",
-                      "blueprints.partner_reference", "blueprints.offers")
+from blueprints.declare import Operation, declared
 
 
 class ErrorSchema(Schema):
@@ -56,43 +56,90 @@ PATH_PARAMETERS = {
 }
 
 
-def annotate_operations(document: dict, app: Flask) -> None:
-    """Every operation gets an ``operationId`` from its view's endpoint (declared once, by the view;
-    a second path of one view gets the path as a suffix) and described path parameters."""
-    seen: set[str] = set()
-    for rule in sorted(app.url_map.iter_rules(), key=lambda r: len(r.rule), reverse=True):
-        operations = document.get("paths", {}).get(_openapi_path(rule.rule), {})
-        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
-            operation = operations.get(method.lower())
-            if operation is None:
-                continue
-            if "operationId" not in operation:
-                operation_id = rule.endpoint.replace(".", "_")
-                if operation_id in seen:
-                    operation_id += "_" + (re.sub(r"\W+", "_", rule.rule).strip("_") or "root")
-                operation["operationId"] = operation_id
-            seen.add(operation["operationId"])
-            for parameter in operation.get("parameters", []):
-                if parameter.get("in") == "path" and parameter["name"] in PATH_PARAMETERS:
-                    parameter.setdefault("description", PATH_PARAMETERS[parameter["name"]])
-
-
 def build_spec(app: Flask) -> APISpec:
+    plugin = MarshmallowPlugin()
     spec = APISpec(
         title="Courier",
         version="0.1.0",
         openapi_version="3.0.3",
         info={"description": "Delivery-time estimates, delivery order prices and loyalty offers."},
-        plugins=[MarshmallowPlugin()],
+        plugins=[plugin],
     )
+    assert plugin.converter is not None  # set by APISpec
+    plugin.converter.add_attribute_function(_field_constraints)
+    plugin.converter.add_parameter_attribute_function(_example_on_parameter)
     spec.components.schema("Error", schema=ErrorSchema)
-    for module_name in DOCUMENTED_MODULES:
-        importlib.import_module(module_name).document(spec, app)
+    paths: dict[str, dict[str, Any]] = {}
+    operation_ids: set[str] = set()
+    with app.app_context():  # a field's bounds may be settings (pricing's cart value cap)
+        for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
+            contract = declared(app.view_functions[rule.endpoint])
+            if contract is None:
+                continue
+            for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+                operation = _operation(contract, rule.rule)
+                # The view's endpoint names the operation; one view on two routes would need two names.
+                operation["operationId"] = rule.endpoint.replace(".", "_")
+                if operation["operationId"] in operation_ids:
+                    raise ValueError(f"{rule.endpoint} serves more than one operation: give each route its own view")
+                operation_ids.add(operation["operationId"])
+                paths.setdefault(rule.rule, {})[method.lower()] = operation
+        for rule_text, operations in paths.items():
+            spec.path(path=_openapi_path(rule_text), operations=operations)
     return spec
 
 
+def _operation(contract: Operation, rule: str) -> dict[str, Any]:
+    """The OpenAPI operation of one declaration; apispec resolves the schemas in it."""
+    error_schema: Any = contract.error_schema or "Error"
+    operation: dict[str, Any] = {
+        "summary": contract.summary,
+        "tags": [contract.tag],
+        "parameters": _path_parameters(rule) + ([{"in": "query", "schema": contract.query}] if contract.query else []),
+        "responses": {"200": {"description": contract.response_description},
+                      **error_responses(*contract.errors, schema=error_schema, examples=dict(contract.error_examples))},
+    }
+    if contract.description:
+        operation["description"] = contract.description
+    if contract.response is not None:
+        operation["responses"]["200"]["content"] = {contract.media_type: {"schema": contract.response}}
+    if contract.body is not None:
+        media: dict[str, Any] = {"schema": contract.body}
+        if contract.body_example is not None:
+            media["example"] = contract.body_example
+        operation["requestBody"] = {"required": True, "content": {"application/json": media}}
+    if not operation["parameters"]:
+        del operation["parameters"]
+    return operation
+
+
+_PATH_ARGUMENT = re.compile(r"<(?:([^:<>]+):)?([^<>]+)>")
+_CONVERTER_TYPES = {"int": "integer", "float": "number"}
+
+
+def _path_parameters(rule: str) -> list[dict[str, Any]]:
+    """Path parameters from the rule itself: ``<int:run_id>`` is an integer, anything else a string."""
+    return [{"name": name, "in": "path", "required": True,
+             "schema": {"type": _CONVERTER_TYPES.get(converter or "", "string")},
+             **({"description": PATH_PARAMETERS[name]} if name in PATH_PARAMETERS else {})}
+            for converter, name in _PATH_ARGUMENT.findall(rule)]
+
+
+def _field_constraints(self: Any, field: fields.Field, **kwargs: Any) -> dict[str, Any]:
+    """A custom field's JSON-schema constraints (type, bounds, pattern), from its ``json_schema()``:
+    the field states what it accepts next to the code that checks it."""
+    describe = getattr(field, "json_schema", None)
+    return describe() if callable(describe) else {}
+
+
+def _example_on_parameter(self: Any, field: fields.Field, ret: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """Swagger UI's "Try it out" fills a parameter from the parameter's own ``example``."""
+    example = ret.get("schema", {}).pop("example", None)
+    return {"example": example} if example is not None else {}
+
+
 def _openapi_path(rule: str) -> str:
-    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
+    return _PATH_ARGUMENT.sub(r"{\2}", rule)
 
 
 def add_security(document: dict, app: Flask) -> None:
@@ -127,6 +174,5 @@ def add_security(document: dict, app: Flask) -> None:
 def register_openapi(app: Flask) -> None:
     document = build_spec(app).to_dict()
     add_security(document, app)
-    annotate_operations(document, app)
     app.extensions["courier_openapi"] = json.dumps(document).encode()
 

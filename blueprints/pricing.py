@@ -11,6 +11,7 @@ from marshmallow import Schema, ValidationError, fields
 
 from blueprints.auth import requires
 from blueprints.common import load_query
+from blueprints.declare import operation
 from services.auth.api_keys import Scope
 from services.pricing.price import PriceQuery, price_order
 from services.pricing.venue_store import VenueStore
@@ -58,6 +59,9 @@ _FLOAT_RE = re.compile(r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]
 
 
 class Slug(fields.Field):
+    def json_schema(self) -> dict:
+        return {"type": "string", "maxLength": 128, "pattern": SLUG_RE.pattern}
+
     def _deserialize(self, value, attr, data, **kwargs):
         if not isinstance(value, str) or not SLUG_RE.match(value):
             raise ValidationError("must be 1-128 characters: letters, digits, '-', '_', '.' (not '..'), "
@@ -66,6 +70,9 @@ class Slug(fields.Field):
 
 
 class CartValue(fields.Field):
+    def json_schema(self) -> dict:
+        return {"type": "integer", "minimum": 0, "maximum": self.metadata["cap"]()}
+
     def _deserialize(self, value, attr, data, **kwargs):
         cap = self.metadata["cap"]()
         if not isinstance(value, str) or not _INT_RE.match(value):
@@ -77,6 +84,9 @@ class CartValue(fields.Field):
 
 
 class Coordinate(fields.Field):
+    def json_schema(self) -> dict:
+        return {"type": "number", "minimum": -self.metadata["limit"], "maximum": self.metadata["limit"]}
+
     def _deserialize(self, value, attr, data, **kwargs):
         limit = self.metadata["limit"]
         if not isinstance(value, str) or not _FLOAT_RE.match(value):
@@ -92,11 +102,16 @@ def _cart_cap() -> int:
 
 
 class PriceQuerySchema(Schema):
-    venue_slug = Slug(required=True, metadata={"type": "string", "example": "home-assignment-venue-helsinki"})
-    cart_value = CartValue(required=True, metadata={"type": "integer", "minimum": 0, "cap": _cart_cap,
-                                                    "example": 1000})
-    user_lat = Coordinate(required=True, metadata={"type": "number", "limit": 90, "example": 60.17094})
-    user_lon = Coordinate(required=True, metadata={"type": "number", "limit": 180, "example": 24.93087})
+    # The examples are the Helsinki case of the README: Swagger's "Try it out" starts filled with them.
+    venue_slug = Slug(required=True, metadata={"example": "home-assignment-venue-helsinki",
+                                               "description": "The venue, as the venue API names it."})
+    cart_value = CartValue(required=True, metadata={
+        "cap": _cart_cap, "example": 1000,
+        "description": "The cart's value in the currency's smallest unit (cents)."})
+    user_lat = Coordinate(required=True, metadata={
+        "limit": 90, "example": 60.17094, "description": "Latitude of the delivery address (WGS84 degrees)."})
+    user_lon = Coordinate(required=True, metadata={
+        "limit": 180, "example": 24.93087, "description": "Longitude of the delivery address (WGS84 degrees)."})
 
     def quick_load(self, data: dict) -> dict | None:
         """What ``load`` returns for a well-formed query, in a tenth of its time; None for anything else.
@@ -123,57 +138,31 @@ class DeliverySchema(Schema):
     distance = fields.Integer(required=True, metadata={"description": "Metres, straight line"})
 
 
-class PriceResponseSchema(Schema):
+class DeliveryOrderPriceSchema(Schema):
     total_price = fields.Integer(required=True)
     small_order_surcharge = fields.Integer(required=True)
     cart_value = fields.Integer(required=True)
     delivery = fields.Nested(DeliverySchema, required=True)
 
 
-_schema = PriceQuerySchema()
-
-
-@bp.get("/api/v1/delivery-order-price")
-@requires(Scope.PRICING_READ)
-def delivery_order_price():
-    args = load_query(_schema)
-    quote = price_order(pricing_capability().venues, PriceQuery(**args))
-    return jsonify(total_price=quote.total_price, small_order_surcharge=quote.small_order_surcharge,
-                   cart_value=quote.cart_value,
-                   delivery={"fee": quote.delivery_fee, "distance": quote.delivery_distance})
-
-
 # What this endpoint answers to cart_value=x (tests/blueprints/test_openapi_coverage.py holds it to that).
 INVALID_REQUEST_EXAMPLE = {"error": "Invalid query parameters.", "code": "invalid_request",
                            "details": {"cart_value": ["must be a non-negative whole number (smallest currency unit)"]}}
 
+_query = PriceQuerySchema()
+_price = DeliveryOrderPriceSchema()
 
-def document(spec, app) -> None:
-    from blueprints.openapi import error_responses
 
-    spec.components.schema("DeliveryOrderPrice", schema=PriceResponseSchema)
-    params = [
-        # The examples are the Helsinki case of the README: "Try it out" starts filled with them.
-        {"name": "venue_slug", "in": "query", "required": True, "example": "home-assignment-venue-helsinki",
-         "description": "The venue, as the venue API names it.",
-         "schema": {"type": "string", "maxLength": 128, "pattern": SLUG_RE.pattern}},
-        {"name": "cart_value", "in": "query", "required": True, "example": 1000,
-         "description": "The cart's value in the currency's smallest unit (cents).",
-         "schema": {"type": "integer", "minimum": 0, "maximum": app.config["PRICING_MAX_CART_VALUE"]}},
-        {"name": "user_lat", "in": "query", "required": True, "example": 60.17094,
-         "description": "Latitude of the delivery address (WGS84 degrees).",
-         "schema": {"type": "number", "minimum": -90, "maximum": 90}},
-        {"name": "user_lon", "in": "query", "required": True, "example": 24.93087,
-         "description": "Longitude of the delivery address (WGS84 degrees).",
-         "schema": {"type": "number", "minimum": -180, "maximum": 180}},
-    ]
-    spec.path(path="/api/v1/delivery-order-price", operations={"get": {
-        "summary": "Price a delivery order",
-        "tags": ["pricing"],
-        "description": ("Money in the currency's smallest unit, distance in metres. 400 `delivery_not_available` "
-                        "when the address is beyond the venue's last distance range."),
-        "parameters": params,
-        "responses": {"200": {"description": "Price",
-                              "content": {"application/json": {"schema": "DeliveryOrderPrice"}}},
-                      **error_responses(400, 404, 502, 503, 504, examples={400: INVALID_REQUEST_EXAMPLE})},
-    }})
+@bp.get("/api/v1/delivery-order-price")
+@requires(Scope.PRICING_READ)
+@operation(summary="Price a delivery order", tag="pricing", query=_query, response=_price,
+           response_description="Price", errors=(400, 404, 502, 503, 504),
+           error_examples={400: INVALID_REQUEST_EXAMPLE},
+           description="Money in the currency's smallest unit, distance in metres. 400 `delivery_not_available` "
+                       "when the address is beyond the venue's last distance range.")
+def delivery_order_price():
+    args = load_query(_query)
+    quote = price_order(pricing_capability().venues, PriceQuery(**args))
+    return jsonify(_price.dump({"total_price": quote.total_price, "small_order_surcharge": quote.small_order_surcharge,
+                                "cart_value": quote.cart_value,
+                                "delivery": {"fee": quote.delivery_fee, "distance": quote.delivery_distance}}))

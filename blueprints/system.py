@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from apispec import APISpec
 from flask import Blueprint, Flask, Response, current_app, jsonify, send_from_directory
+from marshmallow import Schema, fields
 from swagger_ui_bundle import swagger_ui_path
 
 from blueprints.auth import requires
+from blueprints.declare import operation
 from blueprints.errors import envelope
-from blueprints.openapi import error_responses
 from services.auth.api_keys import Scope
 
 bp = Blueprint("system", __name__)
@@ -35,15 +35,30 @@ _DOCS_PAGE = """<!doctype html>
 """
 
 
+class LivenessSchema(Schema):
+    status = fields.String(required=True, metadata={"enum": ["ok"]})
+
+
+class ReadinessSchema(Schema):
+    status = fields.String(required=True, metadata={"enum": ["ready"]})
+    checks = fields.List(fields.String(), required=True, metadata={"description": "The checks that passed."})
+
+
+_liveness = LivenessSchema()
+_readiness = ReadinessSchema()
+
+
 @bp.get("/healthz")
 @requires(Scope.OPS_READ)
+@operation(summary="Liveness", tag="system", response=_liveness)
 def healthz():
     """The process is alive and serving; checks nothing else, so it stays cheap."""
-    return jsonify(status="ok")
+    return jsonify(_liveness.dump({"status": "ok"}))
 
 
 @bp.get("/readyz")
 @requires(Scope.OPS_READ)
+@operation(summary="Readiness: database migrated, model loaded", tag="system", response=_readiness, errors=(503,))
 def readyz():
     """Ready to take traffic: every registered readiness check (database, migrations, model...) passes."""
     checks = current_app.extensions["courier"].readiness_checks
@@ -63,11 +78,13 @@ def readyz():
         return envelope(503, "not_ready", "Not ready: " + "; ".join(f"{k}: {v}" for k, v in failures.items()),
                         details=failures, headers={"Retry-After": "5"})
     # Readiness only: the counters (venue cache, upstream failures...) are in /metrics, summed over workers.
-    return jsonify(status="ready", checks=sorted(checks))
+    return jsonify(_readiness.dump({"status": "ready", "checks": sorted(checks)}))
 
 
 @bp.get("/metrics")
 @requires(Scope.OPS_READ)
+@operation(summary="Prometheus metrics (all workers)", tag="system", media_type="text/plain",
+           response={"type": "string"}, response_description="Prometheus text format")
 def prometheus_metrics():
     """Prometheus text format; under gunicorn, summed over every worker (multiprocess mode)."""
     from prometheus_client import CONTENT_TYPE_LATEST
@@ -80,6 +97,7 @@ def prometheus_metrics():
 
 @bp.get("/openapi.json")
 @requires(Scope.DOCS_READ)
+@operation(summary="This document", tag="system", response={"type": "object"})
 def openapi_json():
     return Response(current_app.extensions["courier_openapi"], mimetype="application/json")
 
@@ -94,21 +112,3 @@ def docs():
 @requires(Scope.DOCS_READ)
 def docs_static(filename: str):
     return send_from_directory(swagger_ui_path, filename, max_age=86400)
-
-
-def document(spec: APISpec, app: Flask) -> None:
-    ok = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
-    spec.path(path="/healthz",
-              operations={"get": {"summary": "Liveness", "tags": ["system"], "responses": {"200": ok}}})
-    spec.path(
-        path="/readyz",
-        operations={"get": {"summary": "Readiness: database migrated, model loaded", "tags": ["system"],
-                            "responses": {"200": ok, **error_responses(503)}}},
-    )
-    spec.path(path="/metrics", operations={"get": {"summary": "Prometheus metrics (all workers)", "tags": ["system"],
-                                                   "responses": {"200": {"description": "Prometheus text format",
-                                                                         "content": {"text/plain": {"schema": {
-                                                                             "type": "string"}}}}}}})
-    spec.path(path="/openapi.json", operations={"get": {"summary": "This document", "tags": ["system"],
-                                                        "responses": {"200": ok}}})
-

@@ -262,3 +262,14 @@ def test_timestamps_with_a_utc_offset_are_accepted_and_converted(client, app, mo
     assert [a.status_code for a in answers] == [200, 200], answers[1].get_json()
     assert answers[0].get_json()["features"] == answers[1].get_json()["features"]
     assert answers[1].get_json()["features"]["DAYS_SINCE_LAST_TRANSACTION"] == 1  # 2024-01-04 in UTC
+
+
+def test_results_and_realtime_features_keep_the_features_a_registry_adds_beyond_the_standard_eight():
+    from blueprints.offers import FeaturesSchema, OfferResultSchema
+    from services.offers.features import STANDARD_FEATURES
+    from services.offers.result_shape import RESULT_FIELDS
+
+    result = {f.name: None for f in RESULT_FIELDS} | {"member_id": "M1", "status": "scored", "DAYS_UNTIL_XMAS": 17}
+    assert OfferResultSchema().dump(result) == result
+    features = {name: 1.5 for name in STANDARD_FEATURES} | {"DAYS_SINCE_LAST_TRANSACTION": 3, "DAYS_UNTIL_XMAS": 17}
+    assert FeaturesSchema().dump(features) == features

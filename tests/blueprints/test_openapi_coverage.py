@@ -52,3 +52,16 @@ def test_try_it_out_starts_filled_with_the_readme_examples(client, seeded_prep_t
     real = client.get("/api/v1/delivery-order-price?venue_slug=home-assignment-venue-helsinki&cart_value=x"
                       "&user_lat=60.17094&user_lon=24.93087").get_json()
     assert real == error["example"]
+
+
+def test_a_settings_bound_is_documented_from_the_field_that_checks_it(app_config):
+    from app import create_app
+
+    app = create_app({**app_config, "PRICING_MAX_CART_VALUE": 5000})
+    ops = operations(app.test_client().get("/openapi.json").get_json())
+    cart = next(p for p in ops[("/api/v1/delivery-order-price", "get")]["parameters"] if p["name"] == "cart_value")
+    assert cart["schema"] == {"type": "integer", "minimum": 0, "maximum": 5000}
+    answer = app.test_client().get("/api/v1/delivery-order-price?venue_slug=home-assignment-venue-helsinki"
+                                   "&cart_value=5001&user_lat=60.17094&user_lon=24.93087")
+    assert answer.status_code == 400 and answer.get_json()["details"] == {"cart_value": ["must be at most 5000"]}
+    app.extensions["courier"].close()
