@@ -34,11 +34,12 @@ run: $(VENV)/.installed-run
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 ## test: install dev extras; lint (ruff, line length 120), type-check (mypy), then the whole suite with
-## branch coverage (fails under 93%)
+## branch coverage (fails under 93%), on every core (PYTEST_WORKERS=0: in this process, e.g. for a debugger)
+PYTEST_WORKERS ?= auto
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest --cov --cov-fail-under=93
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --cov --cov-fail-under=93
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

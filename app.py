@@ -79,7 +79,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from blueprints.auth import protect
     from blueprints.errors import register_error_handlers
     from blueprints.hooks import register_request_hooks
-    from blueprints.openapi import register_openapi
     from services.db import make_engine, make_session_factory
     from services.logs import configure_logging
     from services.migrations import database_readiness
@@ -106,6 +105,5 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     register_request_hooks(app)
     register_error_handlers(app)
     protect(app, app.config["OPEN_SCOPES"])
-    register_openapi(app)
     return app
 

@@ -1,10 +1,11 @@
-"""The OpenAPI 3 document, generated at app creation from what each view declares.
+"""The OpenAPI 3 document, generated from what each view declares.
 
 Every API view carries an ``@operation(...)`` declaration (``blueprints/declare.py``): the schemas
 it loads and dumps with, a summary, its error statuses. This module walks the app's URL map, so a
 route and its document cannot drift apart, turns each declaration into an operation with apispec's
-marshmallow plugin, and serialises the result once: serving ``/openapi.json`` costs nothing per
-request. Routes without a declaration (the Swagger page and its files) are not part of the API.
+marshmallow plugin, and serialises the result once, on first use: serving ``/openapi.json`` costs
+nothing per request after that. Routes without a declaration (the Swagger page and its files) are
+not part of the API.
 """
 
 from __future__ import annotations
@@ -171,8 +172,12 @@ def add_security(document: dict, app: Flask) -> None:
             operation["responses"].update(error_responses(401, 403, schema={"$ref": "#/components/schemas/Error"}))
 
 
-def register_openapi(app: Flask) -> None:
-    document = build_spec(app).to_dict()
-    add_security(document, app)
-    app.extensions["courier_openapi"] = json.dumps(document).encode()
-
+def openapi_document(app: Flask) -> bytes:
+    """The serialised document, built on first use and kept: a worker pays its ~15 ms once, on the
+    first ``/openapi.json``, rather than every app built (each test builds one, ~500 a suite)."""
+    document = app.extensions.get("courier_openapi")
+    if document is None:  # two first requests at once build it twice, both the same: no lock needed
+        spec = build_spec(app).to_dict()
+        add_security(spec, app)
+        document = app.extensions["courier_openapi"] = json.dumps(spec).encode()
+    return document

@@ -140,15 +140,28 @@ def app_on_template_copy(tmp_path_factory, migrated_template, name: str, **confi
     return app, folder
 
 
+def postgres_in_schema(url: str | None, schema: str) -> str | None:
+    """``url`` with a schema of its own first on the search path. Each module that uses the PostgreSQL
+    test database has one, so modules running at once (in two xdist workers) never share a table."""
+    from sqlalchemy.engine import make_url
+
+    if not url:
+        return None
+    return make_url(url).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+        hide_password=False)
+
+
 def fresh_postgres(url: str) -> None:
-    """Empty the PostgreSQL test database and migrate it to head (the PostgreSQL modules share it)."""
+    """Empty the schema ``url`` searches (see :func:`postgres_in_schema`) and migrate it to head."""
     from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
 
     from services import migrations
 
+    schema = make_url(url).query["options"].split("search_path=", 1)[1]  # type: ignore[union-attr]
     engine = create_engine(url)
     with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     migrations.upgrade(engine)
     engine.dispose()

@@ -18,9 +18,9 @@ from services.offers.pipeline import run_offers
 from services.offers.run_lifecycle import RunOptions
 from services.tables import OfferRun, OfferRunChunk
 from tests.distributed_fixtures import CeleryWorker, MissingComponent, RedisServer
-from tests.offers_fixtures import LivePartner, fresh_postgres, recorded_results
+from tests.offers_fixtures import LivePartner, fresh_postgres, postgres_in_schema, recorded_results
 
-PG_URL = os.environ.get("COURIER_TEST_POSTGRES_URL")
+PG_URL = postgres_in_schema(os.environ.get("COURIER_TEST_POSTGRES_URL"), "distributed_celery")
 pytestmark = pytest.mark.skipif(not PG_URL, reason="COURIER_TEST_POSTGRES_URL not set")
 pytest.importorskip("celery", reason="the distributed extra is not installed (pip install -e '.[distributed]')")
 

@@ -15,9 +15,9 @@ from services import migrations
 from services.offers.pipeline import run_offers
 from services.offers.run_lifecycle import RunOptions
 from tests.auth_fixtures import keyed_client
-from tests.offers_fixtures import fresh_postgres
+from tests.offers_fixtures import fresh_postgres, postgres_in_schema
 
-PG_URL = os.environ.get("COURIER_TEST_POSTGRES_URL")
+PG_URL = postgres_in_schema(os.environ.get("COURIER_TEST_POSTGRES_URL"), "postgres_suite")
 pytestmark = pytest.mark.skipif(not PG_URL, reason="COURIER_TEST_POSTGRES_URL not set")
 
 
