@@ -60,7 +60,7 @@ def healthz():
 @bp.get("/readyz")
 @requires(Scope.OPS_READ)
 @operation(summary="Readiness: database migrated, model loaded", tag="system", response=_readiness, errors=(503,))
-def readyz():
+def readyz() -> Response:
     """Ready to take traffic: every registered readiness check (database, migrations, model...) passes."""
     checks = current_app.extensions["courier"].readiness_checks
     failures: dict[str, str] = {}

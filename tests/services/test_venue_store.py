@@ -263,9 +263,11 @@ def test_refresh_ahead_storm_with_a_slow_upstream_does_not_deadlock(app, clock):
     import threading
     import time
 
+    delay = {"s": 0.0}  # fast while the store warms up, then 0.3 s per call
+
     def slow(half):
         def answer(request):
-            time.sleep(0.3)
+            time.sleep(delay["s"])
             return 200, {}, json.dumps(doc("helsinki", half))
         return answer
 
@@ -277,6 +279,7 @@ def test_refresh_ahead_storm_with_a_slow_upstream_does_not_deadlock(app, clock):
         store = make_store(app, clock, policy)
         for slug in slugs:
             store.get(slug)
+        delay["s"] = 0.3
         clock.now += 3.5  # every venue in the refresh-ahead window, both halves due
         answered = threading.Event()
 
