@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import (  # noqa: E402
     ROOT,
-    checkout,
     compare_row,
     gunicorn,
     machine,
+    measured_with_baseline,
     median_load,
     metrics_cost,
     prepared_env,
@@ -104,11 +104,7 @@ def main() -> None:
                 usage.append((f"courier {label} (every scenario)", start, server_usage(url), results))
             return results
 
-        ours = measure(ROOT, "estimate")
-        before = {}
-        if args.before:
-            with checkout(args.before) as tree:
-                before = measure(tree, f"estimate at {args.before}")
+        ours, before = measured_with_baseline(measure, "estimate", args.before)
     for c in levels:
         for path in ("/api/v1/delivery-estimate", "/"):
             print(compare_row(ours[(path, c)], bare[("single", c)]))

@@ -32,12 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import (  # noqa: E402
     HEADER,
-    ROOT,
-    checkout,
     compare_row,
     gunicorn,
     load,
     machine,
+    measured_with_baseline,
     median_load,
     metrics_cost,
     prepared_env,
@@ -100,18 +99,14 @@ def bare_comparison(args, standin_url: str) -> None:
                 load("warm-up", url, "/", requests_file=str(mixed), seconds=2, connections=8)
                 start = server_usage(url)
                 for c in levels:
-                    results[("one", c)] = median_load(args.runs, f"{label}warm, one query c={c}", url, PATH,
+                    results[("one", c)] = median_load(args.runs, f"{label}, warm, one query c={c}", url, PATH,
                                                       connections=c, **get)
-                    results[("mixed", c)] = median_load(args.runs, f"{label}warm, 500 queries c={c}", url, "/",
+                    results[("mixed", c)] = median_load(args.runs, f"{label}, warm, 500 queries c={c}", url, "/",
                                                         requests_file=str(mixed), connections=c, **get)
-                usage.append((f"courier {label}(every scenario)", start, server_usage(url), results))
+                usage.append((f"courier {label} (every scenario)", start, server_usage(url), results))
             return results
 
-        ours = measure(ROOT, "price, ")
-        before = {}
-        if args.before:
-            with checkout(args.before) as tree:
-                before = measure(tree, f"price at {args.before}, ")
+        ours, before = measured_with_baseline(measure, "price", args.before)
     for c in levels:
         print(compare_row(ours[("one", c)], bare[("one", c)]))
         print(compare_row(ours[("mixed", c)], bare[("mixed", c)]))

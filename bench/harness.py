@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,16 @@ def checkout(ref: str):
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, check=False)
         shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def measured_with_baseline(measure: Callable[[Path, str], dict], label: str, before: str | None) -> tuple[dict, dict]:
+    """``measure(root, label)`` on the working tree, then (``--before REF``) on that commit in a
+    temporary worktree; the second dict is empty without ``before``."""
+    ours = measure(ROOT, label)
+    if not before:
+        return ours, {}
+    with checkout(before) as tree:
+        return ours, measure(tree, f"{label} at {before}")
 
 
 @contextmanager
