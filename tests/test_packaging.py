@@ -1,11 +1,13 @@
 """A non-editable install works from anywhere: migrations, data and Alembic configuration ship with it.
 
-The wheel is built from this checkout and installed into a fresh virtualenv whose dependencies
+The wheel is built from a copy of this checkout (setuptools writes build/ and *.egg-info beside
+the sources: not into the developer's tree, nor under another test worker) and installed into a fresh virtualenv whose dependencies
 come from the test virtualenv (a .pth line; no network). Every command then runs from a folder
 outside the checkout, so nothing can be read from the source tree by accident.
 """
 
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -21,9 +23,11 @@ from tests.live_servers import ROOT, free_port, http_get, wait_until_up
 def installed(tmp_path_factory) -> Path:
     """A virtualenv with the courier wheel installed (not editable); returns its folder."""
     folder = tmp_path_factory.mktemp("pkg")
-    wheels = folder / "wheels"
+    wheels, source = folder / "wheels", folder / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".tox", "build", "dist", "instance", "*.egg-info", "__pycache__", ".*_cache"))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                            "-w", str(wheels), str(ROOT)], capture_output=True, text=True)
+                            "-w", str(wheels), str(source)], capture_output=True, text=True)
     if build.returncode != 0 and "No module named 'wheel'" in build.stderr + build.stdout:
         pytest.skip("the wheel package is not installed (the dev extra brings it)")
     assert build.returncode == 0, build.stderr
