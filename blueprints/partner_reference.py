@@ -38,6 +38,15 @@ _OFFER = {"type": "object", "properties": {"offer": {"type": "string", "enum": [
 _BATCH_NOTE = (f"Batch of at most {reference_formulas.MAX_BATCH} items; answers in the same order. "
                "A bad item fails the whole batch with a 422 whose details are keyed by the item's index.")
 _TAG = "reference partner"
+# One member of the bundled sample (01453339 as of 2024-01-05): "Try it out" starts with real features.
+_SAMPLE = {"AVG_POINTS_BOUGHT": 2244.44, "AVG_REVENUE_USD": 3.436, "LAST_3_TRANSACTIONS_AVG_POINTS_BOUGHT": 133.33,
+           "LAST_3_TRANSACTIONS_AVG_REVENUE_USD": 1.806, "PCT_BUY_TRANSACTIONS": 0.3333,
+           "PCT_GIFT_TRANSACTIONS": 0.3889, "PCT_REDEEM_TRANSACTIONS": 0.2778, "DAYS_SINCE_LAST_TRANSACTION": 325}
+_ATS_EXAMPLE = {name: _SAMPLE[name] for name in reference_formulas.ATS_INPUTS}
+_RESP_EXAMPLE = {name: _SAMPLE[name] for name in reference_formulas.RESP_INPUTS}
+# What the two models answer to it (about 340.7 and 0.0235: OFFER_1).
+_PREDICTIONS_EXAMPLE = {"ats_prediction": reference_formulas.predict_ats(_ATS_EXAMPLE),
+                        "resp_prediction": reference_formulas.predict_resp(_RESP_EXAMPLE)}
 
 
 def _body():
@@ -55,20 +64,21 @@ def ping():
 
 @bp.post("/ml/ats/predict")
 @operation(summary="Reference partner: ATS model", tag=_TAG, body=_features(reference_formulas.ATS_INPUTS),
-           response=_PREDICTION, response_description="Prediction", errors=(422,))
+           body_example=_ATS_EXAMPLE, response=_PREDICTION, response_description="Prediction", errors=(422,))
 def ats_predict():
     return jsonify(prediction=reference_formulas.predict_ats(_body()))
 
 
 @bp.post("/ml/resp/predict")
 @operation(summary="Reference partner: RESP model", tag=_TAG, body=_features(reference_formulas.RESP_INPUTS),
-           response=_PREDICTION, response_description="Prediction", errors=(422,))
+           body_example=_RESP_EXAMPLE, response=_PREDICTION, response_description="Prediction", errors=(422,))
 def resp_predict():
     return jsonify(prediction=reference_formulas.predict_resp(_body()))
 
 
 @bp.post("/offer/assign")
 @operation(summary="Reference partner: offer for predictions", tag=_TAG, body=_PREDICTIONS, response=_OFFER,
+           body_example=_PREDICTIONS_EXAMPLE,
            response_description="Offer", errors=(422,))
 def offer_assign():
     return jsonify(offer=reference_formulas.offer_for(_body()))
@@ -77,7 +87,7 @@ def offer_assign():
 # Batch twins: a JSON list in, a list out in the same order (at most reference_formulas.MAX_BATCH).
 @bp.post("/ml/ats/predict/batch")
 @operation(summary="Reference partner: ATS model, batch", tag=_TAG, description=_BATCH_NOTE,
-           body=_batch_of(_features(reference_formulas.ATS_INPUTS), "feature objects"),
+           body=_batch_of(_features(reference_formulas.ATS_INPUTS), "feature objects"), body_example=[_ATS_EXAMPLE],
            response={"type": "array", "items": _PREDICTION}, response_description="Predictions", errors=(422,))
 def ats_predict_batch():
     return jsonify([{"prediction": p} for p in reference_formulas.predict_ats_batch(_body())])
@@ -85,7 +95,7 @@ def ats_predict_batch():
 
 @bp.post("/ml/resp/predict/batch")
 @operation(summary="Reference partner: RESP model, batch", tag=_TAG, description=_BATCH_NOTE,
-           body=_batch_of(_features(reference_formulas.RESP_INPUTS), "feature objects"),
+           body=_batch_of(_features(reference_formulas.RESP_INPUTS), "feature objects"), body_example=[_RESP_EXAMPLE],
            response={"type": "array", "items": _PREDICTION}, response_description="Predictions", errors=(422,))
 def resp_predict_batch():
     return jsonify([{"prediction": p} for p in reference_formulas.predict_resp_batch(_body())])
@@ -93,7 +103,8 @@ def resp_predict_batch():
 
 @bp.post("/offer/assign/batch")
 @operation(summary="Reference partner: offers for predictions, batch", tag=_TAG, description=_BATCH_NOTE,
-           body=_batch_of(_PREDICTIONS, "prediction pairs"), response={"type": "array", "items": _OFFER},
+           body=_batch_of(_PREDICTIONS, "prediction pairs"), body_example=[_PREDICTIONS_EXAMPLE],
+           response={"type": "array", "items": _OFFER},
            response_description="Offers", errors=(422,))
 def offer_assign_batch():
     return jsonify([{"offer": o} for o in reference_formulas.offer_for_batch(_body())])

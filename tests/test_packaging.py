@@ -1,9 +1,9 @@
 """A non-editable install works from anywhere: migrations, data and Alembic configuration ship with it.
 
 The wheel is built from a copy of this checkout (setuptools writes build/ and *.egg-info beside
-the sources: not into the developer's tree, nor under another test worker) and installed into a fresh virtualenv whose dependencies
-come from the test virtualenv (a .pth line; no network). Every command then runs from a folder
-outside the checkout, so nothing can be read from the source tree by accident.
+the sources: not into the developer's tree) and installed into a fresh virtualenv whose
+dependencies come from the test virtualenv (a .pth line; no network). Every command then runs
+from a folder outside the checkout, so nothing can be read from the source tree by accident.
 """
 
 import os

@@ -65,3 +65,26 @@ def test_a_settings_bound_is_documented_from_the_field_that_checks_it(app_config
                                    "&cart_value=5001&user_lat=60.17094&user_lon=24.93087")
     assert answer.status_code == 400 and answer.get_json()["details"] == {"cart_value": ["must be at most 5000"]}
     app.extensions["courier"].close()
+
+
+def test_every_request_body_has_an_example_the_service_accepts(client, app, seeded_prep_times):
+    import responses
+
+    from tests.offers_fixtures import route_to_app
+
+    ops = operations(client.get("/openapi.json").get_json())
+    bodies = {key: op["requestBody"]["content"]["application/json"] for key, op in ops.items() if "requestBody" in op}
+    assert len(bodies) == 9  # estimate twice, the real-time offer, six reference partner routes
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
+        route_to_app(mock, app)  # the real-time offer's partner calls reach the app's reference partner
+        for (path, _), media in bodies.items():
+            assert "example" in media, path
+            answer = client.post(path, json=media["example"])
+            assert answer.status_code == 200, (path, answer.get_json())
+    # the documented pair of predictions is what the documented features get from the two models
+    def answer(model):
+        path = f"/partners/reference/ml/{model}/predict"
+        return client.post(path, json=bodies[(path, "post")]["example"]).get_json()["prediction"]
+
+    pair = bodies[("/partners/reference/offer/assign", "post")]["example"]
+    assert (answer("ats"), answer("resp")) == (pair["ats_prediction"], pair["resp_prediction"])
