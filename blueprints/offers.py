@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, stream_with_context
+from flask import Blueprint, Flask, Response, current_app, jsonify, request, stream_with_context
 from marshmallow import Schema, ValidationError, fields, post_dump, pre_load, validate
 
 from blueprints.auth import requires
@@ -20,6 +20,7 @@ from services.offers import runs as run_service
 from services.offers.celery_tasks import DistributedOffers
 from services.offers.features import STANDARD_FEATURES, TRANSACTION_TYPES
 from services.offers.realtime import RealtimeOffers
+from services.offers.report_pages import ReportPages
 from services.offers.result_shape import EXPORT_COLUMNS, RESULT_FIELDS, RUN_FIELDS, ResultField, RunField
 from services.offers.statuses import MemberStatus, RunStatus
 
@@ -33,6 +34,7 @@ class OffersCapability:
 
     realtime: RealtimeOffers
     distributed: DistributedOffers
+    reports: ReportPages
 
 
 def offers_capability() -> OffersCapability:
@@ -59,7 +61,8 @@ def init_app(app: Flask) -> OffersCapability:
                        visibility_timeout_s=cfg["CELERY_VISIBILITY_TIMEOUT_S"],
                        chunk_max_attempts=cfg["OFFERS_CHUNK_MAX_ATTEMPTS"]),
         context_factory=app.app_context, sessions=runtime.session_factory, partner_config=partner_config)
-    capability = app.extensions[EXTENSION] = OffersCapability(realtime=realtime, distributed=distributed)
+    capability = app.extensions[EXTENSION] = OffersCapability(realtime=realtime, distributed=distributed,
+                                                              reports=ReportPages())
     app.register_blueprint(bp)
     for command in (run_offers_command, partners_group, offers_group):
         app.cli.add_command(command)
@@ -312,9 +315,14 @@ def run_export(run_id: int):
            description="The run record, counts, offer split, per-step throughput and latency percentiles, "
                        "partner call latency histograms, members completed over time, failures by reason and the "
                        "features' distributions by offer. Inline SVG, no script, no network; the same page as "
-                       "`flask offers report RUN_ID`.")
+                       "`flask offers report RUN_ID`. An ended run's page has an `ETag`: send it back in "
+                       "`If-None-Match` and an unchanged run answers 304 without being drawn again.")
 def run_report(run_id: int):
-    from services.offers.report_html import CSP, run_report_html
+    from services.offers.report_html import CSP
 
-    page = run_report_html(db_session(), run_id)
-    return Response(page, mimetype="text/html", headers={"Content-Security-Policy": CSP})
+    page = offers_capability().reports.get(db_session(), run_id, request.if_none_match)
+    response = Response(page.html, status=200 if page.html is not None else 304, mimetype="text/html",
+                        headers={"Content-Security-Policy": CSP, "Cache-Control": "private, no-cache"})
+    if page.etag is not None:
+        response.set_etag(page.etag)
+    return response

@@ -2,7 +2,7 @@
 
 import csv
 import threading
-from datetime import date
+from datetime import UTC, date, datetime
 
 import pytest
 import requests
@@ -225,6 +225,51 @@ def test_run_report_is_one_self_contained_html_page(client, anonymous, recorded_
     assert "<tr><td>890</td>" not in page  # the counts row starts with rows read
     assert "<td>4335</td><td>10</td><td>990</td><td>890</td><td>100</td><td>0</td>" in page
     assert anonymous.get(f"/api/v1/offer-runs/{recorded_run}/report").status_code == 401
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The run ids whose report page was drawn, in order (the real drawing still happens)."""
+    from services.offers import report_html
+
+    calls, real = [], report_html.run_report_html
+    monkeypatch.setattr(report_html, "run_report_html", lambda session, run_id: calls.append(run_id) or
+                        real(session, run_id))
+    return calls
+
+
+def _change_run(app, run_id, **values):
+    from services.tables import OfferRun
+
+    with app.extensions["courier"].session() as session, session.begin():
+        for name, value in values.items():
+            setattr(session.get(OfferRun, run_id), name, value)
+
+
+def test_an_ended_runs_report_is_drawn_once_then_revalidated_by_its_etag(client, app, recorded_run, drawn):
+    url = f"/api/v1/offer-runs/{recorded_run}/report"
+    first = client.get(url)
+    etag = first.headers["ETag"]
+    assert first.status_code == 200 and etag and first.headers["Cache-Control"] == "private, no-cache"
+    again = client.get(url, headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.data == b"" and again.headers["ETag"] == etag
+    assert client.get(url).data == first.data  # another client without the page: the one kept
+    assert drawn == [recorded_run]
+    # a resume finishes the run again: a new record, a new page
+    _change_run(app, recorded_run, finished_at=datetime(2030, 1, 1, tzinfo=UTC))
+    changed = client.get(url, headers={"If-None-Match": etag})
+    assert changed.status_code == 200 and changed.headers["ETag"] != etag
+    assert drawn == [recorded_run, recorded_run]
+
+
+def test_a_running_runs_report_is_drawn_every_time_and_never_tagged(client, app, recorded_run, drawn):
+    from services.offers.statuses import RunStatus
+
+    _change_run(app, recorded_run, status=RunStatus.RUNNING, finished_at=None)
+    url = f"/api/v1/offer-runs/{recorded_run}/report"
+    answers = [client.get(url, headers={"If-None-Match": "*"}) for _ in range(2)]
+    assert [a.status_code for a in answers] == [200, 200] and "ETag" not in answers[0].headers
+    assert drawn == [recorded_run, recorded_run]
 
 
 def test_report_of_an_unknown_run_is_404_in_the_envelope(client):

@@ -134,3 +134,16 @@ def test_members_skipped_only_runs_have_no_partner_histograms(app, db_session):
     assert data.call_latency_ms == {} and data.failures == {} and data.timeline == []
     page = render_report(data)
     assert "No partner calls recorded." in page and "No scored members." in page
+
+
+def test_kept_report_pages_are_bounded_least_recently_served_dropped_first(monkeypatch):
+    from services.offers import report_html, report_pages
+
+    drawn = []
+    monkeypatch.setattr(report_pages, "get_run", lambda session, run_id: run_id)
+    monkeypatch.setattr(report_pages, "run_record", lambda run_id: {"id": run_id, "status": "succeeded"})
+    monkeypatch.setattr(report_html, "run_report_html", lambda session, run_id: drawn.append(run_id) or f"{run_id}")
+    pages = report_pages.ReportPages(keep=2)
+    for run_id in (1, 2, 1, 3, 1, 2):  # 3 drops 2 (1 was served since); 2 comes back drawn again
+        assert pages.get(None, run_id).html == str(run_id)
+    assert drawn == [1, 2, 3, 2]
