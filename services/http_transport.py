@@ -14,10 +14,13 @@ mapping stay in :class:`services.http_async.AsyncHttpClient`.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from urllib.parse import urlsplit
 
 import httptools
+
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 
 class TransportError(Exception):
@@ -38,6 +41,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        self.sock: socket.socket | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future | None = None
         self.headers: dict[str, str] = {}
@@ -49,6 +53,7 @@ class _Connection(asyncio.Protocol):
     # asyncio.Protocol
     def connection_made(self, transport) -> None:
         self.transport = transport
+        self.sock = transport.get_extra_info("socket")
 
     def data_received(self, data: bytes) -> None:
         self.received = True
@@ -57,6 +62,17 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(TransportError("read", False, f"malformed HTTP response ({exc})"))
             self.close()
+            return
+        if self.waiter is not None and _QUICKACK is not None and self.sock is not None:
+            # Part of a response (its headers, typically): acknowledge now. A server that writes
+            # headers and body apart with Nagle on holds the body until our ACK, which Linux delays
+            # up to 40 ms while we have nothing to send: measured 44 ms per call against such a
+            # server, ~1 ms with this (services/http_client.py does the same). A response that
+            # arrives whole completes above and costs no system call.
+            try:
+                self.sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+            except OSError:
+                pass
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
