@@ -50,10 +50,11 @@ def error_responses(*statuses: int, schema: str | dict = "Error", examples: dict
     }
 
 
-# Path parameters mean the same wherever they appear: described once.
+# Path parameters mean the same wherever they appear: described once (a new one must be added here).
 PATH_PARAMETERS = {
-    "run_id": "The run's id, as `flask run-offers` prints it and `GET /api/v1/offer-runs` lists it.",
-    "member_id": "A member id of that run (as in the input file).",
+    "run_id": {"description": "The run's id, as `flask run-offers` prints it and `GET /api/v1/offer-runs` lists it.",
+               "example": 1},
+    "member_id": {"description": "A member id of that run (as in the input file).", "example": "F44DBBBC"},
 }
 
 
@@ -122,7 +123,7 @@ def _path_parameters(rule: str) -> list[dict[str, Any]]:
     """Path parameters from the rule itself: ``<int:run_id>`` is an integer, anything else a string."""
     return [{"name": name, "in": "path", "required": True,
              "schema": {"type": _CONVERTER_TYPES.get(converter or "", "string")},
-             **({"description": PATH_PARAMETERS[name]} if name in PATH_PARAMETERS else {})}
+             **PATH_PARAMETERS[name]}
             for converter, name in _PATH_ARGUMENT.findall(rule)]
 
 

@@ -48,6 +48,8 @@ def test_try_it_out_starts_filled_with_the_readme_examples(client, seeded_prep_t
     assert client.post("/api/v1/delivery-estimate", json=example).status_code == 200
     error = ops[("/api/v1/delivery-order-price", "get")]["responses"]["400"]["content"]["application/json"]
     assert error["example"]["code"] == "invalid_request"
+    run_result = ops[("/api/v1/offer-runs/{run_id}/results/{member_id}", "get")]["parameters"]
+    assert {p["name"]: p["example"] for p in run_result} == {"run_id": 1, "member_id": "F44DBBBC"}
     # the documented error example is what the service really answers
     real = client.get("/api/v1/delivery-order-price?venue_slug=home-assignment-venue-helsinki&cart_value=x"
                       "&user_lat=60.17094&user_lon=24.93087").get_json()
