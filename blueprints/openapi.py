@@ -51,7 +51,7 @@ def error_responses(*statuses: int, schema: str | dict = "Error", examples: dict
 
 
 # Path parameters mean the same wherever they appear: described once (a new one must be added here).
-PATH_PARAMETERS = {
+PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "run_id": {"description": "The run's id, as `flask run-offers` prints it and `GET /api/v1/offer-runs` lists it.",
                "example": 1},
     "member_id": {"description": "A member id of that run (as in the input file).", "example": "F44DBBBC"},
