@@ -1,5 +1,7 @@
 """`flask db`: upgrade applies migrations; check compares models with the schema."""
 
+import pytest
+
 from app import create_app
 
 
@@ -34,3 +36,32 @@ def test_downgrade_minus_one_steps_back_one_revision_as_its_help_says(runner):
 def test_db_help_lists_downgrade_with_its_whole_summary(runner):
     listing = runner.invoke(args=["db", "--help"]).output
     assert "Revert migrations (e.g. -1, base)." in listing
+
+
+def _port_nobody_listens_on() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again at once: connecting to it is refused
+
+
+def test_every_command_answers_an_unreachable_database_with_one_line_not_a_traceback():
+    pytest.importorskip("psycopg", reason="the postgres extra is not installed")
+    url = f"postgresql+psycopg://courier:s3cret@127.0.0.1:{_port_nobody_listens_on()}/courier"
+    app = create_app({"DATABASE_URL": url, "ACCESS_LOG": False})
+    runner = app.test_cli_runner()
+    commands = (["db", "upgrade"], ["db", "current"], ["seed-venues"], ["api-keys", "list"], ["offers", "report", "1"])
+    for args in commands:
+        result = runner.invoke(args=args)
+        assert result.exit_code == 1, (args, result.output)
+        assert result.output.startswith("Error: cannot reach the database at postgresql+psycopg://courier:***@"), args
+        assert "COURIER_DATABASE_URL" in result.output and "s3cret" not in result.output
+        assert "Traceback" not in result.output and len(result.output.splitlines()) == 1
+
+
+def test_a_database_that_answers_but_is_not_migrated_says_to_migrate(tmp_path):
+    app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}", "ACCESS_LOG": False})
+    result = app.test_cli_runner().invoke(args=["api-keys", "list"])
+    assert result.exit_code == 1
+    assert "no such table: api_keys" in result.output and "`flask db upgrade`" in result.output
