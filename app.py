@@ -79,7 +79,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from blueprints.auth import protect
     from blueprints.errors import register_error_handlers
     from blueprints.hooks import register_request_hooks
-    from cli.database_errors import guard_database_errors
+    from cli.invocation import wrap_commands
     from services.db import make_engine, make_session_factory
     from services.logs import configure_logging
     from services.migrations import database_readiness
@@ -102,7 +102,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     pricing.init_app(app)
     offers.init_app(app)
     partner_reference.init_app(app)
-    guard_database_errors(app.cli)  # every command: a database it cannot use is one line, not a traceback
+    wrap_commands(app.cli)  # every command: an id on its logs and calls; database errors in one line
 
     register_request_hooks(app)
     register_error_handlers(app)

@@ -39,18 +39,21 @@ def test_both_venue_halves_carry_the_pricing_requests_id_even_from_the_fetch_poo
         assert {c.request.headers["X-Request-ID"] for c in mock.calls} == {"price-rid-7"}
 
 
+class Keep(logging.Handler):
+    """Log records as Courier's own handler sees them (with their request id)."""
+
+    def __init__(self):
+        from services.logs import RequestIdFilter
+
+        super().__init__(logging.INFO)
+        self.addFilter(RequestIdFilter())  # what Courier's own handler does
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
 def test_a_batch_run_has_its_own_id_on_partner_calls_and_on_its_log_lines(app, live_partner):
-    from services.logs import RequestIdFilter
-
-    class Keep(logging.Handler):
-        def __init__(self):
-            super().__init__(logging.INFO)
-            self.addFilter(RequestIdFilter())  # what Courier's own handler does
-            self.records = []
-
-        def emit(self, record):
-            self.records.append(record)
-
     keep = Keep()
     logging.getLogger().addHandler(keep)
     live_partner.fail["/"] = lambda body: 404  # a partner without a ping route: the run logs a warning
@@ -65,3 +68,30 @@ def test_a_batch_run_has_its_own_id_on_partner_calls_and_on_its_log_lines(app, l
     lines = [r for r in keep.records if r.name == "courier.offers"]
     assert lines and {r.request_id for r in lines} == {run_id}
     assert request_id_var.get() is None  # the id ends with the run
+
+
+def test_every_command_has_its_own_id_on_its_log_lines_and_outbound_calls(runner):
+    import re
+
+    keep = Keep()
+    logging.getLogger().addHandler(keep)
+    try:
+        def unavailable(request):  # runs where the command's code runs (its fetch pool too), and logs there
+            logging.getLogger("courier.tests").warning("venue API asked", extra={"path": request.path_url})
+            return 503, {}, ""
+
+        with responses.RequestsMock() as mock:
+            for half in ("static", "dynamic"):
+                mock.add_callback(responses.GET, f"{VENUE_API}/venues/ghost/{half}", callback=unavailable)
+            result = runner.invoke(args=["seed-venues", "--from-api", "ghost"])
+            sent = [c.request.headers["X-Request-ID"] for c in mock.calls]
+    finally:
+        logging.getLogger().removeHandler(keep)
+    assert result.exit_code == 1
+    (invocation,) = set(sent)  # one id for every call of the command (retries too), from its fetch pool too
+    assert re.fullmatch(r"cli-seed-venues-[0-9a-f]{12}", invocation)
+    logged = [r for r in keep.records if r.name == "courier.tests"]
+    assert len(logged) == len(sent) and {r.request_id for r in logged} == {invocation}
+    assert request_id_var.get() is None  # the id ends with the command
+    again = runner.invoke(args=["api-keys", "list"])
+    assert again.exit_code == 0

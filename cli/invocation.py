@@ -1,14 +1,19 @@
-"""Every ``flask`` command answers a database it cannot use with one line, not a traceback.
+"""What every ``flask`` command of ours gets around its body, applied once by ``create_app``.
 
-Without this, ``flask db upgrade`` (or ``seed-venues``, ``run-offers``, ``api-keys list``...) with
-the database down printed forty lines of SQLAlchemy and driver frames. Now: what failed, the URL
-with its password masked, and what to check, as a ``click.ClickException`` (exit 1), the one way
-our commands exit with an error.
+- An id for the invocation (``cli-<command>-<12 hex>``) on every log line it writes and sent as
+  ``X-Request-ID`` on its outbound calls (the venue API for ``seed-venues --from-api``, partners
+  for ``partners check``), as a request's id is; an offers run replaces it with ``run-<id>``.
+- A database it cannot use answered in one line, not a traceback: without this, ``flask db
+  upgrade`` (or ``seed-venues``, ``run-offers``, ``api-keys list``...) with the database down
+  printed forty lines of SQLAlchemy and driver frames. Now: what failed, the URL with its password
+  masked, and what to check, as a ``click.ClickException`` (exit 1), the one way our commands exit
+  with an error.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -17,28 +22,34 @@ from flask.cli import ScriptInfo
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-_GUARDED = "courier_database_errors_guarded"
+from services.logs import request_id_var
+
+_WRAPPED = "courier_invocation_wrapped"
 
 
-def guard_database_errors(group: click.Group) -> None:
+def wrap_commands(group: click.Group) -> None:
     """Wrap the callback of every command under ``group`` (once: commands are module-level objects
     shared by every app a process builds)."""
     for command in list(group.commands.values()):
         if isinstance(command, click.Group):
-            guard_database_errors(command)
-        elif command.callback is not None and not getattr(command.callback, _GUARDED, False):
-            command.callback = _guarded(command.callback)
+            wrap_commands(command)
+        elif command.callback is not None and not getattr(command.callback, _WRAPPED, False):
+            command.callback = _wrapped(command.callback)
 
 
-def _guarded(callback: Callable[..., Any]) -> Callable[..., Any]:
+def _wrapped(callback: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(callback)
     def run(*args: Any, **kwargs: Any) -> Any:
+        name = click.get_current_context().command_path.split(" ", 1)[-1].replace(" ", "-")
+        token = request_id_var.set(request_id_var.get() or f"cli-{name}-{os.urandom(6).hex()}")
         try:
             return callback(*args, **kwargs)
         except (OperationalError, InterfaceError) as exc:
             raise click.ClickException(_explain(exc)) from None
+        finally:
+            request_id_var.reset(token)
 
-    setattr(run, _GUARDED, True)
+    setattr(run, _WRAPPED, True)
     return run
 
 
