@@ -150,6 +150,21 @@ class CeleryChunkQueue:
     def enqueue(self, job: ChunkJob) -> str:
         return self.distributed.task.apply_async(args=[job.as_message()]).id
 
+    def held(self) -> int | None:
+        """Messages in the default queue plus delivered, unacknowledged ones (kombu's Redis
+        transport keeps those in its ``unacked`` hash until the late ack); None if Redis cannot be
+        asked. Chunk tasks are the only tasks Courier sends."""
+        celery = self.distributed.celery
+        try:
+            with celery.connection_for_read() as connection:
+                # bounded: default_channel alone retries an unreachable broker for ever
+                connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=3)
+                channel = connection.default_channel
+                client = channel.client
+                return int(client.llen(celery.conf.task_default_queue)) + int(client.hlen(channel.unacked_key))
+        except Exception:  # noqa: BLE001 - unreachable (or not Redis): we cannot say
+            return None
+
     def revoke(self, task_ids: list[str]) -> None:
         if task_ids:
             try:

@@ -13,6 +13,11 @@ Ends:
   at their commit (the run row is locked by both sides), so ``--resume`` redoes exactly those;
 - no chunk started or finished for ``stall_s`` -> ``failed`` (are any workers running?).
 
+While it waits: after ``lost_after_s`` without progress, if the broker holds no chunk task at all
+(none queued, none delivered and unacknowledged) while chunks still wait, the broker lost them (a
+Redis restarted without persistence forgets its queue; measured: the run then sat idle until the
+stall time) and they are queued again. A copy too many is harmless: a chunk is recorded once.
+
 This module commits on its own (run record, skipped members, each chunk, the final status), like
 the local pipeline: what was done must survive the coordinator's death so ``--resume`` continues.
 """
@@ -41,6 +46,7 @@ from services.offers.chunks import (
     reopen_for_resume,
     store_chunk,
     stored_chunks,
+    waiting_chunks,
 )
 from services.offers.features import FeatureScan, read_header, scan_features
 from services.offers.lease import Heartbeat, new_owner
@@ -73,11 +79,18 @@ class ChunkQueue(Protocol):
 
     def revoke(self, task_ids: list[str]) -> None: ...
 
+    def held(self) -> int | None:
+        """Chunk tasks the broker holds (queued, or delivered and not acknowledged); None when it
+        cannot say (unreachable)."""
+
 
 @dataclass(frozen=True)
 class DistributedSettings:
     chunk_size: int
     stall_s: float
+    # Queue wait p95 was 3.3 s in bench_offers_distributed.py (100k members, 1 worker): 30 s without
+    # any progress is far outside normal, yet far below the stall time.
+    lost_after_s: float = 30.0
 
 
 def _scan_rows(scan: FeatureScan, done: set[str], skipped_out: list[MemberOutcome]) -> Iterator[dict[str, Any]]:
@@ -208,7 +221,7 @@ def _coordinate(sessions, partner, options, queue, settings, scan, scan_steps, r
         _write_skipped(sessions, run_id, skipped, progress, timeline, scoring_started)
         note(f"  queued {queued} chunk(s) of up to {chunk_size} members; waiting for workers")
         error, interrupted = _follow(sessions, run_id, settings, stop, progress, note, timeline, scoring_started,
-                                     baseline)
+                                     baseline, _Requeue(sessions, run_id, queue, job))
     if heartbeat.lost:
         error = "another process took over this run (its heartbeat had stopped); its outcome is theirs"
     steps_out, retries = _merged_steps(sessions, run_id, scan_steps, time.perf_counter() - scoring_started)
@@ -241,12 +254,45 @@ def _write_skipped(sessions: sessionmaker, run_id: int, skipped: list[MemberOutc
     skipped.clear()
 
 
+class _Requeue:
+    """Queue again the waiting chunks a broker no longer holds (see the module docstring)."""
+
+    def __init__(self, sessions: sessionmaker, run_id: int, queue: ChunkQueue, job: dict[str, Any]) -> None:
+        self.sessions, self.run_id, self.queue, self.job = sessions, run_id, queue, job
+        self.noted_unreachable = False
+
+    def __call__(self, note: Callable[[str], None]) -> bool:
+        """True if chunks were queued again."""
+        held = self.queue.held()
+        if held is None:
+            if not self.noted_unreachable:
+                self.noted_unreachable = True
+                note("  the Celery broker cannot be reached: waiting for it (the run fails after the stall time "
+                     "without progress; `--resume` queues what is left)")
+            return False
+        self.noted_unreachable = False
+        if held:
+            return False
+        with self.sessions() as session:
+            waiting = waiting_chunks(session, self.run_id)
+        for chunk_no in waiting:
+            task_id = self.queue.enqueue(ChunkJob(run_id=self.run_id, chunk_no=chunk_no, **self.job))
+            with self.sessions() as session, session.begin():
+                mark_queued(session, self.run_id, chunk_no, task_id)
+        if waiting:
+            note(f"  the broker held none of the {len(waiting)} waiting chunk(s) (restarted without persistence?): "
+                 "queued them again")
+            log.warning("chunk tasks lost by the broker, queued again", extra={"run_id": self.run_id,
+                                                                                "chunks": len(waiting)})
+        return bool(waiting)
+
+
 def _follow(sessions, run_id, settings, stop, progress, note, timeline, scoring_started,
-            baseline: int) -> tuple[str | None, bool]:
+            baseline: int, requeue: Callable[[Callable[[str], None]], bool]) -> tuple[str | None, bool]:
     """Poll the chunk table until the run ends; feed progress and the timeline from chunk completions."""
     reported = 0
     last_state = None
-    last_change = time.monotonic()
+    last_change = last_lost_check = time.monotonic()
     noted_idle = False
     while True:
         with sessions() as session:
@@ -271,6 +317,10 @@ def _follow(sessions, run_id, settings, stop, progress, note, timeline, scoring_
         elif now - last_change > settings.stall_s:
             return (f"no chunk started or finished in {settings.stall_s:g} s ({state.done}/{state.total} done); "
                     "are workers running? (`celery -A wsgi:celery_app worker`)"), False
+        elif now - max(last_change, last_lost_check) > settings.lost_after_s:
+            last_lost_check = now
+            if requeue(note):
+                last_change = now  # the requeued chunks get a full stall time
         if not noted_idle and state.last_change is None and now - last_change > NO_WORKER_NOTE_S:
             noted_idle = True
             note("  no worker has taken a chunk yet: start workers with `celery -A wsgi:celery_app worker` "

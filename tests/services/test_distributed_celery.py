@@ -224,3 +224,27 @@ def test_refused_with_sqlite_or_without_a_broker(app_config, settings):
     assert result.exit_code == 2
     assert "cannot reach the Celery broker at redis://:***@127.0.0.1:1/0" in result.output
     assert "set COURIER_CELERY_BROKER_URL" in result.output and "secret" not in result.output
+
+
+def test_the_coordinator_can_ask_redis_what_it_still_holds(pg_app):
+    """What lost-task recovery rests on: queued chunk tasks are counted; an unreachable broker is
+    None, answered within seconds (kombu alone would retry it for ever)."""
+    import redis as redis_client
+
+    from services.offers.celery_tasks import CeleryChunkQueue, CelerySettings, DistributedOffers
+    from services.offers.chunk_worker import ChunkJob
+
+    distributed = pg_app.extensions["courier.offers"].distributed
+    redis_client.Redis.from_url(distributed.settings.broker_url).flushdb()  # no worker runs in this test
+    queue = CeleryChunkQueue(distributed)
+    assert queue.held() == 0
+    for chunk_no in range(3):
+        queue.enqueue(ChunkJob(run_id=99, chunk_no=chunk_no, partner="reference", concurrency=1, use_batch=True,
+                               max_consecutive_failures=5))
+    assert queue.held() == 3
+    redis_client.Redis.from_url(distributed.settings.broker_url).flushdb()  # what a restart without persistence does
+    assert queue.held() == 0
+    nowhere = DistributedOffers(CelerySettings(broker_url="redis://127.0.0.1:1/0", result_backend=None,
+                                               visibility_timeout_s=3, chunk_max_attempts=1),
+                                context_factory=pg_app.app_context, sessions=None, partner_config=None)
+    assert CeleryChunkQueue(nowhere).held() is None

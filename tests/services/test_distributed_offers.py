@@ -49,14 +49,19 @@ class ThreadQueue:
         self.enqueued: list[ChunkJob] = []
         self.revoked: set[str] = set()
         self.started = threading.Semaphore(0)  # released once per chunk a worker takes
+        self.in_flight: set[str] = set()  # what a broker holds: queued, or delivered and not acknowledged
 
     def check(self):
         pass
 
+    def held(self):
+        return len(self.in_flight)
+
     def enqueue(self, job):
         task_id = uuid.uuid4().hex  # unique like Celery's: a resume revokes the ids of an earlier attempt
         self.enqueued.append(job)
-        self.pool.submit(self._work, task_id, job)
+        self.in_flight.add(task_id)
+        self.pool.submit(self._work, task_id, job).add_done_callback(lambda _: self.in_flight.discard(task_id))
         return task_id
 
     def _work(self, task_id, job):
@@ -276,11 +281,16 @@ def test_a_run_whose_chunks_keep_failing_ends_failed_with_the_reason(app, sessio
 def test_no_worker_means_failed_after_the_stall_time_not_a_hang(app, sessions, partner):
     class NoWorkers:
         revoked: list = []
+        enqueued: list = []
 
         def check(self):
             pass
 
+        def held(self):
+            return len(self.enqueued)  # all of them, waiting in the broker
+
         def enqueue(self, job):
+            self.enqueued.append(job)
             return f"t{job.chunk_no}"
 
         def revoke(self, task_ids):
@@ -292,6 +302,55 @@ def test_no_worker_means_failed_after_the_stall_time_not_a_hang(app, sessions, p
     assert report.run.status == RunStatus.FAILED
     assert "no chunk started or finished in 0.5 s (0/2 done); are workers running?" in report.run.error
     assert sorted(queue.revoked) == ["t0", "t1"]
+
+
+class ForgetfulBroker(ThreadQueue):
+    """Loses every task sent before ``restarted`` is set, as a Redis restarted without persistence
+    forgets its queue; ``held()`` None while ``down`` is set (unreachable)."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.restarted, self.down = threading.Event(), threading.Event()
+        self.lost: list[int] = []
+
+    def held(self):
+        if self.down.is_set():
+            return None
+        self.restarted.set()  # asked after the restart: it holds what was sent since
+        return super().held()
+
+    def enqueue(self, job):
+        if self.restarted.is_set():
+            return super().enqueue(job)
+        self.lost.append(job.chunk_no)
+        self.enqueued.append(job)
+        return uuid.uuid4().hex
+
+
+def test_chunks_a_restarted_broker_forgot_are_queued_again_and_recorded_once(app, sessions, partner):
+    config = partner.config(batch=True)
+    queue, lines = ForgetfulBroker(sessions, config), []
+    report = run_distributed(sessions, config, options(), queue,
+                             DistributedSettings(chunk_size=100, stall_s=60, lost_after_s=0.2), note=lines.append)
+    queue.close()
+    assert report.run.status == "succeeded" and report.run.members_scored == 890
+    assert queue.lost == list(range(9)) and [j.chunk_no for j in queue.enqueued[9:]] == list(range(9))
+    assert lines[1] == ("  the broker held none of the 9 waiting chunk(s) (restarted without persistence?): "
+                        "queued them again")
+    local = run_offers(sessions, config, options())
+    assert recorded_results(sessions, report.run.id) == recorded_results(sessions, local.run.id)
+
+
+def test_an_unreachable_broker_is_said_once_and_the_run_fails_at_the_stall_time(app, sessions, partner):
+    config = partner.config(batch=True)
+    queue, lines = ForgetfulBroker(sessions, config), []
+    queue.down.set()
+    report = run_distributed(sessions, config, options(), queue,
+                             DistributedSettings(chunk_size=500, stall_s=0.6, lost_after_s=0.1), note=lines.append)
+    queue.close()
+    assert report.run.status == RunStatus.FAILED and "no chunk started or finished in 0.6 s" in report.run.error
+    assert sum("the Celery broker cannot be reached" in line for line in lines) == 1
+    assert len(queue.enqueued) == 2  # nothing queued again while the broker could not say what it holds
 
 
 def test_local_and_distributed_runs_resume_only_in_their_own_mode(app, sessions, partner):
