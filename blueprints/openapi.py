@@ -50,6 +50,15 @@ def error_responses(*statuses: int, schema: str | dict = "Error", examples: dict
     }
 
 
+# The document's sections, in the order the docs page shows them; a view's tag must be one of these.
+TAGS = {
+    "estimate": "Predicted delivery time from the tree-ensemble model and the venue's preparation time.",
+    "pricing": "Delivery order price (DOPC) from the venue API's data, cached in memory and the database.",
+    "offers": "Loyalty offers: one member in real time, and the recorded batch runs (`flask run-offers`).",
+    "system": "Probes, metrics and this document.",
+    "reference partner": "The reference partner's ML endpoints, served by Courier for development and benchmarks.",
+}
+
 # Path parameters mean the same wherever they appear: described once (a new one must be added here).
 PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "run_id": {"description": "The run's id, as `flask run-offers` prints it and `GET /api/v1/offer-runs` lists it.",
@@ -71,13 +80,17 @@ def build_spec(app: Flask) -> APISpec:
     plugin.converter.add_attribute_function(_field_constraints)
     plugin.converter.add_parameter_attribute_function(_example_on_parameter)
     spec.components.schema("Error", schema=ErrorSchema)
+    for name, description in TAGS.items():
+        spec.tag({"name": name, "description": description})
     paths: dict[str, dict[str, Any]] = {}
     operation_ids: set[str] = set()
     with app.app_context():  # a field's bounds may be settings (pricing's cart value cap)
-        for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
+        for rule in app.url_map.iter_rules():  # registration order: a capability's main route first
             contract = declared(app.view_functions[rule.endpoint])
             if contract is None:
                 continue
+            if contract.tag not in TAGS:
+                raise ValueError(f"{rule.endpoint}: tag {contract.tag!r} is not one of {list(TAGS)} (openapi.TAGS)")
             for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
                 operation = _operation(contract, rule.rule)
                 # The view's endpoint names the operation; one view on two routes would need two names.

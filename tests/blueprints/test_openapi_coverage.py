@@ -90,3 +90,12 @@ def test_every_request_body_has_an_example_the_service_accepts(client, app, seed
 
     pair = bodies[("/partners/reference/offer/assign", "post")]["example"]
     assert (answer("ats"), answer("resp")) == (pair["ats_prediction"], pair["resp_prediction"])
+
+
+def test_sections_come_in_the_declared_order_each_with_its_main_route_first(client):
+    from blueprints.openapi import TAGS
+
+    spec = client.get("/openapi.json").get_json()
+    assert [t["name"] for t in spec["tags"]] == list(TAGS) and all(t["description"] for t in spec["tags"])
+    estimate = [path for path, item in spec["paths"].items() if item.get("post", {}).get("tags") == ["estimate"]]
+    assert estimate == ["/api/v1/delivery-estimate", "/"]  # the original service's path after the real one
