@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from functools import cached_property
 from types import FunctionType
@@ -45,6 +46,18 @@ class CourierFlask(Flask):
         return {}
 
 
+def _write_metrics_where_the_server_reads_them(folder: str | None) -> None:
+    """With ``COURIER_METRICS_DIR`` set, a process that is not one of gunicorn's workers (a ``flask``
+    command, ``flask run``) writes its metrics into that folder too, so the server's ``/metrics``
+    counts what an offers run did (the README's run-failure alert rests on it; without it the run's
+    counters died with the command). prometheus_client chooses where values live when it is first
+    imported, hence here, first thing; a process that imported it already (tests) keeps its own."""
+    if not folder or os.environ.get("PROMETHEUS_MULTIPROC_DIR") or "prometheus_client" in sys.modules:
+        return
+    os.makedirs(folder, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+
+
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build a fully wired Courier app.
 
@@ -55,6 +68,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """
     app = CourierFlask(__name__, instance_relative_config=True)
     app.config.update(load_settings(os.environ, config))  # typed and checked once; ConfigError names the culprit
+    _write_metrics_where_the_server_reads_them(app.config["METRICS_DIR"])
     if not app.config["DATABASE_URL"]:
         os.makedirs(app.instance_path, exist_ok=True)
         app.config["DATABASE_URL"] = "sqlite:///" + os.path.join(app.instance_path, "courier.db")

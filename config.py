@@ -188,6 +188,9 @@ SETTINGS: tuple[Setting, ...] = (
             kind=bool),
     Setting("METRICS_ENABLED", True,
             "Count and time requests for `/metrics` (Prometheus; summed over gunicorn's workers).", kind=bool),
+    Setting("METRICS_DIR", None, "Folder for gunicorn's workers' metric files (emptied when gunicorn starts). "
+            "Set it for `flask` commands too and they write there as well, so `/metrics` counts offers runs. "
+            "Default: a new temporary folder per gunicorn start.", kind="path", optional=True),
     Setting("HTTP_POOL_MAXSIZE", 16, "Pooled connections kept per upstream host by each process.",
             kind=int, minimum=1, maximum=1000),
     Setting("OPEN_SCOPES", "pricing:read estimate:read ops:read docs:read",
@@ -290,8 +293,6 @@ GUNICORN_SETTINGS: tuple[Setting, ...] = (
             minimum=0, maximum=300),
     Setting("GUNICORN_LOG_LEVEL", "info", "gunicorn's own log level.", kind="choice",
             choices=("debug", "info", "warning", "error", "critical")),
-    Setting("METRICS_DIR", None, "Folder for the workers' metric files (emptied at start). Default: a new "
-            "temporary folder per gunicorn start.", kind="path", optional=True),
     Setting("CONTROL_SOCKET", None, "gunicornc control socket. Default: `~/.gunicorn/courier-<bind>.ctl`.",
             kind="path", optional=True),
 )

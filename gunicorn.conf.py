@@ -29,14 +29,14 @@ try:
     _settings = load_gunicorn_settings()  # every COURIER_* gunicorn variable, typed and range-checked
     # The app's settings too, here in the master: a bad one stops gunicorn at once with its message,
     # instead of every worker failing to boot in turn.
-    load_settings()
+    _app_settings = load_settings()
 except ConfigError as exc:
     sys.exit(f"configuration error: {exc}")
 
 # Prometheus multiprocess mode: every worker writes its metrics to files in one folder, /metrics
 # sums them.  It must be in the environment before a worker imports prometheus_client, and start
 # empty (files of a previous run would be counted again).
-_metrics_dir = _settings["METRICS_DIR"] or tempfile.mkdtemp(prefix="courier-metrics-")
+_metrics_dir = _app_settings["METRICS_DIR"] or tempfile.mkdtemp(prefix="courier-metrics-")
 shutil.rmtree(_metrics_dir, ignore_errors=True)
 os.makedirs(_metrics_dir, exist_ok=True)
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir

@@ -84,6 +84,32 @@ def test_metrics_are_summed_over_two_gunicorn_workers(db_url, tmp_path):
                       status="200") == sent
 
 
+def test_an_offers_run_from_the_command_line_reaches_the_servers_metrics(db_url, tmp_path):
+    """With COURIER_METRICS_DIR shared, what `flask run-offers` counted is in the folder gunicorn's
+    /metrics sums (the README's run-failure alert needs it). A run whose partner is down: fast."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+    from config import DATA_DIR
+    from tests.live_servers import ROOT, free_port
+
+    folder = tmp_path / "metrics"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COURIER_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+    env.update(COURIER_DATABASE_URL=db_url, COURIER_METRICS_DIR=str(folder), COURIER_LOG_LEVEL="WARNING",
+               COURIER_SERVICE_URL=f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    run = subprocess.run([str(Path(sys.executable).with_name("flask")), "--app", "wsgi", "run-offers", "--input",
+                          str(DATA_DIR / "member_data.csv")], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 1 and "failed" in run.stdout, run.stdout + run.stderr
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(folder))  # what /metrics does under gunicorn
+    assert sample(generate_latest(registry).decode(), "courier_offer_runs_total", status="failed") == 1
+
+
 def test_offers_runs_and_real_time_offers_are_counted(client, app, live_partner):
     from datetime import date
 
