@@ -111,6 +111,17 @@ def seeded_prep_times(app):
     return times
 
 
+@pytest.fixture(scope="module")
+def module_partner():
+    """One reference partner for a whole module, for modules whose tests share runs against it
+    (``fail`` is shared too: a test that sets it clears it)."""
+    from tests.offers_fixtures import LivePartner
+
+    partner = LivePartner()
+    yield partner
+    partner.close()
+
+
 @pytest.fixture
 def live_partner():
     """The reference partner on a loopback port (keep-alive uvicorn server in a thread)."""

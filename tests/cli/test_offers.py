@@ -17,13 +17,6 @@ ARGS = ["run-offers", "--input", SAMPLE, "--as-of", "2024-01-05"]
 
 
 @pytest.fixture(scope="module")
-def module_partner():
-    partner = LivePartner()
-    yield partner
-    partner.close()
-
-
-@pytest.fixture(scope="module")
 def sample_run(tmp_path_factory, migrated_template, module_partner):
     """One CLI run on the bundled sample writing all three formats (shared by the export tests)."""
     app, folder = app_on_template_copy(tmp_path_factory, migrated_template, "offers",

@@ -18,7 +18,7 @@ from services.offers.pipeline import run_offers
 from services.offers.run_lifecycle import RunOptions
 from services.tables import OfferRun, OfferRunChunk
 from tests.distributed_fixtures import CeleryWorker, MissingComponent, RedisServer
-from tests.offers_fixtures import LivePartner, fresh_postgres, postgres_in_schema, recorded_results
+from tests.offers_fixtures import fresh_postgres, postgres_in_schema, recorded_results
 
 PG_URL = postgres_in_schema(os.environ.get("COURIER_TEST_POSTGRES_URL"), "distributed_celery")
 pytestmark = pytest.mark.skipif(not PG_URL, reason="COURIER_TEST_POSTGRES_URL not set")
@@ -39,29 +39,22 @@ def redis(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def partner():
-    live = LivePartner()
-    yield live
-    live.close()
-
-
-@pytest.fixture(scope="module")
-def settings(redis, partner):
+def settings(redis, module_partner):
     return {"COURIER_DATABASE_URL": PG_URL, "COURIER_CELERY_BROKER_URL": redis.url,
-            "COURIER_SERVICE_URL": partner.service_url, "COURIER_LOG_FORMAT": "json",
+            "COURIER_SERVICE_URL": module_partner.service_url, "COURIER_LOG_FORMAT": "json",
             # a killed worker's chunk comes back after 3 s (chunks here take milliseconds)
             "COURIER_CELERY_VISIBILITY_TIMEOUT_S": "3", "COURIER_OFFERS_DISTRIBUTED_STALL_S": "60"}
 
 
 @pytest.fixture
-def pg_app(settings, partner):
+def pg_app(settings, module_partner):
     fresh_postgres(PG_URL)
     from app import create_app
 
     for key, value in settings.items():
         os.environ[key] = value  # restored after the test by conftest's autouse fixture
     app = create_app({"ACCESS_LOG": False, "TESTING": True})
-    partner.fail.clear()
+    module_partner.fail.clear()
     yield app
     app.extensions["courier"].close()
 
@@ -111,33 +104,33 @@ def local_results(app, partner):
 ARGS = ["run-offers", "--input", SAMPLE, "--as-of", "2024-01-05", "--distributed", "--chunk-size", "100"]
 
 
-def test_two_worker_processes_score_the_sample_exactly_like_a_local_run(pg_app, partner, workers, tmp_path):
+def test_two_worker_processes_score_the_sample_exactly_like_a_local_run(pg_app, module_partner, workers, tmp_path):
     a, b = workers("a"), workers("b")
     sessions = pg_app.extensions["courier"].session_factory
     both_busy = threading.Event()
     # Every partner call waits until both workers hold a chunk at once: two processes in parallel.
-    partner.fail[ATS_BATCH] = lambda body: both_busy.wait(30) and None
+    module_partner.fail[ATS_BATCH] = lambda body: both_busy.wait(30) and None
     watcher = watch(lambda: running_workers(sessions) == {a.hostname, b.hostname}, both_busy.set)
     result = pg_app.test_cli_runner().invoke(args=[*ARGS, "--output", str(tmp_path / "out.csv")])
     watcher.join(5)
     assert result.exit_code == 0, result.output
     assert "run 1 succeeded" in result.output and "890 scored, 100 skipped, 0 failed" in result.output
     assert both_busy.is_set()
-    partner.fail.clear()
+    module_partner.fail.clear()
     with sessions() as session:
         run = session.get(OfferRun, 1)
         chunks = session.execute(select(OfferRunChunk.worker, OfferRunChunk.attempts)).all()
     assert run.mode == "distributed" and len(chunks) == 9
     assert {worker for worker, _ in chunks} == {a.hostname, b.hostname}
-    assert recorded_results(sessions, 1) == local_results(pg_app, partner)
+    assert recorded_results(sessions, 1) == local_results(pg_app, module_partner)
     assert (tmp_path / "out.csv").read_text().count("\n") == 991  # header + every member once
 
 
-def test_a_worker_killed_mid_chunk_loses_and_duplicates_nothing(pg_app, partner, workers):
+def test_a_worker_killed_mid_chunk_loses_and_duplicates_nothing(pg_app, module_partner, workers):
     victim, survivor = workers("victim"), workers("survivor")
     sessions = pg_app.extensions["courier"].session_factory
     released = threading.Event()
-    partner.fail[ATS_BATCH] = lambda body: released.wait(30) and None
+    module_partner.fail[ATS_BATCH] = lambda body: released.wait(30) and None
 
     def kill_then_release():
         victim.kill()  # SIGKILL to the worker and its pool: its chunk is never acknowledged
@@ -148,7 +141,7 @@ def test_a_worker_killed_mid_chunk_loses_and_duplicates_nothing(pg_app, partner,
     watcher.join(5)
     assert result.exit_code == 0, result.output
     assert "890 scored, 100 skipped, 0 failed (990 recorded)" in result.output
-    partner.fail.clear()
+    module_partner.fail.clear()
     with sessions() as session:
         chunks = session.execute(select(OfferRunChunk.chunk_no, OfferRunChunk.worker, OfferRunChunk.attempts,
                                         OfferRunChunk.status)).all()
@@ -158,10 +151,10 @@ def test_a_worker_killed_mid_chunk_loses_and_duplicates_nothing(pg_app, partner,
     assert max(attempts for _, _, attempts, _ in chunks) == 2
     rows = recorded_results(sessions, 1)
     assert len(rows) == len({r[0] for r in rows}) == 990
-    assert rows == local_results(pg_app, partner)
+    assert rows == local_results(pg_app, module_partner)
 
 
-def test_ctrl_c_on_the_command_interrupts_revokes_pending_chunks_and_resume_finishes(pg_app, partner, workers,
+def test_ctrl_c_on_the_command_interrupts_revokes_pending_chunks_and_resume_finishes(pg_app, module_partner, workers,
                                                                                     settings, tmp_path):
     import signal
     import subprocess
@@ -172,7 +165,7 @@ def test_ctrl_c_on_the_command_interrupts_revokes_pending_chunks_and_resume_fini
     worker = workers("only")
     sessions = pg_app.extensions["courier"].session_factory
     released = threading.Event()
-    partner.fail[ATS_BATCH] = lambda body: released.wait(30) and None  # the first chunk stays in flight
+    module_partner.fail[ATS_BATCH] = lambda body: released.wait(30) and None  # the first chunk stays in flight
     env = {**os.environ, **settings}
     command = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", *ARGS], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -206,7 +199,7 @@ def test_ctrl_c_on_the_command_interrupts_revokes_pending_chunks_and_resume_fini
     assert taken == 1
     # the chunk in flight finished after the interruption: discarded at its commit, not recorded
     assert {status for _, status, *_ in recorded_results(sessions, 1)} == {"skipped"}
-    partner.fail.clear()
+    module_partner.fail.clear()
     resumed = pg_app.test_cli_runner().invoke(args=[*ARGS, "--resume", "1"])
     assert resumed.exit_code == 0, resumed.output
     assert "890 scored, 100 skipped, 0 failed (990 recorded)" in resumed.output

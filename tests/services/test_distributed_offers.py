@@ -171,15 +171,8 @@ def test_resume_reopens_unfinished_chunks_and_chunks_with_failed_members(db_sess
 
 # --- the coordinator with in-process workers -------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def partner():
-    live = LivePartner()
-    yield live
-    live.close()
-
-
-def test_a_distributed_run_records_exactly_what_a_local_run_records(app, sessions, partner):
-    config = partner.config(batch=True)
+def test_a_distributed_run_records_exactly_what_a_local_run_records(app, sessions, module_partner):
+    config = module_partner.config(batch=True)
     queue = ThreadQueue(sessions, config)
     lines = []
     totals, advanced = [], []
@@ -202,8 +195,8 @@ def test_a_distributed_run_records_exactly_what_a_local_run_records(app, session
         assert '<dd id="mode">distributed (chunks of 100)</dd>' in run_report_html(session, run.id)
 
 
-def test_ctrl_c_revokes_pending_chunks_and_resume_sends_only_unfinished_ones(app, sessions, partner):
-    config = partner.config(batch=True)
+def test_ctrl_c_revokes_pending_chunks_and_resume_sends_only_unfinished_ones(app, sessions, module_partner):
+    config = module_partner.config(batch=True)
     gate = threading.Event()
     queue = ThreadQueue(sessions, config, workers=1, gate=gate)
     stop = threading.Event()
@@ -240,8 +233,8 @@ def test_ctrl_c_revokes_pending_chunks_and_resume_sends_only_unfinished_ones(app
                         DistributedSettings(chunk_size=100, stall_s=60))
 
 
-def test_only_unfinished_chunks_are_sent_again(app, sessions, partner):
-    config = partner.config(batch=True)
+def test_only_unfinished_chunks_are_sent_again(app, sessions, module_partner):
+    config = module_partner.config(batch=True)
     queue = ThreadQueue(sessions, config)
     report = run_distributed(sessions, config, options(), queue, DistributedSettings(chunk_size=300, stall_s=60))
     queue.close()
@@ -278,7 +271,7 @@ def test_a_run_whose_chunks_keep_failing_ends_failed_with_the_reason(app, sessio
         assert session.get(OfferRunChunk, (run.id, int(failed.group(1)))).attempts == 2
 
 
-def test_no_worker_means_failed_after_the_stall_time_not_a_hang(app, sessions, partner):
+def test_no_worker_means_failed_after_the_stall_time_not_a_hang(app, sessions, module_partner):
     class NoWorkers:
         revoked: list = []
         enqueued: list = []
@@ -297,7 +290,7 @@ def test_no_worker_means_failed_after_the_stall_time_not_a_hang(app, sessions, p
             self.revoked.extend(task_ids)
 
     queue = NoWorkers()
-    report = run_distributed(sessions, partner.config(batch=True), options(), queue,
+    report = run_distributed(sessions, module_partner.config(batch=True), options(), queue,
                              DistributedSettings(chunk_size=500, stall_s=0.5))
     assert report.run.status == RunStatus.FAILED
     assert "no chunk started or finished in 0.5 s (0/2 done); are workers running?" in report.run.error
@@ -327,8 +320,8 @@ class ForgetfulBroker(ThreadQueue):
         return uuid.uuid4().hex
 
 
-def test_chunks_a_restarted_broker_forgot_are_queued_again_and_recorded_once(app, sessions, partner):
-    config = partner.config(batch=True)
+def test_chunks_a_restarted_broker_forgot_are_queued_again_and_recorded_once(app, sessions, module_partner):
+    config = module_partner.config(batch=True)
     queue, lines = ForgetfulBroker(sessions, config), []
     report = run_distributed(sessions, config, options(), queue,
                              DistributedSettings(chunk_size=100, stall_s=60, lost_after_s=0.2), note=lines.append)
@@ -341,8 +334,8 @@ def test_chunks_a_restarted_broker_forgot_are_queued_again_and_recorded_once(app
     assert recorded_results(sessions, report.run.id) == recorded_results(sessions, local.run.id)
 
 
-def test_an_unreachable_broker_is_said_once_and_the_run_fails_at_the_stall_time(app, sessions, partner):
-    config = partner.config(batch=True)
+def test_an_unreachable_broker_is_said_once_and_the_run_fails_at_the_stall_time(app, sessions, module_partner):
+    config = module_partner.config(batch=True)
     queue, lines = ForgetfulBroker(sessions, config), []
     queue.down.set()
     report = run_distributed(sessions, config, options(), queue,
@@ -353,8 +346,8 @@ def test_an_unreachable_broker_is_said_once_and_the_run_fails_at_the_stall_time(
     assert len(queue.enqueued) == 2  # nothing queued again while the broker could not say what it holds
 
 
-def test_local_and_distributed_runs_resume_only_in_their_own_mode(app, sessions, partner):
-    config = partner.config(batch=True)
+def test_local_and_distributed_runs_resume_only_in_their_own_mode(app, sessions, module_partner):
+    config = module_partner.config(batch=True)
     local = run_offers(sessions, config, options())
     with sessions() as session, session.begin():
         session.get(OfferRun, local.run.id).status = RunStatus.INTERRUPTED.value
