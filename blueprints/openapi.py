@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Collection
 from typing import Any
 
 from apispec import APISpec
@@ -19,7 +20,9 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask
 from marshmallow import Schema, fields
 
+from blueprints.auth import scope_of
 from blueprints.declare import Operation, declared
+from services.auth.api_keys import Scope
 
 
 class ErrorSchema(Schema):
@@ -80,13 +83,16 @@ def build_spec(app: Flask) -> APISpec:
     plugin.converter.add_attribute_function(_field_constraints)
     plugin.converter.add_parameter_attribute_function(_example_on_parameter)
     spec.components.schema("Error", schema=ErrorSchema)
+    for name, scheme in SECURITY_SCHEMES.items():
+        spec.components.security_scheme(name, scheme)
     for name, description in TAGS.items():
         spec.tag({"name": name, "description": description})
     paths: dict[str, dict[str, Any]] = {}
     operation_ids: set[str] = set()
     with app.app_context():  # a field's bounds may be settings (pricing's cart value cap)
         for rule in app.url_map.iter_rules():  # registration order: a capability's main route first
-            contract = declared(app.view_functions[rule.endpoint])
+            view = app.view_functions[rule.endpoint]
+            contract = declared(view)
             if contract is None:
                 continue
             if contract.tag not in TAGS:
@@ -98,6 +104,7 @@ def build_spec(app: Flask) -> APISpec:
                 if operation["operationId"] in operation_ids:
                     raise ValueError(f"{rule.endpoint} serves more than one operation: give each route its own view")
                 operation_ids.add(operation["operationId"])
+                _add_security(operation, scope_of(view), app.config["OPEN_SCOPES"])
                 paths.setdefault(rule.rule, {})[method.lower()] = operation
         for rule_text, operations in paths.items():
             spec.path(path=_openapi_path(rule_text), operations=operations)
@@ -157,33 +164,27 @@ def _openapi_path(rule: str) -> str:
     return _PATH_ARGUMENT.sub(r"{\2}", rule)
 
 
-def add_security(document: dict, app: Flask) -> None:
-    """Declare the API-key schemes, and on each operation whether it needs a key (and which scope)."""
-    from blueprints.auth import scope_of
+SECURITY_SCHEMES = {
+    "bearerKey": {"type": "http", "scheme": "bearer",
+                  "description": "An API key from `flask api-keys create`: `Authorization: Bearer <key>`."},
+    "headerKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                  "description": "The same key in the X-API-Key header."},
+}
 
-    document.setdefault("components", {})["securitySchemes"] = {
-        "bearerKey": {"type": "http", "scheme": "bearer",
-                      "description": "An API key from `flask api-keys create`: `Authorization: Bearer <key>`."},
-        "headerKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
-                      "description": "The same key in the X-API-Key header."},
-    }
-    open_scopes = app.config["OPEN_SCOPES"]
-    for rule in app.url_map.iter_rules():
-        scope = scope_of(app.view_functions[rule.endpoint])
-        operations = document.get("paths", {}).get(_openapi_path(rule.rule), {})
-        for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}:
-            operation = operations.get(method.lower())
-            if operation is None or scope is None:
-                continue
-            if scope in open_scopes:
-                operation["security"] = []
-                continue
-            # Scopes in a security requirement are only for OAuth2 in OpenAPI 3.0: name it here instead.
-            operation["security"] = [{"bearerKey": []}, {"headerKey": []}]
-            operation["x-required-scope"] = scope.value
-            operation["description"] = (operation.get("description", "") +
-                                        f"\n\nNeeds an API key with scope `{scope.value}`.").strip()
-            operation["responses"].update(error_responses(401, 403, schema={"$ref": "#/components/schemas/Error"}))
+
+def _add_security(operation: dict[str, Any], scope: Scope | None, open_scopes: Collection[Scope]) -> None:
+    """Whether the operation needs an API key, and which scope."""
+    if scope is None:
+        return
+    if scope in open_scopes:
+        operation["security"] = []
+        return
+    # Scopes in a security requirement are only for OAuth2 in OpenAPI 3.0: name it here instead.
+    operation["security"] = [{"bearerKey": []}, {"headerKey": []}]
+    operation["x-required-scope"] = scope.value
+    operation["description"] = (operation.get("description", "") +
+                                f"\n\nNeeds an API key with scope `{scope.value}`.").strip()
+    operation["responses"].update(error_responses(401, 403))
 
 
 def openapi_document(app: Flask) -> bytes:
@@ -191,7 +192,5 @@ def openapi_document(app: Flask) -> bytes:
     first ``/openapi.json``, rather than every app built (each test builds one, ~500 a suite)."""
     document = app.extensions.get("courier_openapi")
     if document is None:  # two first requests at once build it twice, both the same: no lock needed
-        spec = build_spec(app).to_dict()
-        add_security(spec, app)
-        document = app.extensions["courier_openapi"] = json.dumps(spec).encode()
+        document = app.extensions["courier_openapi"] = json.dumps(build_spec(app).to_dict()).encode()
     return document
