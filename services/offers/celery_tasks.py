@@ -131,6 +131,12 @@ class DistributedOffers:
         return CeleryChunkQueue(self)
 
 
+def _reach(connection) -> None:
+    """Connect once, within 3 s, or raise: kombu on its own (``default_channel`` included) retries an
+    unreachable broker for ever, which would hang the command that asked."""
+    connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=3)
+
+
 class CeleryChunkQueue:
     """The coordinator's side: check the broker, enqueue chunk tasks, revoke them."""
 
@@ -142,7 +148,7 @@ class CeleryChunkQueue:
         url = display_url(self.distributed.settings.broker_url)
         try:
             with celery.connection_for_write() as connection:
-                connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=3)
+                _reach(connection)
         except Exception as exc:  # noqa: BLE001 - any failure to connect means the same to the user
             raise DistributedUnavailable(f"cannot reach the Celery broker at {url} ({type(exc).__name__}: {exc}); "
                                          "start Redis or set COURIER_CELERY_BROKER_URL") from None
@@ -157,8 +163,7 @@ class CeleryChunkQueue:
         celery = self.distributed.celery
         try:
             with celery.connection_for_read() as connection:
-                # bounded: default_channel alone retries an unreachable broker for ever
-                connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=3)
+                _reach(connection)
                 channel = connection.default_channel
                 client = channel.client
                 return int(client.llen(celery.conf.task_default_queue)) + int(client.hlen(channel.unacked_key))

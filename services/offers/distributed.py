@@ -212,9 +212,7 @@ def _coordinate(sessions, partner, options, queue, settings, scan, scan_steps, r
             with sessions() as session, session.begin():
                 if chunk_no not in existing:
                     store_chunk(session, run_id, chunk_no, rows)
-            task_id = queue.enqueue(ChunkJob(run_id=run_id, chunk_no=chunk_no, **job))
-            with sessions() as session, session.begin():
-                mark_queued(session, run_id, chunk_no, task_id)
+            _send(sessions, queue, run_id, chunk_no, job)
             queued += 1
             if skipped:
                 _write_skipped(sessions, run_id, skipped, progress, timeline, scoring_started)
@@ -254,6 +252,13 @@ def _write_skipped(sessions: sessionmaker, run_id: int, skipped: list[MemberOutc
     skipped.clear()
 
 
+def _send(sessions: sessionmaker, queue: ChunkQueue, run_id: int, chunk_no: int, job: dict[str, Any]) -> None:
+    """Enqueue one chunk's task and record its task id (what an interruption revokes)."""
+    task_id = queue.enqueue(ChunkJob(run_id=run_id, chunk_no=chunk_no, **job))
+    with sessions() as session, session.begin():
+        mark_queued(session, run_id, chunk_no, task_id)
+
+
 class _Requeue:
     """Queue again the waiting chunks a broker no longer holds (see the module docstring)."""
 
@@ -276,9 +281,7 @@ class _Requeue:
         with self.sessions() as session:
             waiting = waiting_chunks(session, self.run_id)
         for chunk_no in waiting:
-            task_id = self.queue.enqueue(ChunkJob(run_id=self.run_id, chunk_no=chunk_no, **self.job))
-            with self.sessions() as session, session.begin():
-                mark_queued(session, self.run_id, chunk_no, task_id)
+            _send(self.sessions, self.queue, self.run_id, chunk_no, self.job)
         if waiting:
             note(f"  the broker held none of the {len(waiting)} waiting chunk(s) (restarted without persistence?): "
                  "queued them again")
