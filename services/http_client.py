@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -38,12 +37,12 @@ from services.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from services.http_transport import acknowledge_now
 from services.logs import request_id_var
 from services.metrics import metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -306,15 +305,8 @@ class HttpClient:
         """
         raw = response.raw
         sock = getattr(getattr(raw, "connection", None), "sock", None)
-        if sock is not None and _QUICKACK is not None:
-            # Acknowledge the headers now.  A server that writes its headers and its body separately
-            # (Nagle on) holds the body until our ACK, which Linux delays up to 40 ms while we have
-            # nothing to send: measured 44 ms per cache-off price against such a server, 2.5 ms with
-            # this.  Setting TCP_QUICKACK sends a pending ACK at once.
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-            except OSError:
-                pass
+        if sock is not None:
+            acknowledge_now(sock)  # the headers are in: a server holding the body for our ACK gets it now
         chunks: list[bytes] = []
         try:
             while True:
