@@ -39,6 +39,33 @@ class ConfigError(Exception):
     """A setting's value cannot be used; the message names the variable, the value and what is accepted."""
 
 
+FILE_SUFFIX = "_FILE"
+
+
+def from_environment(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The value of variable ``name``, or the contents of the file named by ``<name>_FILE``.
+
+    The Docker/Kubernetes secrets convention: a secret is mounted as a file (``/run/secrets/...``)
+    rather than put in the environment, where ``docker inspect`` and every child process see it.
+    One trailing newline (what ``echo`` and most editors add) is not part of the value. Setting both
+    is refused (which one would win is a guess); an unreadable file is a :class:`ConfigError`.
+    """
+    environ = os.environ if environ is None else environ
+    file_variable = name + FILE_SUFFIX
+    if file_variable not in environ:
+        return environ.get(name)
+    if name in environ:
+        raise ConfigError(f"both {name} and {file_variable} are set: set one of them")
+    path = environ[file_variable]
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ConfigError(f"{file_variable}={path!r}: cannot read the file ({reason})") from None
+    return text[:-1] if text.endswith("\n") else text
+
+
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
@@ -56,6 +83,7 @@ class Setting:
     choices: tuple[str, ...] = ()
     optional: bool = False  # None / empty string allowed (means "derive it" or "off")
     above_zero: bool = False  # strictly positive (timeouts)
+    secret: bool = False  # may hold a password: can also be read from the file named by COURIER_<KEY>_FILE
 
     @property
     def variable(self) -> str:
@@ -172,7 +200,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DATABASE_URL", None,
             "SQLAlchemy URL. Default: SQLite file `courier.db` in Flask's instance folder. "
             "PostgreSQL: `postgresql+psycopg://user:pass@host/db` (install the `postgres` extra).",
-            kind="database_url", optional=True),
+            kind="database_url", optional=True, secret=True),
     Setting("SQLITE_BUSY_TIMEOUT_MS", 5000,
             "How long a SQLite writer waits for another worker's lock before failing.",
             kind=int, minimum=0, maximum=600_000),
@@ -196,7 +224,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("OPEN_SCOPES", "pricing:read estimate:read ops:read docs:read",
             "Scopes open to every caller without an API key (space- or comma-separated). The others need a key "
             "with the scope (`flask api-keys create`): `runs:read` (offer runs), `offers:score` (real-time "
-            "offers). Empty: every endpoint needs a key.",
+            "offers). Empty: every endpoint of the API needs a key; liveness (`/healthz`, for probes) and the bundled "
+            "reference partner's routes (`COURIER_REFERENCE_PARTNER_ENABLED`) are always open.",
             kind=str, optional=True),
     # --- pricing (DOPC) -----------------------------------------------------------------
     Setting("VENUE_API_URL", "https://consumer-api.development.dev.woltapi.com/home-assignment-api/v1",
@@ -261,10 +290,10 @@ SETTINGS: tuple[Setting, ...] = (
             kind=float, above_zero=True, maximum=300),
     Setting("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0",
             "Celery broker for `run-offers --distributed` and its workers (`pip install -e '.[distributed]'`).",
-            kind="broker_url"),
+            kind="broker_url", secret=True),
     Setting("CELERY_RESULT_BACKEND", None,
             "Where Celery keeps chunk task states (for `celery inspect`, Flower). Default: the broker URL.",
-            kind="broker_url", optional=True),
+            kind="broker_url", optional=True, secret=True),
     Setting("CELERY_VISIBILITY_TIMEOUT_S", 3600,
             "Seconds before the broker hands an unacknowledged chunk (its worker died) to another worker; "
             "keep it above the slowest chunk's scoring time.", kind=int, minimum=1, maximum=7 * 86400),
@@ -321,13 +350,18 @@ def load_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[s
     values: dict[str, Any] = {}
     for setting in SETTINGS:
         source, raw = "default", setting.default
-        if setting.variable in environ:
+        if setting.secret and setting.variable + FILE_SUFFIX in environ:
+            source, raw = setting.variable + FILE_SUFFIX, from_environment(setting.variable, environ)
+        elif setting.variable in environ:
             source, raw = setting.variable, environ[setting.variable]
         if setting.key in overrides:
             source, raw = setting.key, overrides.pop(setting.key)
         try:
             values[setting.key] = setting.parse(raw)
         except ValueError as exc:
+            if source.endswith(FILE_SUFFIX):  # name the file, never echo a secret's contents
+                raise ConfigError(f"{source}={environ[source]!r}: the file does not hold a valid value ({exc}): "
+                                  f"expected {setting.accepted()}") from None
             raise setting.invalid(setting.variable if source == "default" else source, raw, exc) from None
     values.update(overrides)
     return values
@@ -348,8 +382,10 @@ def markdown_table() -> str:
     lines = ["| variable | default | accepted | meaning |", "|---|---|---|---|"]
     for group in (SETTINGS, GUNICORN_SETTINGS):
         for setting in group:
+            secret = (f" Holds a secret: can also be read from a file named by `{setting.variable}{FILE_SUFFIX}` "
+                      "(Docker/Kubernetes secrets)." if setting.secret else "")
             lines.append(f"| `{setting.variable}` | `{_default_text(setting)}` | {setting.accepted()} | "
-                         f"{setting.help} |")
+                         f"{setting.help}{secret} |")
     return "\n".join(lines)
 
 

@@ -73,6 +73,10 @@ def post_worker_init(worker):
     runtime = getattr(app, "extensions", {}).get("courier") if app is not None else None
     if runtime is not None:
         runtime.warm_up()
+    # One per live worker (livesum; child_exit drops a dead one's): the denominator of saturation.
+    from services.metrics import metrics
+
+    metrics().workers.set(1)
     # Everything loaded so far (Flask, SQLAlchemy, polars, the model) lives as long as the worker:
     # move it out of the garbage collector's sight, so a full collection during a request walks
     # only what requests allocate (tail latency; the Instagram/gunicorn recipe).

@@ -6,7 +6,8 @@
 Serves ``data/venues/<slug>.static.json`` and ``.dynamic.json`` at ``/venues/<slug>/static`` and
 ``/venues/<slug>/dynamic`` (unknown slug: 404), like the real API.  Faults are drawn per
 request with the given shares.  ``POST /_control`` with a JSON object changes knobs at run time;
-``GET /_stats`` counts what was served.  Binds to 127.0.0.1 only.
+``GET /_stats`` counts what was served.  Binds to 127.0.0.1 unless ``--host`` says otherwise (the
+compose stack's demo profile runs it as the ``venue-api`` service with ``--host 0.0.0.0``).
 
 Point Courier at it with ``COURIER_VENUE_API_URL=http://127.0.0.1:8081``.
 """
@@ -137,9 +138,9 @@ class KeepAliveHandler(BaseHTTPRequestHandler):
         pass
 
 
-def make_standin_server(app: VenueStandIn, port: int) -> ThreadingHTTPServer:
+def make_standin_server(app: VenueStandIn, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
     handler = type("Handler", (KeepAliveHandler,), {"app": app})
-    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server
 
@@ -164,6 +165,7 @@ class StandInServer:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0 in a container).")
     parser.add_argument("--port", type=int, default=8081)
     for f in fields(Knobs):
         if f.name != "seed":
@@ -171,8 +173,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args()
     knobs = Knobs(**{f.name: getattr(args, f.name) for f in fields(Knobs)})
-    server = make_standin_server(VenueStandIn(knobs), args.port)
-    print(f"venue API stand-in on http://127.0.0.1:{args.port} with {asdict(knobs)}", flush=True)
+    server = make_standin_server(VenueStandIn(knobs), args.port, args.host)
+    print(f"venue API stand-in on http://{args.host}:{args.port} with {asdict(knobs)}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -18,10 +18,12 @@ from blueprints.hooks import db_session
 from services.auth.api_keys import Scope, verify_key
 from services.errors import Forbidden, Unauthenticated
 
-# Endpoints that are not Courier's API and need no key: the bundled stand-in partner (called by
-# run-offers like any partner) and Flask's static route.
+# Endpoints that need no key whatever COURIER_OPEN_SCOPES says: the bundled stand-in partner (called
+# by run-offers like any partner; COURIER_REFERENCE_PARTNER_ENABLED=false removes it), Flask's static
+# route, and liveness: an orchestrator's probe (kubelet, Docker's healthcheck) has no credentials, and
+# a 401 there would restart a healthy container; it answers only "ok", so it tells nobody anything.
 PUBLIC_BLUEPRINTS = frozenset({"partner_reference"})
-PUBLIC_ENDPOINTS = frozenset({"static"})
+PUBLIC_ENDPOINTS = frozenset({"static", "system.healthz"})
 
 
 def requires(scope: Scope) -> Callable:

@@ -39,6 +39,7 @@ class _RequestMetrics:
 
         self._families = metrics()
         self._children: dict[tuple, tuple] = {}
+        self.in_flight = self._families.requests_in_flight
 
     def __call__(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)
@@ -56,6 +57,7 @@ def register_request_hooks(app: Flask) -> None:
     access_log = AccessLog() if app.config["ACCESS_LOG"] else None
     valid_id = _VALID_REQUEST_ID.match
     observe = _RequestMetrics() if app.config["METRICS_ENABLED"] else None
+    in_flight = observe.in_flight if observe is not None else None
 
     # The request id and start time live in the WSGI environ: one proxy lookup per hook instead of
     # one per attribute of ``g`` (each ~1 us).
@@ -67,6 +69,9 @@ def register_request_hooks(app: Flask) -> None:
         environ["courier.request_id"] = rid
         environ["courier.started"] = time.perf_counter()
         environ["courier.rid_token"] = request_id_var.set(rid)
+        if in_flight is not None:
+            in_flight.inc()
+            environ["courier.in_flight"] = True
 
     @app.after_request
     def _finish(response):
@@ -86,6 +91,8 @@ def register_request_hooks(app: Flask) -> None:
 
     @app.teardown_request
     def _forget_request_id(_exc) -> None:
+        if request.environ.pop("courier.in_flight", False):  # counted in _start, whatever happened since
+            in_flight.dec()  # type: ignore[union-attr]
         # Lines logged after this request (by this worker, between requests) must not carry its id.
         token = request.environ.pop("courier.rid_token", None)
         if token is not None:

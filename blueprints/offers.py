@@ -46,10 +46,12 @@ def init_app(app: Flask) -> OffersCapability:
     imported on first use), the endpoints, and `flask run-offers`, `partners`, `offers`."""
     from cli.offers import offers_group, partners_group, run_offers_command
     from services.offers.celery_tasks import CelerySettings
-    from services.offers.partners import load_registry
+    from services.offers.partners import load_registry, registry_readiness
 
     runtime = app.extensions["courier"]
     cfg = app.config
+    runtime.readiness_checks["partners"] = registry_readiness(cfg["PARTNERS_FILE"], cfg["SERVICE_URL"],
+                                                              cfg["OFFERS_DEFAULT_PARTNER"])
     realtime = RealtimeOffers(cfg["PARTNERS_FILE"], cfg["OFFERS_REALTIME_DEADLINE_S"], service_url=cfg["SERVICE_URL"])
     runtime.closers.append(realtime.close)
 

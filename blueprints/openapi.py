@@ -173,10 +173,8 @@ SECURITY_SCHEMES = {
 
 
 def _add_security(operation: dict[str, Any], scope: Scope | None, open_scopes: Collection[Scope]) -> None:
-    """Whether the operation needs an API key, and which scope."""
-    if scope is None:
-        return
-    if scope in open_scopes:
+    """Whether the operation needs an API key, and which scope (no scope: a public endpoint)."""
+    if scope is None or scope in open_scopes:
         operation["security"] = []
         return
     # Scopes in a security requirement are only for OAuth2 in OpenAPI 3.0: name it here instead.

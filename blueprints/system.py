@@ -17,13 +17,15 @@ bp = Blueprint("system", __name__)
 
 def init_app(app: Flask) -> None:
     """Probes, metrics and docs, and the commands that serve every capability: `flask db`,
-    `flask api-keys`, `flask seed-venues` (preparation times and venue pricing data)."""
+    `flask api-keys`, `flask seed-venues` (preparation times and venue pricing data), `flask wait-for`
+    (a container's dependencies)."""
     from cli.api_keys import api_keys_group
     from cli.db import db_group
     from cli.seed import seed_venues
+    from cli.wait import wait_for_command
 
     app.register_blueprint(bp)
-    for command in (db_group, api_keys_group, seed_venues):
+    for command in (db_group, api_keys_group, seed_venues, wait_for_command):
         app.cli.add_command(command)
 
 _DOCS_PAGE = """<!doctype html>
@@ -50,16 +52,17 @@ _readiness = ReadinessSchema()
 
 
 @bp.get("/healthz")
-@requires(Scope.OPS_READ)
-@operation(summary="Liveness", tag="system", response=_liveness)
+@operation(summary="Liveness (always open, even with no open scopes)", tag="system", response=_liveness)
 def healthz():
-    """The process is alive and serving; checks nothing else, so it stays cheap."""
+    """The process is alive and serving; checks nothing else, so it stays cheap. Open to every caller
+    (``auth.PUBLIC_ENDPOINTS``): probes carry no key."""
     return jsonify(_liveness.dump({"status": "ok"}))
 
 
 @bp.get("/readyz")
 @requires(Scope.OPS_READ)
-@operation(summary="Readiness: database migrated, model loaded", tag="system", response=_readiness, errors=(503,))
+@operation(summary="Readiness: database migrated, model loaded, partner registry usable", tag="system",
+           response=_readiness, errors=(503,))
 def readyz() -> Response:
     """Ready to take traffic: every registered readiness check (database, migrations, model...) passes."""
     checks = current_app.extensions["courier"].readiness_checks

@@ -12,6 +12,7 @@ configuration, fixed outcome words.  Never a member id, slug or raw path.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
@@ -53,6 +54,14 @@ class Metrics:
                                         "runs.", ["step"], registry=r)
         self.offer_step_seconds = Counter("courier_offer_step_seconds_total", "Seconds spent in each step of "
                                           "offers runs.", ["step"], registry=r)
+        # Saturation, what a sync-worker deployment scales on: a worker serves one request at a time,
+        # so in-flight requests / workers is the busy share ("livesum": a dead worker's share goes
+        # with it, in child_exit). The scrape that reads them is one of the requests in flight.
+        self.requests_in_flight = Gauge("courier_http_requests_in_flight", "Requests being answered now (under "
+                                        "gunicorn's sync workers: busy workers).", registry=r,
+                                        multiprocess_mode="livesum")
+        self.workers = Gauge("courier_workers", "gunicorn worker processes serving.", registry=r,
+                             multiprocess_mode="livesum")
 
     def upstream_call(self, upstream: str, outcome: str, seconds: float) -> None:
         """One outbound call's outcome and duration (the sync and the async client alike)."""
@@ -60,12 +69,75 @@ class Metrics:
         self.upstream_seconds.labels(upstream).observe(seconds)
 
     def render(self) -> bytes:
-        """The exposition text: summed over every worker in multiprocess mode, else this process."""
+        """The exposition text: summed over every worker in multiprocess mode, else this process;
+        with every process's own resource use (``ServerProcesses``)."""
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
+            # Under gunicorn a worker's parent is the master; a command writing here has no such parent.
+            master = os.getppid() if "gunicorn.arbiter" in sys.modules else None
+            registry.register(ServerProcesses(gunicorn_master=master))
             return generate_latest(registry)
+        if self._own_process is None:
+            self._own_process = ServerProcesses(gunicorn_master=None)
+            self.registry.register(self._own_process)
         return generate_latest(self.registry)
+
+    _own_process: ServerProcesses | None = None
+
+
+class ServerProcesses:
+    """Resource use of every process of this server, read from ``/proc`` at scrape time.
+
+    prometheus_client's own process collector describes only the process that answers the scrape,
+    and multiprocess mode drops it altogether; under gunicorn the scrape lands on any one worker.
+    So the worker answering reads ``/proc`` for gunicorn's master (its parent) and every worker (the
+    master's children): RSS, CPU seconds and open file descriptors by ``role`` and ``pid`` (bounded:
+    the pids of the workers alive now). Nothing is written per request. Outside gunicorn (``flask
+    run``, tests, commands): this process alone, as role ``main``. Linux only (``/proc``); a process
+    that exits during the scrape is left out.
+    """
+
+    _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+    _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def __init__(self, gunicorn_master: int | None) -> None:
+        self.gunicorn_master = gunicorn_master
+
+    def processes(self) -> list[tuple[str, int]]:
+        """(role, pid) of each process to describe."""
+        master = self.gunicorn_master
+        if master is None:
+            return [("main", os.getpid())]
+        try:
+            with open(f"/proc/{master}/task/{master}/children") as handle:
+                children = [int(pid) for pid in handle.read().split()]
+        except OSError:  # no /proc, or a kernel without the children file: what we can see
+            children = [os.getpid()]
+        return [("master", master)] + [("worker", pid) for pid in children]
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        rss = GaugeMetricFamily("courier_process_resident_memory_bytes", "Resident memory of each server "
+                                "process.", labels=["role", "pid"])
+        cpu = CounterMetricFamily("courier_process_cpu_seconds", "CPU seconds (user + system) of each server "
+                                  "process.", labels=["role", "pid"])
+        fds = GaugeMetricFamily("courier_process_open_fds", "Open file descriptors of each server process.",
+                                labels=["role", "pid"])
+        for role, pid in self.processes():
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as handle:
+                    # Fields after the command name (which may hold spaces): utime is the 14th field.
+                    fields = handle.read().rsplit(b")", 1)[1].split()
+                open_fds = len(os.listdir(f"/proc/{pid}/fd"))
+            except OSError:
+                continue
+            labels = [role, str(pid)]
+            rss.add_metric(labels, int(fields[21]) * self._PAGE_SIZE)
+            cpu.add_metric(labels, (int(fields[11]) + int(fields[12])) / self._TICKS)
+            fds.add_metric(labels, open_fds)
+        return [rss, cpu, fds]
 
 
 _metrics: Metrics | None = None

@@ -134,3 +134,46 @@ def test_a_database_url_whose_driver_is_missing_says_what_to_install(db_url):
     # psycopg missing on a machine without the `postgres` extra.
     with pytest.raises(ConfigError, match=r"COURIER_DATABASE_URL cannot be used.*pip install -e '\.\[postgres\]'"):
         create_app({"DATABASE_URL": "postgresql+pg8000://u:p@127.0.0.1/db"})
+
+
+# --- secrets from files (COURIER_<KEY>_FILE: the Docker/Kubernetes secrets convention) -------------
+
+def test_a_secret_setting_is_read_from_the_file_its_FILE_variable_names(tmp_path):
+    secret = tmp_path / "database_url"
+    secret.write_text("postgresql://courier:s3cret@db/courier\n")  # the newline echo adds is not the value
+    settings = load_settings({"COURIER_DATABASE_URL_FILE": str(secret)})
+    assert settings["DATABASE_URL"] == "postgresql+psycopg://courier:s3cret@db/courier"
+    broker = tmp_path / "broker"
+    broker.write_text("redis://:pw@redis:6379/0")
+    assert load_settings({"COURIER_CELERY_BROKER_URL_FILE": str(broker)})["CELERY_BROKER_URL"] == \
+        "redis://:pw@redis:6379/0"
+
+
+def test_a_secret_file_that_cannot_be_read_stops_start_up_naming_the_variable(tmp_path):
+    missing = tmp_path / "absent"
+    with pytest.raises(ConfigError, match=r"COURIER_DATABASE_URL_FILE=.*absent.*cannot read the file"):
+        load_settings({"COURIER_DATABASE_URL_FILE": str(missing)})
+
+
+def test_a_secret_given_twice_is_refused_rather_than_guessed(tmp_path):
+    secret = tmp_path / "broker"
+    secret.write_text("redis://redis:6379/0")
+    with pytest.raises(ConfigError, match="both COURIER_CELERY_BROKER_URL and COURIER_CELERY_BROKER_URL_FILE"):
+        load_settings({"COURIER_CELERY_BROKER_URL": "redis://other:6379/0",
+                       "COURIER_CELERY_BROKER_URL_FILE": str(secret)})
+
+
+def test_a_bad_value_in_a_secret_file_is_reported_without_echoing_the_file(tmp_path):
+    secret = tmp_path / "database_url"
+    secret.write_text("no-scheme-pa55word")
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"COURIER_DATABASE_URL_FILE": str(secret)})
+    assert "COURIER_DATABASE_URL_FILE" in str(caught.value) and str(secret) in str(caught.value)
+    assert "pa55word" not in str(caught.value)
+
+
+def test_only_settings_that_hold_secrets_read_files():
+    """A _FILE variable for an ordinary setting is not read (it is not a secret, and not documented)."""
+    assert load_settings({"COURIER_LOG_LEVEL_FILE": "/nonexistent"})["LOG_LEVEL"] == "INFO"
+    secrets = {s.key for s in SETTINGS if s.secret}
+    assert secrets == {"DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"}

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from config import FILE_SUFFIX, ConfigError, from_environment
 from services.errors import NotFound, UpstreamInvalid
 from services.http_async import AsyncHttpClient, RetryEvent
 from services.http_client import HttpClient, HttpPolicy
@@ -67,12 +67,26 @@ class PartnerConfig:
         return redact_url(self.base_url)
 
     def headers(self) -> dict[str, str]:
-        """Header values from the environment; a missing variable is a configuration error."""
-        missing = [env for env in self.header_env.values() if env not in os.environ]
+        """Header values from the environment (each variable, or a file named by ``<variable>_FILE``:
+        mounted secrets); a missing variable or an unreadable file is a configuration error."""
+        values: dict[str, str] = {}
+        missing, problems = [], []
+        for header, env in self.header_env.items():
+            try:
+                value = from_environment(env)
+            except ConfigError as exc:
+                problems.append(f"partners.{self.name}.headers.{header}: {exc}")
+                continue
+            if value is None:
+                missing.append(env)
+            else:
+                values[header] = value
         if missing:
-            raise PartnerConfigError(self.name, [f"partners.{self.name}.headers: environment variable(s) "
-                                                 f"{', '.join(missing)} not set"])
-        return {header: os.environ[env] for header, env in self.header_env.items()}
+            problems.append(f"partners.{self.name}.headers: environment variable(s) {', '.join(missing)} not set "
+                            f"(nor {', '.join(m + FILE_SUFFIX for m in missing)})")
+        if problems:
+            raise PartnerConfigError(self.name, problems)
+        return values
 
 
 @dataclass
@@ -148,6 +162,29 @@ def load_registry(path: str | Path, service_url: str | None = None) -> PartnerRe
     except UnicodeDecodeError as exc:
         raise PartnerConfigError(path, ["not UTF-8 text, so not TOML"]) from exc
     return parse_registry(doc, path, service_url)
+
+
+def registry_readiness(path: str | Path, service_url: str | None, default_partner: str) -> Callable[[], str | None]:
+    """Readiness check of the offers capability: the registry loads, names the default partner, and
+    every partner's header secrets are there. Without it a deployment whose registry is unreadable
+    (a missing mount, a bad edit) or whose partner secret is missing answered ``ready`` while every
+    real-time offer failed 503; read on every probe so that a fixed file is seen without a restart
+    (~1 ms: a probe every few seconds)."""
+
+    def check() -> str | None:
+        try:
+            registry = load_registry(path, service_url)
+            registry.get(default_partner)
+            for partner in registry.partners.values():
+                partner.headers()
+        except PartnerConfigError as exc:
+            return f"partner registry unusable: {exc}"
+        except NotFound:
+            return (f"the default partner {default_partner!r} (COURIER_OFFERS_DEFAULT_PARTNER) is not in the "
+                    f"registry {path}")
+        return None
+
+    return check
 
 
 def _finite(value: Any, what: str, upstream: str) -> float:

@@ -102,14 +102,25 @@ def test_open_endpoints_need_no_key_by_default(anonymous):
     assert anonymous.post("/api/v1/delivery-estimate", json={}).status_code == 400
 
 
-def test_with_no_open_scopes_every_endpoint_needs_a_key(app_config):
+def test_with_no_open_scopes_every_api_endpoint_needs_a_key(app_config):
     app = create_app({**app_config, "OPEN_SCOPES": ""})
     client = app.test_client()
-    for path in ("/healthz", "/openapi.json", "/api/v1/delivery-order-price?venue_slug=x"):
+    for path in ("/readyz", "/metrics", "/openapi.json", "/api/v1/delivery-order-price?venue_slug=x"):
         assert client.get(path).status_code == 401, path
     ops_key = new_key(app, Scope.OPS_READ)
-    assert client.get("/healthz", headers=bearer(ops_key)).status_code == 200
+    assert client.get("/readyz", headers=bearer(ops_key)).status_code == 200
     assert client.get("/openapi.json", headers=bearer(ops_key)).status_code == 403
+    app.extensions["courier"].close()
+
+
+def test_liveness_and_the_reference_partner_stay_open_with_no_open_scopes(app_config):
+    app = create_app({**app_config, "OPEN_SCOPES": ""})
+    client = app.test_client()
+    assert client.get("/healthz").status_code == 200  # a probe carries no key
+    assert client.get("/partners/reference/").status_code == 200  # a partner is called without our keys
+    doc = client.get("/openapi.json", headers=bearer(new_key(app, Scope.DOCS_READ))).get_json()
+    assert doc["paths"]["/healthz"]["get"]["security"] == []
+    assert doc["paths"]["/readyz"]["get"]["x-required-scope"] == "ops:read"
     app.extensions["courier"].close()
 
 

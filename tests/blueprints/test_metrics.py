@@ -139,3 +139,61 @@ def test_offers_runs_and_real_time_offers_are_counted(client, app, live_partner)
     assert delta("courier_realtime_offers_total", outcome="ok") == 1
     # no member ids, slugs or paths as label values
     assert "m1" not in re.findall(r'"([^"]*)"', after)
+
+
+def test_metrics_show_each_gunicorn_process_and_how_many_workers_are_busy(db_url, tmp_path):
+    """What an autoscaler and an operator read: every worker's RSS, CPU and fds (multiprocess mode
+    drops prometheus_client's own process metrics), workers serving, and requests in flight. One
+    price request is held at the upstream (an event, not a time window) while another worker
+    answers the scrape: two in flight, the held one and the scrape itself."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bench.venue_standin import StandInServer
+
+    arrived, release = threading.Event(), threading.Event()
+
+    def hold(_path: str) -> None:
+        arrived.set()
+        release.wait(30)
+
+    with StandInServer() as standin, ThreadPoolExecutor(1) as client:
+        standin.app.on_request = hold
+        with gunicorn_process(db_url, tmp_path, COURIER_METRICS_DIR=str(tmp_path / "metrics"),
+                              COURIER_VENUE_API_URL=standin.url, COURIER_VENUE_API_READ_TIMEOUT_S="30",
+                              COURIER_VENUE_API_DEADLINE_S="30") as port:
+            held = client.submit(http_get, port, PRICE, 30)
+            assert arrived.wait(30)
+            status, busy = http_get(port, "/metrics")
+            release.set()
+            assert held.result()[0] == 200
+            _, idle = http_get(port, "/metrics")
+            processes = re.findall(r'^courier_process_resident_memory_bytes\{pid="(\d+)",role="(\w+)"\} (\S+)$',
+                                   busy, re.MULTILINE)
+            parents = {pid: _parent_of(pid) for pid, _, _ in processes}  # while they live
+    assert status == 200
+    assert sample(busy, "courier_workers") == 2
+    assert sample(busy, "courier_http_requests_in_flight") == 2
+    assert sample(idle, "courier_http_requests_in_flight") == 1
+
+    assert sorted(role for _, role, _ in processes) == ["master", "worker", "worker"], processes
+    master = next(pid for pid, role, _ in processes if role == "master")
+    for pid, role, rss in processes:
+        assert float(rss) > 10e6, (pid, role, rss)  # a Python process with Flask loaded
+        assert sample(busy, "courier_process_open_fds", pid=pid) > 2
+        assert sample(busy, "courier_process_cpu_seconds_total", pid=pid) > 0
+        if role == "worker":
+            assert parents[pid] == master  # gunicorn's workers, not any process
+
+
+def _parent_of(pid: str) -> str:
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().rsplit(")", 1)[1].split()[1]
+
+
+def test_outside_gunicorn_metrics_describe_the_process_itself(client):
+    import os
+
+    text = client.get("/metrics").get_data(as_text=True)
+    assert sample(text, "courier_process_resident_memory_bytes", role="main", pid=str(os.getpid())) > 10e6
+    assert sample(text, "courier_http_requests_in_flight") == 1  # this scrape

@@ -30,6 +30,21 @@ def test_readyz_is_503_when_database_not_migrated(tmp_path):
     assert "flask db upgrade" in body["details"]["database"]
 
 
+def test_readyz_is_503_while_the_partner_registry_is_unusable_and_ready_once_fixed(app_config, tmp_path):
+    """Real-time offers need the registry: a deployment without it (a missing mount) is not ready."""
+    registry = tmp_path / "partners.toml"
+    app = create_app({**app_config, "PARTNERS_FILE": str(registry)})
+    client = app.test_client()
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert "partner registry unusable" in response.get_json()["details"]["partners"]
+    from config import DATA_DIR
+
+    registry.write_text((DATA_DIR / "partners.toml").read_text())  # fixed in place: seen without a restart
+    assert client.get("/readyz").status_code == 200
+    app.extensions["courier"].close()
+
+
 def test_openapi_document_is_valid_openapi_3(client):
     response = client.get("/openapi.json")
     assert response.status_code == 200
@@ -87,7 +102,7 @@ def test_readyz_answers_readiness_only_and_the_cache_counters_are_in_metrics(cli
         client.get(f"/api/v1/delivery-order-price?{query}")
         client.get(f"/api/v1/delivery-order-price?{query}")
     ready = client.get("/readyz").get_json()
-    assert ready == {"status": "ready", "checks": ["database", "model"]}
+    assert ready == {"status": "ready", "checks": ["database", "model", "partners"]}
     after = client.get("/metrics").get_data(as_text=True)
     for event, count in (("misses", 1), ("hits", 1)):
         assert sample(after, "courier_venue_cache_events_total", event=event) - sample(

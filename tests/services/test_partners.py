@@ -81,6 +81,35 @@ def test_header_secrets_come_from_the_environment(tmp_path, monkeypatch):
         assert mock.calls[0].request.headers["Authorization"] == "Bearer secret"
 
 
+def test_a_header_secret_can_be_a_mounted_file_named_by_its_FILE_variable(tmp_path, monkeypatch):
+    registry = load_registry(write(tmp_path, SECOND))
+    token = tmp_path / "acme_token"
+    token.write_text("Bearer from-a-file\n")  # the trailing newline is not part of the value
+    monkeypatch.delenv("ACME_TOKEN", raising=False)
+    monkeypatch.setenv("ACME_TOKEN_FILE", str(token))
+    client = PartnerClient(registry.get("acme"))
+    with responses.RequestsMock() as mock:
+        mock.get("https://acme.test/api/health", json={"ok": True})
+        client.ping()
+        assert mock.calls[0].request.headers["Authorization"] == "Bearer from-a-file"
+    monkeypatch.setenv("ACME_TOKEN_FILE", str(tmp_path / "absent"))
+    with pytest.raises(PartnerConfigError, match="ACME_TOKEN_FILE=.*absent.*cannot read"):
+        PartnerClient(registry.get("acme"))
+
+
+def test_registry_readiness_names_what_makes_the_partners_unusable(tmp_path, monkeypatch):
+    from services.offers.partners import registry_readiness
+
+    path = write(tmp_path, SECOND)
+    monkeypatch.setenv("ACME_TOKEN", "t")
+    assert registry_readiness(path, None, "acme")() is None
+    assert "'acme2' (COURIER_OFFERS_DEFAULT_PARTNER) is not in the registry" in registry_readiness(path, None,
+                                                                                                  "acme2")()
+    monkeypatch.delenv("ACME_TOKEN")
+    assert "ACME_TOKEN not set" in registry_readiness(path, None, "acme")()
+    assert "cannot read" in registry_readiness(tmp_path / "absent.toml", None, "acme")()
+
+
 def test_second_partner_gets_its_own_paths_and_field_names(tmp_path, monkeypatch):
     monkeypatch.setenv("ACME_TOKEN", "t")
     client = PartnerClient(load_registry(write(tmp_path, SECOND)).get("acme"))
