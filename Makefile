@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export FLASK_APP := wsgi
 
-.PHONY: run test lint lock bench-pricing bench-estimate bench-offers bench-offers-realtime venue-standin reference-partner clean
+.PHONY: run test lint image stack stack-test lock bench-pricing bench-estimate bench-offers bench-offers-realtime venue-standin reference-partner clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,19 @@ bench-estimate: $(VENV)/.installed-dev
 
 bench-offers: $(VENV)/.installed-dev
 	$(BIN)/python bench/bench_offers.py
+
+## image: the container image (docker, else podman); BASE=<image> where python:3.11-slim-bookworm cannot be pulled
+BASE ?= python:3.11-slim-bookworm
+image:
+	$$(command -v docker >/dev/null && docker info >/dev/null 2>&1 && echo docker || echo podman) build --build-arg BASE=$(BASE) -t courier:latest .
+
+## stack: the whole stack in podman on a machine without a registry (local Debian base and stand-ins), on :8080
+stack:
+	bash deploy/stack_test.sh --serve
+
+## stack-test: build everything and prove the stack end to end (what .ci/run does after make test)
+stack-test:
+	bash deploy/stack_test.sh
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache

@@ -302,6 +302,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("OFFERS_CHUNK_MAX_ATTEMPTS", 3,
             "Attempts of one chunk (errors, or its worker killed) before the distributed run ends `failed`.",
             kind=int, minimum=1, maximum=100),
+    Setting("OFFERS_CHUNK_HEARTBEAT_S", 5.0,
+            "How often a worker scoring a chunk says so in the database (its claim's heartbeat).",
+            kind=float, above_zero=True, maximum=300),
+    Setting("OFFERS_CHUNK_SILENT_S", 30.0,
+            "A chunk whose worker has not said so for this long (killed, machine lost) is queued again by the "
+            "coordinator, without waiting for the broker's visibility timeout. Keep it several heartbeats long.",
+            kind=float, above_zero=True, maximum=86400),
     Setting("OFFERS_DISTRIBUTED_STALL_S", 600.0,
             "A distributed run in which no chunk starts or finishes for this long ends `failed` (no workers?).",
             kind=float, above_zero=True),

@@ -61,7 +61,8 @@ def init_app(app: Flask) -> OffersCapability:
     distributed = DistributedOffers(
         CelerySettings(broker_url=cfg["CELERY_BROKER_URL"], result_backend=cfg["CELERY_RESULT_BACKEND"],
                        visibility_timeout_s=cfg["CELERY_VISIBILITY_TIMEOUT_S"],
-                       chunk_max_attempts=cfg["OFFERS_CHUNK_MAX_ATTEMPTS"]),
+                       chunk_max_attempts=cfg["OFFERS_CHUNK_MAX_ATTEMPTS"],
+                       chunk_heartbeat_s=cfg["OFFERS_CHUNK_HEARTBEAT_S"]),
         context_factory=app.app_context, sessions=runtime.session_factory, partner_config=partner_config)
     capability = app.extensions[EXTENSION] = OffersCapability(realtime=realtime, distributed=distributed,
                                                               reports=ReportPages())

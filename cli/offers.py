@@ -273,7 +273,7 @@ def _run_distributed(runtime, queue, config, options, chunk_size, progress, stop
 
     cfg = current_app.config
     settings = DistributedSettings(chunk_size=chunk_size or cfg["OFFERS_CHUNK_SIZE"],
-                                   stall_s=cfg["OFFERS_DISTRIBUTED_STALL_S"])
+                                   stall_s=cfg["OFFERS_DISTRIBUTED_STALL_S"], silent_s=cfg["OFFERS_CHUNK_SILENT_S"])
     return run_distributed(runtime.session_factory, config, options, queue, settings, progress_start=progress.start,
                            progress=progress.advance, stop=stop, note=progress.write)
 

@@ -161,6 +161,9 @@ class OfferRunChunk(Base):
     queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set at claim and every few seconds while the claiming worker scores: a claim gone silent
+    # (worker killed, or its attempt ended without a word) is taken again by the coordinator.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ApiKey(Base):

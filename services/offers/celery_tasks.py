@@ -49,6 +49,7 @@ class CelerySettings:
     result_backend: str | None
     visibility_timeout_s: int
     chunk_max_attempts: int
+    chunk_heartbeat_s: float = 5.0
 
 
 class DistributedOffers:
@@ -125,7 +126,7 @@ class DistributedOffers:
             log.error("chunk failed", extra={"run_id": job.run_id, "chunk": job.chunk_no, "error": error})
             return ChunkOutcome(job.run_id, job.chunk_no, "failed")
         return score_chunk(self.sessions, partner, job, worker=worker,
-                           max_attempts=self.settings.chunk_max_attempts)
+                           max_attempts=self.settings.chunk_max_attempts, beat_s=self.settings.chunk_heartbeat_s)
 
     def queue(self) -> CeleryChunkQueue:
         return CeleryChunkQueue(self)

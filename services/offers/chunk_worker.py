@@ -16,7 +16,15 @@ from typing import Any
 
 from sqlalchemy.orm import sessionmaker
 
-from services.offers.chunks import ClaimedChunk, ClaimRefused, claim_chunk, commit_chunk, record_attempt_error
+from services.offers.chunks import (
+    ClaimedChunk,
+    ClaimRefused,
+    beat_claim,
+    claim_chunk,
+    commit_chunk,
+    record_attempt_error,
+)
+from services.offers.lease import HEARTBEAT_S, Beats
 from services.offers.partners import PartnerConfig
 from services.offers.recording import MemberOutcome
 from services.offers.scoring import ScoringSettings, score_stream
@@ -51,7 +59,7 @@ class ChunkAttemptFailed(Exception):
 class ChunkOutcome:
     run_id: int
     chunk_no: int
-    result: str  # "done", "duplicate" (a copy committed first), or a ClaimRefused reason
+    result: str  # "done", "duplicate" (a copy committed first), "taken back", or a ClaimRefused reason
     members: int = 0
     failed: int = 0
 
@@ -70,9 +78,8 @@ def _stats(outcomes: list[MemberOutcome], steps: dict[str, StepStats], score_s: 
     }
 
 
-def _score(partner: PartnerConfig, job: ChunkJob, claimed: ClaimedChunk) -> tuple[list[MemberOutcome],
-                                                                                 dict[str, StepStats], float,
-                                                                                 RetryTally]:
+def _score(partner: PartnerConfig, job: ChunkJob, claimed: ClaimedChunk,
+           taken_back: threading.Event) -> tuple[list[MemberOutcome], dict[str, StepStats], float, RetryTally]:
     outcomes: list[MemberOutcome] = []
     steps = {name: StepStats(name) for name in PARTNER_STEPS}
 
@@ -87,26 +94,55 @@ def _score(partner: PartnerConfig, job: ChunkJob, claimed: ClaimedChunk) -> tupl
     settings = ScoringSettings(concurrency=job.concurrency, max_consecutive_failures=job.max_consecutive_failures,
                                use_batch=job.use_batch)
     started = time.perf_counter()
-    result = score_stream(partner, iter(claimed.rows), settings, emit, threading.Event(), on_retry=retries)
+    result = score_stream(partner, iter(claimed.rows), settings, emit, taken_back, on_retry=retries)
     if result.tripped:
         raise ChunkAttemptFailed(f"stopped after {job.max_consecutive_failures} consecutive member failures "
                                  f"(circuit breaker); last error: {result.last_error}")
     return outcomes, steps, time.perf_counter() - started, retries
 
 
+def _claim_beats(sessions: sessionmaker, claimed: ClaimedChunk, on_lost: threading.Event,
+                 interval_s: float) -> Beats:
+    def beat() -> bool:
+        with sessions() as session, session.begin():
+            return beat_claim(session, claimed.run_id, claimed.chunk_no, claimed.attempt)
+
+    return Beats(f"offers-chunk-{claimed.run_id}-{claimed.chunk_no}", beat, on_lost.set, interval_s,
+                 "chunk claim", {"run_id": claimed.run_id, "chunk": claimed.chunk_no, "attempt": claimed.attempt})
+
+
 def score_chunk(sessions: sessionmaker, partner: PartnerConfig, job: ChunkJob, *, worker: str,
-                max_attempts: int) -> ChunkOutcome:
+                max_attempts: int, beat_s: float = HEARTBEAT_S) -> ChunkOutcome:
     """Score and record one chunk. Raises ``ChunkAttemptFailed`` (after recording the error on the
     chunk) when the attempt failed and another attempt is allowed; a last failed attempt marks the
-    chunk ``failed`` and returns."""
+    chunk ``failed`` and returns.
+
+    The claim is beaten every ``beat_s`` from claim to commit; whatever ends the attempt ends the
+    beats, so a chunk never stays ``running`` unattended (the coordinator takes a silent claim
+    back). If the coordinator took this claim back meanwhile, scoring stops and nothing is written."""
     with sessions() as session, session.begin():
         claimed = claim_chunk(session, job.run_id, job.chunk_no, worker, max_attempts)
     if isinstance(claimed, ClaimRefused):
         log.info("chunk skipped", extra={"run_id": job.run_id, "chunk": job.chunk_no, "reason": claimed.value})
         return ChunkOutcome(job.run_id, job.chunk_no, claimed.value)
+    taken_back = threading.Event()
+    beats = _claim_beats(sessions, claimed, taken_back, beat_s)
+    beats.start()
+    try:
+        return _attempt(sessions, partner, job, claimed, taken_back, max_attempts)
+    finally:
+        beats.stop()
+
+
+def _attempt(sessions: sessionmaker, partner: PartnerConfig, job: ChunkJob, claimed: ClaimedChunk,
+             taken_back: threading.Event, max_attempts: int) -> ChunkOutcome:
     wall_started = time.time()
     try:
-        outcomes, steps, score_s, retries = _score(partner, job, claimed)
+        outcomes, steps, score_s, retries = _score(partner, job, claimed, taken_back)
+        if taken_back.is_set():  # another attempt has it: what this one scored is not complete
+            log.info("chunk taken back while scoring; nothing written",
+                     extra={"run_id": job.run_id, "chunk": job.chunk_no, "attempt": claimed.attempt})
+            return ChunkOutcome(job.run_id, job.chunk_no, "taken back")
         with sessions() as session, session.begin():
             stats = _stats(outcomes, steps, score_s, retries, wall_started)
             committed = commit_chunk(session, job.run_id, job.chunk_no, outcomes, stats)

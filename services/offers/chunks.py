@@ -6,7 +6,10 @@ broker redelivered it; or a resume re-enqueued it while an old copy still ran) i
 - a chunk is cut deterministically (scan order, ``chunk_size`` members each), so the coordinator of a
   resumed run rebuilds exactly the chunks it stored before and only adds the missing ones;
 - a worker ``claim``s a chunk before scoring (counting the attempt, refusing a chunk that is done,
-  whose run is no longer running, or that used up its attempts);
+  whose run is no longer running, or that used up its attempts), then beats on its claim while it
+  scores (``beat_claim``); a claim whose beats stopped (the worker was killed, or its attempt ended
+  without recording anything) is taken back by the coordinator (``take_back_silent_claims``) and
+  the chunk queued again, without waiting for the broker's visibility timeout;
 - ``commit_chunk`` records a chunk's results in one transaction that first locks the run row and
   then moves the chunk to ``done`` only if it is not done yet: of two copies exactly one commits,
   and none commits after the run was interrupted or failed. It replaces the chunk's members' results,
@@ -21,6 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any, cast
 
@@ -128,8 +132,39 @@ def claim_chunk(session: Session, run_id: int, chunk_no: int, worker: str,
     chunk.attempts += 1
     chunk.status = ChunkStatus.RUNNING.value
     chunk.worker = worker
-    chunk.started_at = utcnow()
+    chunk.started_at = chunk.heartbeat_at = utcnow()
     return ClaimedChunk(run_id, chunk_no, chunk.attempts, list(chunk.rows))
+
+
+def beat_claim(session: Session, run_id: int, chunk_no: int, attempt: int) -> bool:
+    """The claim of ``attempt`` is alive; False when the chunk is no longer this attempt's (taken back,
+    claimed again, done)."""
+    return bool(cast(CursorResult, session.execute(
+        update(OfferRunChunk).where(OfferRunChunk.run_id == run_id, OfferRunChunk.chunk_no == chunk_no,
+                                    OfferRunChunk.status == ChunkStatus.RUNNING,
+                                    OfferRunChunk.attempts == attempt)
+        .values(heartbeat_at=utcnow()))).rowcount)
+
+
+def take_back_silent_claims(session: Session, run_id: int, silent_s: float) -> list[tuple[int, int, str | None]]:
+    """Running chunks whose claim has not beaten for ``silent_s``: back to pending, with the reason
+    as their error, to be queued again. Returns ``(chunk_no, attempt, worker)`` of each.
+
+    Conditional on the claim still being silent when the row is locked, so a worker that beats at
+    that moment keeps its chunk. A worker that was only slow (a long pause) and commits later is
+    harmless: the first commit of a chunk wins, the other is discarded.
+    """
+    limit = utcnow() - timedelta(seconds=silent_s)
+    silent = session.scalars(select(OfferRunChunk).where(
+        OfferRunChunk.run_id == run_id, OfferRunChunk.status == ChunkStatus.RUNNING,
+        OfferRunChunk.heartbeat_at < limit).order_by(OfferRunChunk.chunk_no).with_for_update()).all()
+    taken = []
+    for chunk in silent:
+        chunk.status = ChunkStatus.PENDING.value
+        chunk.error = (f"attempt {chunk.attempts}: its worker ({chunk.worker}) stopped reporting for more than "
+                       f"{silent_s:g} s (killed, lost, or its attempt ended without a word); queued again")
+        taken.append((chunk.chunk_no, chunk.attempts, chunk.worker))
+    return taken
 
 
 def record_attempt_error(session: Session, run_id: int, chunk_no: int, error: str, max_attempts: int) -> bool:

@@ -13,6 +13,12 @@ Ends:
   at their commit (the run row is locked by both sides), so ``--resume`` redoes exactly those;
 - no chunk started or finished for ``stall_s`` -> ``failed`` (are any workers running?).
 
+While it waits: a chunk whose claim stopped beating for ``silent_s`` (its worker was SIGKILLed or
+its machine lost, or its attempt ended without recording anything) is taken back and queued again
+at once, so a lost worker costs ``silent_s`` (30 s), not the broker's visibility timeout (an hour by
+default, longer than the stall time: the run used to fail while healthy workers sat idle). Its
+first message, still unacknowledged in the broker, is refused at claim once the chunk is done.
+
 While it waits: after ``lost_after_s`` without progress, if the broker holds no chunk task at all
 (none queued, none delivered and unacknowledged) while chunks still wait, the broker lost them (a
 Redis restarted without persistence forgets its queue; measured: the run then sat idle until the
@@ -46,10 +52,11 @@ from services.offers.chunks import (
     reopen_for_resume,
     store_chunk,
     stored_chunks,
+    take_back_silent_claims,
     waiting_chunks,
 )
 from services.offers.features import FeatureScan, read_header, scan_features
-from services.offers.lease import Heartbeat, new_owner
+from services.offers.lease import LEASE_S, Heartbeat, new_owner
 from services.offers.partners import PartnerConfig
 from services.offers.pipeline import RunReport
 from services.offers.recording import MemberOutcome, finalise_run, insert_outcomes
@@ -62,6 +69,7 @@ from services.tables import OfferRun
 log = logging.getLogger("courier.offers.distributed")
 
 POLL_S = 0.25  # how often the chunk table is read: 4 small aggregate queries a second
+SILENT_CHECK_S = 1.0  # how often running chunks' claims are checked (one indexed query)
 NO_WORKER_NOTE_S = 10.0  # say so when no worker has taken a chunk after this long
 
 
@@ -91,6 +99,8 @@ class DistributedSettings:
     # Queue wait p95 was 3.3 s in bench_offers_distributed.py (100k members, 1 worker): 30 s without
     # any progress is far outside normal, yet far below the stall time.
     lost_after_s: float = 30.0
+    # A claim silent for six of its worker's beats (every 5 s) is dead, as a run's lease is.
+    silent_s: float = LEASE_S
 
 
 def _scan_rows(scan: FeatureScan, done: set[str], skipped_out: list[MemberOutcome]) -> Iterator[dict[str, Any]]:
@@ -266,6 +276,18 @@ class _Requeue:
         self.sessions, self.run_id, self.queue, self.job = sessions, run_id, queue, job
         self.noted_unreachable = False
 
+    def silent_claims(self, silent_s: float, note: Callable[[str], None]) -> bool:
+        """Take back the chunks whose claim went silent and queue them again; True if any."""
+        with self.sessions() as session, session.begin():
+            taken = take_back_silent_claims(session, self.run_id, silent_s)
+        for chunk_no, attempt, worker in taken:
+            _send(self.sessions, self.queue, self.run_id, chunk_no, self.job)
+            note(f"  chunk {chunk_no}: its worker {worker} stopped reporting for {silent_s:g} s (attempt {attempt}): "
+                 "queued again")
+            log.warning("chunk claim went silent, queued again", extra={"run_id": self.run_id, "chunk": chunk_no,
+                                                                        "attempt": attempt, "worker": worker})
+        return bool(taken)
+
     def __call__(self, note: Callable[[str], None]) -> bool:
         """True if chunks were queued again."""
         held = self.queue.held()
@@ -291,11 +313,11 @@ class _Requeue:
 
 
 def _follow(sessions, run_id, settings, stop, progress, note, timeline, scoring_started,
-            baseline: int, requeue: Callable[[Callable[[str], None]], bool]) -> tuple[str | None, bool]:
+            baseline: int, requeue: _Requeue) -> tuple[str | None, bool]:
     """Poll the chunk table until the run ends; feed progress and the timeline from chunk completions."""
     reported = 0
     last_state = None
-    last_change = last_lost_check = time.monotonic()
+    last_change = last_lost_check = last_silent_check = time.monotonic()
     noted_idle = False
     while True:
         with sessions() as session:
@@ -324,6 +346,10 @@ def _follow(sessions, run_id, settings, stop, progress, note, timeline, scoring_
             last_lost_check = now
             if requeue(note):
                 last_change = now  # the requeued chunks get a full stall time
+        if state.running and now - last_silent_check >= SILENT_CHECK_S:
+            last_silent_check = now
+            if requeue.silent_claims(settings.silent_s, note):
+                last_change = now
         if not noted_idle and state.last_change is None and now - last_change > NO_WORKER_NOTE_S:
             noted_idle = True
             note("  no worker has taken a chunk yet: start workers with `celery -A wsgi:celery_app worker` "

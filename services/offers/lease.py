@@ -18,7 +18,9 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import or_, update
 from sqlalchemy.orm import sessionmaker
@@ -79,13 +81,16 @@ def beat(sessions: sessionmaker, run_id: int, owner: str) -> bool:
         ).rowcount == 1
 
 
-class Heartbeat(threading.Thread):
-    """Beats every HEARTBEAT_S until stopped; on a lost lease, calls ``on_lost`` (stop the run)."""
+class Beats(threading.Thread):
+    """Calls ``beat`` every ``interval_s`` until stopped; when it answers False (what it held was
+    taken), calls ``on_lost`` once and ends. A beat that raises is logged and tried again next time:
+    what it keeps alive is declared dead only after several missed beats (LEASE_S)."""
 
-    def __init__(self, sessions: sessionmaker, run_id: int, owner: str, on_lost, interval_s: float = HEARTBEAT_S):
-        super().__init__(name=f"offers-heartbeat-{run_id}", daemon=True)
-        self.sessions, self.run_id, self.owner, self.on_lost = sessions, run_id, owner, on_lost
-        self.interval_s = interval_s
+    def __init__(self, name: str, beat: Callable[[], bool], on_lost: Callable[[], Any], interval_s: float,
+                 what: str, log_extra: dict[str, Any]) -> None:
+        super().__init__(name=name, daemon=True)
+        self.beat, self.on_lost, self.interval_s = beat, on_lost, interval_s
+        self.what, self.log_extra = what, log_extra
         self.stopped = threading.Event()
         self.lost = False
         self.context = contextvars.copy_context()  # log lines of this thread carry the run's id
@@ -96,15 +101,23 @@ class Heartbeat(threading.Thread):
     def _beat(self) -> None:
         while not self.stopped.wait(self.interval_s):
             try:
-                if not beat(self.sessions, self.run_id, self.owner):
+                if not self.beat():
                     self.lost = True
-                    log.error("offers run lease lost to another process; stopping",
-                              extra={"run_id": self.run_id, "owner": self.owner})
+                    log.error(f"{self.what} lost to another process; stopping", extra=self.log_extra)
                     self.on_lost()
                     return
             except Exception:  # noqa: BLE001 - a missed beat is retried; the lease is 6 beats long
-                log.warning("offers run heartbeat failed", extra={"run_id": self.run_id}, exc_info=True)
+                log.warning(f"{self.what} heartbeat failed", extra=self.log_extra, exc_info=True)
 
     def stop(self) -> None:
         self.stopped.set()
-        self.join(5)
+        if self is not threading.current_thread() and self.is_alive():
+            self.join(5)
+
+
+class Heartbeat(Beats):
+    """The run's lease, beaten every HEARTBEAT_S until stopped; on a lost lease, ``on_lost`` (stop the run)."""
+
+    def __init__(self, sessions: sessionmaker, run_id: int, owner: str, on_lost, interval_s: float = HEARTBEAT_S):
+        super().__init__(f"offers-heartbeat-{run_id}", lambda: beat(sessions, run_id, owner), on_lost, interval_s,
+                         "offers run lease", {"run_id": run_id, "owner": owner})

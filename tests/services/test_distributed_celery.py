@@ -154,6 +154,51 @@ def test_a_worker_killed_mid_chunk_loses_and_duplicates_nothing(pg_app, module_p
     assert rows == local_results(pg_app, module_partner)
 
 
+def test_with_the_default_ratios_a_killed_workers_chunk_finishes_on_another_worker(settings, module_partner,
+                                                                                    tmp_path):
+    """Gap: with the defaults (visibility timeout 3,600 s, stall 600 s) a SIGKILLed worker's chunk came
+    back after the run had failed ("are workers running?") while the other worker sat idle. The same
+    ratios scaled down 10x (visibility 360 s, stall 60 s, claim silent 3 s, heartbeat 0.5 s): the
+    claim goes silent, the coordinator queues the chunk again, the survivor finishes it, the run
+    succeeds long before either limit."""
+    from app import create_app
+
+    fresh_postgres(PG_URL)
+    scaled = {**settings, "COURIER_CELERY_VISIBILITY_TIMEOUT_S": "360", "COURIER_OFFERS_DISTRIBUTED_STALL_S": "60",
+              "COURIER_OFFERS_CHUNK_SILENT_S": "3", "COURIER_OFFERS_CHUNK_HEARTBEAT_S": "0.5"}
+    for key, value in scaled.items():
+        os.environ[key] = value  # restored after the test by conftest's autouse fixture
+    app = create_app({"ACCESS_LOG": False, "TESTING": True})
+    sessions = app.extensions["courier"].session_factory
+    victim = CeleryWorker("victim", scaled, tmp_path / "victim.log")
+    survivor = CeleryWorker("survivor", scaled, tmp_path / "survivor.log")
+    released = threading.Event()
+    module_partner.fail[ATS_BATCH] = lambda body: released.wait(30) and None
+
+    def kill_then_release():
+        victim.kill()
+        released.set()
+
+    try:
+        watcher = watch(lambda: victim.hostname in running_workers(sessions), kill_then_release)
+        result = app.test_cli_runner().invoke(args=ARGS)
+        watcher.join(5)
+    finally:
+        module_partner.fail.clear()
+        victim.close()
+        survivor.close()
+    assert result.exit_code == 0, result.output
+    assert "890 scored, 100 skipped, 0 failed (990 recorded)" in result.output
+    assert "its worker victim@courier-test stopped reporting for 3 s (attempt 1): queued again" in result.output
+    with sessions() as session:
+        chunks = session.execute(select(OfferRunChunk.worker, OfferRunChunk.attempts, OfferRunChunk.status)).all()
+    assert {status for *_, status in chunks} == {"done"} and {w for w, _, _ in chunks} == {survivor.hostname}
+    assert max(attempts for _, attempts, _ in chunks) == 2
+    rows = recorded_results(sessions, 1)
+    assert len(rows) == len({r[0] for r in rows}) == 990
+    app.extensions["courier"].close()
+
+
 def test_ctrl_c_on_the_command_interrupts_revokes_pending_chunks_and_resume_finishes(pg_app, module_partner, workers,
                                                                                     settings, tmp_path):
     import signal

@@ -8,10 +8,10 @@ import re
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date
+from datetime import date, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from config import DATA_DIR
 from services.offers.chunk_worker import ChunkAttemptFailed, ChunkJob, score_chunk
@@ -19,6 +19,7 @@ from services.offers.chunks import (
     ChunkStatus,
     ClaimedChunk,
     ClaimRefused,
+    beat_claim,
     chunk_progress,
     claim_chunk,
     commit_chunk,
@@ -26,25 +27,28 @@ from services.offers.chunks import (
     record_attempt_error,
     reopen_for_resume,
     store_chunk,
+    take_back_silent_claims,
 )
 from services.offers.distributed import DistributedSettings, run_distributed
 from services.offers.pipeline import run_offers
 from services.offers.recording import MemberOutcome, create_run
 from services.offers.run_lifecycle import ResumeError, RunOptions
 from services.offers.statuses import MemberStatus, RunStatus
-from services.tables import OfferResult, OfferRun, OfferRunChunk
+from services.tables import OfferResult, OfferRun, OfferRunChunk, utcnow
 from tests.offers_fixtures import LivePartner, recorded_results
 
 SAMPLE = str(DATA_DIR / "member_data.csv")
 AS_OF = date(2024, 1, 5)
+ATS_BATCH = "/ml/ats/predict/batch"
 
 
 class ThreadQueue:
     """A ChunkQueue whose "workers" are threads running the real task body (score_chunk), with
     Celery's retry-on-ChunkAttemptFailed; ``gate`` (an Event) holds every chunk until set."""
 
-    def __init__(self, sessions, partner, *, workers=2, max_attempts=3, gate=None):
+    def __init__(self, sessions, partner, *, workers=2, max_attempts=3, gate=None, beat_s=5.0):
         self.sessions, self.partner, self.max_attempts, self.gate = sessions, partner, max_attempts, gate
+        self.beat_s = beat_s
         self.pool = ThreadPoolExecutor(workers)
         self.enqueued: list[ChunkJob] = []
         self.revoked: set[str] = set()
@@ -70,7 +74,8 @@ class ThreadQueue:
             self.gate.wait(30)
         while task_id not in self.revoked:
             try:
-                return score_chunk(self.sessions, self.partner, job, worker="thread", max_attempts=self.max_attempts)
+                return score_chunk(self.sessions, self.partner, job, worker="thread", max_attempts=self.max_attempts,
+                                   beat_s=self.beat_s)
             except ChunkAttemptFailed:
                 continue
 
@@ -344,6 +349,130 @@ def test_an_unreachable_broker_is_said_once_and_the_run_fails_at_the_stall_time(
     assert report.run.status == RunStatus.FAILED and "no chunk started or finished in 0.6 s" in report.run.error
     assert sum("the Celery broker cannot be reached" in line for line in lines) == 1
     assert len(queue.enqueued) == 2  # nothing queued again while the broker could not say what it holds
+
+
+# --- claims that go silent (a worker killed, an attempt that ended without a word) -------------------
+
+def test_a_silent_claim_is_taken_back_and_a_beating_one_is_not(db_session):
+    run = new_run(db_session)
+    for chunk_no in (0, 1):
+        store_chunk(db_session, run.id, chunk_no, [{"member_id": str(chunk_no)}])
+        claim_chunk(db_session, run.id, chunk_no, f"w{chunk_no}", max_attempts=3)
+    db_session.execute(update(OfferRunChunk).where(OfferRunChunk.chunk_no == 0)
+                       .values(heartbeat_at=utcnow() - timedelta(seconds=31)))
+    assert beat_claim(db_session, run.id, 1, attempt=1)  # w1 is alive
+    assert take_back_silent_claims(db_session, run.id, silent_s=30) == [(0, 1, "w0")]
+    chunk = db_session.get(OfferRunChunk, (run.id, 0))
+    assert chunk.status == ChunkStatus.PENDING and "its worker (w0) stopped reporting for more than 30 s" in chunk.error
+    assert not beat_claim(db_session, run.id, 0, attempt=1)  # w0, if it was only paused, learns it lost the chunk
+    assert db_session.get(OfferRunChunk, (run.id, 1)).status == ChunkStatus.RUNNING
+
+
+class DyingWorkers(ThreadQueue):
+    """The first delivery of chunk 0 is claimed by a worker that then dies: it never beats, never
+    records anything, and its message stays unacknowledged in the broker (whose visibility timeout,
+    an hour by default, never comes in this test)."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.died = False
+
+    def _work(self, task_id, job):
+        if job.chunk_no == 0 and not self.died:
+            self.died = True
+            with self.sessions() as session, session.begin():
+                claim_chunk(session, job.run_id, 0, "doomed", max_attempts=self.max_attempts)
+            return None  # SIGKILL: no beat, no error, no acknowledgement
+        return super()._work(task_id, job)
+
+
+def test_a_chunk_whose_worker_died_is_queued_again_long_before_the_stall_time(app, sessions, module_partner):
+    """Gap: a SIGKILLed worker's chunk came back only after the broker's visibility timeout (3,600 s
+    by default), after the stall time (600 s): the run failed while healthy workers sat idle. With
+    the defaults' ratio (silent 30 s : stall 600 s), scaled down: silent 0.5 s, stall 10 s."""
+    config = module_partner.config(batch=True)
+    queue, lines = DyingWorkers(sessions, config, beat_s=0.1), []
+    report = run_distributed(sessions, config, options(), queue,
+                             DistributedSettings(chunk_size=100, stall_s=10, silent_s=0.5), note=lines.append)
+    queue.close()
+    assert report.run.status == RunStatus.SUCCEEDED and report.run.members_scored == 890
+    assert [j.chunk_no for j in queue.enqueued].count(0) == 2
+    assert any(line.startswith("  chunk 0: its worker doomed stopped reporting for 0.5 s (attempt 1)")
+               for line in lines), lines
+    with sessions() as session:
+        chunk = session.get(OfferRunChunk, (report.run.id, 0))
+        assert (chunk.status, chunk.attempts, chunk.worker) == ("done", 2, "thread")
+    local = run_offers(sessions, config, options())
+    assert recorded_results(sessions, report.run.id) == recorded_results(sessions, local.run.id)
+
+
+def test_an_attempt_that_failed_while_recording_its_error_is_not_left_running(app, sessions, module_partner,
+                                                                                monkeypatch):
+    """Gap: an attempt whose failure could not be recorded (the database refused) left its chunk
+    `running` with no message anywhere (Celery acknowledged the task's failure). Its beats end with
+    the attempt, so the coordinator takes the chunk back and another attempt finishes it."""
+    from services.offers import chunk_worker
+
+    config = module_partner.config(batch=True)
+    failures = []
+
+    def commit_fails_once(session, run_id, chunk_no, *args):
+        if chunk_no == 0 and not failures:
+            failures.append("commit")
+            raise RuntimeError("database refused the commit")
+        return commit_chunk(session, run_id, chunk_no, *args)
+
+    def recording_fails_once(*args, **kwargs):
+        if len(failures) == 1:
+            failures.append("record")
+            raise RuntimeError("database refused the error too")
+        return record_attempt_error(*args, **kwargs)
+
+    monkeypatch.setattr(chunk_worker, "commit_chunk", commit_fails_once)
+    monkeypatch.setattr(chunk_worker, "record_attempt_error", recording_fails_once)
+    queue, lines = ThreadQueue(sessions, config, beat_s=0.1), []
+    report = run_distributed(sessions, config, options(), queue,
+                             DistributedSettings(chunk_size=100, stall_s=10, silent_s=0.5), note=lines.append)
+    queue.close()
+    assert failures == ["commit", "record"]
+    assert report.run.status == RunStatus.SUCCEEDED and report.run.members_scored == 890
+    assert any("chunk 0: its worker thread stopped reporting" in line for line in lines), lines
+
+
+def test_a_chunk_slower_than_the_silence_limit_keeps_its_claim_while_it_beats(app, sessions, module_partner,
+                                                                             monkeypatch):
+    """The partner holds chunk 0's scoring until the coordinator has checked the claims three times
+    with the claim older than the silence limit: beats keep it, so it is never queued twice."""
+    from services.offers import distributed
+
+    config = module_partner.config(batch=True)
+    checked_late, release = [], threading.Event()
+
+    def counting(session, run_id, silent_s):
+        claim = session.scalar(select(OfferRunChunk.started_at).where(OfferRunChunk.run_id == run_id,
+                                                                      OfferRunChunk.chunk_no == 0))
+        if claim is not None and utcnow() - _aware(claim) > timedelta(seconds=silent_s):
+            checked_late.append(1)
+            if len(checked_late) >= 3:
+                release.set()
+        return take_back_silent_claims(session, run_id, silent_s)
+
+    monkeypatch.setattr(distributed, "take_back_silent_claims", counting)
+    monkeypatch.setattr(distributed, "SILENT_CHECK_S", 0.05)
+    module_partner.fail[ATS_BATCH] = lambda body: release.wait(30) and None
+    queue = ThreadQueue(sessions, config, workers=1, beat_s=0.05)
+    report = run_distributed(sessions, config, options(), queue,
+                             DistributedSettings(chunk_size=500, stall_s=30, silent_s=0.3))
+    queue.close()
+    module_partner.fail.clear()
+    assert release.is_set() and report.run.status == RunStatus.SUCCEEDED
+    assert [j.chunk_no for j in queue.enqueued] == [0, 1]  # nothing queued twice
+    with sessions() as session:
+        assert session.scalar(select(func.max(OfferRunChunk.attempts))) == 1
+
+
+def _aware(stamp):
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=utcnow().tzinfo)
 
 
 def test_local_and_distributed_runs_resume_only_in_their_own_mode(app, sessions, module_partner):
