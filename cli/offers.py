@@ -23,7 +23,8 @@ from services.offers.features import InputError
 from services.offers.partners import PartnerClient, PartnerConfigError, load_registry
 from services.offers.pipeline import run_offers
 from services.offers.recording import OUTPUT_SUFFIXES, write_output
-from services.offers.run_lifecycle import ResumeError, RunOptions
+from services.offers.run_frame import RunFailure
+from services.offers.run_lifecycle import ResumeError, RunOptions, resumed_partner_and_date
 from services.offers.statuses import EXIT_CODES, RunStatus
 
 
@@ -181,27 +182,21 @@ def run_offers_command(input_path, partner, as_of, output, concurrency, no_batch
     if output and Path(output).suffix.lower() not in OUTPUT_SUFFIXES:
         _usage_error(f"--output {output}: unsupported format {Path(output).suffix or '(no extension)'}; "
                      f"use one of {', '.join(OUTPUT_SUFFIXES)}")
-    as_of_date = None
+    as_of_date: date | None = None
     if as_of:
         try:
             as_of_date = date.fromisoformat(as_of)
         except ValueError:
             _usage_error(f"--as-of {as_of!r}: expected YYYY-MM-DD")
+    run_date: date
     if resume_run_id is not None:
-        from services.tables import OfferRun
-
-        with runtime.session() as session:
-            previous = session.get(OfferRun, resume_run_id)
-        if previous is None:
-            _usage_error(f"--resume {resume_run_id}: no such run")
-        if partner and partner != previous.partner:
-            _usage_error(f"--resume {resume_run_id}: the run used partner {previous.partner!r}, not {partner!r}")
-        if as_of_date and as_of_date != previous.as_of:
-            _usage_error(f"--resume {resume_run_id}: the run used --as-of {previous.as_of}, not {as_of_date}")
-        partner, as_of_date = previous.partner, previous.as_of
+        try:
+            partner, run_date = resumed_partner_and_date(runtime.session_factory, resume_run_id, partner, as_of_date)
+        except ResumeError as exc:
+            _usage_error(f"--resume {resume_run_id}: {exc}")
     else:
         partner = partner or current_app.config["OFFERS_DEFAULT_PARTNER"]
-        as_of_date = as_of_date or datetime.now(UTC).date()
+        run_date = as_of_date or datetime.now(UTC).date()
     try:
         config = registry.get(partner)
         config.headers()  # a missing secret is a usage error, before any work
@@ -211,7 +206,7 @@ def run_offers_command(input_path, partner, as_of, output, concurrency, no_batch
         _usage_error(str(exc))
     if max_consecutive_failures is None:
         max_consecutive_failures = current_app.config["OFFERS_MAX_CONSECUTIVE_FAILURES"]
-    options = RunOptions(input_path=input_path, partner=partner, as_of=as_of_date,
+    options = RunOptions(input_path=input_path, partner=partner, as_of=run_date,
                          concurrency=concurrency or config.max_concurrency, resume_run_id=resume_run_id,
                          max_consecutive_failures=max_consecutive_failures, use_batch=not no_batch)
     stop = threading.Event()
@@ -236,7 +231,7 @@ def run_offers_command(input_path, partner, as_of, output, concurrency, no_batch
             else f"one call per member, {options.concurrency} in flight")
     if distributed:
         mode += f", on Celery workers (broker {display_url(current_app.config['CELERY_BROKER_URL'])})"
-    click.echo(f"scoring {input_path} on partner {partner} ({config.display_url}), as of {as_of_date}, {mode}"
+    click.echo(f"scoring {input_path} on partner {partner} ({config.display_url}), as of {run_date}, {mode}"
                + (f", resuming run {resume_run_id}" if resume_run_id else ""), err=True)
     try:
         if distributed:
@@ -256,7 +251,7 @@ def run_offers_command(input_path, partner, as_of, output, concurrency, no_batch
             summary = write_output(session, report.run, output)
         click.echo(f"\nwrote {output} and {summary}")
     status = report.run.status
-    if status == RunStatus.FAILED and "did not answer its ping" in (report.run.error or ""):
+    if report.failure is not None and report.failure.kind == RunFailure.PARTNER_DOWN:
         click.echo(f"hint: is the partner up at {config.display_url}? The bundled reference partner is this "
                    "service itself: start it (`make run`), or set COURIER_SERVICE_URL (or COURIER_BIND) to "
                    "where it listens.", err=True)

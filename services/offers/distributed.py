@@ -39,8 +39,6 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import sessionmaker
 
-from services.errors import CourierError, UpstreamTimeout, UpstreamUnavailable
-from services.logs import request_id_var
 from services.offers.chunk_worker import PARTNER_STEPS, ChunkJob
 from services.offers.chunks import (
     chunk_members,
@@ -55,14 +53,13 @@ from services.offers.chunks import (
     take_back_silent_claims,
     waiting_chunks,
 )
-from services.offers.features import FeatureScan, read_header, scan_features
-from services.offers.lease import LEASE_S, Heartbeat, new_owner
+from services.offers.features import FeatureScan
+from services.offers.lease import LEASE_S
 from services.offers.partners import PartnerConfig
-from services.offers.pipeline import RunReport
-from services.offers.recording import MemberOutcome, finalise_run, insert_outcomes
-from services.offers.run_lifecycle import RunOptions, count_run, file_sha256, open_run
-from services.offers.scoring import ping_partner
-from services.offers.statuses import MemberStatus, RunStatus
+from services.offers.recording import MemberOutcome, insert_outcomes
+from services.offers.run_frame import Failure, RunContext, RunFailure, RunReport, Scored, run_frame
+from services.offers.run_lifecycle import RunOptions
+from services.offers.statuses import MemberStatus
 from services.offers.step_stats import RetryTally, StepStats, Timeline
 from services.tables import OfferRun
 
@@ -140,6 +137,75 @@ def _merged_steps(sessions: sessionmaker, run_id: int, scan_steps: dict[str, Ste
     return out, retries
 
 
+class DistributedExecutor:
+    """Scores on Celery workers: stores chunks, queues one task per chunk, follows them to the end."""
+
+    mode = "distributed"
+    lock_run_to_finish = True  # chunk commits hold the run row FOR SHARE: finishing waits for those in flight
+
+    def __init__(self, queue: ChunkQueue, settings: DistributedSettings,
+                 note: Callable[[str], None] | None = None) -> None:
+        self.queue, self.settings = queue, settings
+        self.chunk_size: int | None = settings.chunk_size
+        self.note = note or (lambda line: log.info(line))
+
+    def check(self) -> None:
+        self.queue.check()  # before any work: DistributedUnavailable names the URL and the setting
+
+    def finished(self, context: RunContext, status: str | None) -> None:
+        if status is None:
+            return
+        with context.sessions() as session:
+            leftover = pending_task_ids(session, context.run_id)
+        if leftover:
+            self.queue.revoke(leftover)
+
+    def score(self, context: RunContext, scan_steps: dict[str, StepStats]) -> Scored:
+        sessions, run_id, scan, done = context.sessions, context.run_id, context.scan, context.done
+        with sessions() as session:
+            chunk_size = session.get(OfferRun, run_id).chunk_size or self.settings.chunk_size  # a resume keeps its size
+        timeline = Timeline(len(done))
+        scoring_started = time.perf_counter()
+        with sessions() as session, session.begin():
+            stale_tasks = pending_task_ids(session, run_id)
+            redo = set(reopen_for_resume(session, run_id))
+            existing = stored_chunks(session, run_id)
+            baseline = chunk_progress(session, run_id).members_done  # done before this attempt (resume)
+        if stale_tasks:
+            self.queue.revoke(stale_tasks)  # copies a dead coordinator queued: the chunks are queued again below
+        with sessions() as session:
+            redo_members = chunk_members(session, run_id, redo) if redo else 0
+            stored_members = chunk_members(session, run_id)
+        to_score = redo_members + max(0, scan.members - stored_members)
+        to_skip = max(0, scan.skipped_members - len(done))
+        if context.progress_start:
+            context.progress_start(to_score + to_skip)
+        options = context.options
+        job = dict(partner=context.partner.name, concurrency=options.concurrency, use_batch=options.use_batch,
+                   max_consecutive_failures=options.max_consecutive_failures)
+        skipped: list[MemberOutcome] = []
+        queued = 0
+        for chunk_no, rows in cut_chunks(_scan_rows(scan, done, skipped), chunk_size):
+            if context.stop.is_set():
+                break
+            if chunk_no in existing and chunk_no not in redo:
+                continue
+            with sessions() as session, session.begin():
+                if chunk_no not in existing:
+                    store_chunk(session, run_id, chunk_no, rows)
+            _send(sessions, self.queue, run_id, chunk_no, job)
+            queued += 1
+            if skipped:
+                _write_skipped(sessions, run_id, skipped, context.progress, timeline, scoring_started)
+        _write_skipped(sessions, run_id, skipped, context.progress, timeline, scoring_started)
+        self.note(f"  queued {queued} chunk(s) of up to {chunk_size} members; waiting for workers")
+        failure, interrupted = _follow(sessions, run_id, self.settings, context.stop, context.progress, self.note,
+                                       timeline, scoring_started, baseline,
+                                       _Requeue(sessions, run_id, self.queue, job))
+        step_metrics, retries = _merged_steps(sessions, run_id, scan_steps, time.perf_counter() - scoring_started)
+        return Scored(step_metrics, retries, failure=failure, interrupted=interrupted, timeline=timeline.points())
+
+
 def run_distributed(
     sessions: sessionmaker,
     partner: PartnerConfig,
@@ -153,101 +219,8 @@ def run_distributed(
     note: Callable[[str], None] | None = None,
 ) -> RunReport:
     """Run ``options`` over the workers behind ``queue``; returns when the run has ended."""
-    stop = stop or threading.Event()
-    note = note or (lambda line: log.info(line))
-    started = time.perf_counter()
-    queue.check()  # before any work: DistributedUnavailable names the URL and the setting
-    read_header(options.input_path)
-    scan_steps = {name: StepStats(name) for name in ("read", "features")}
-    t0 = time.perf_counter()
-    with scan_features(options.input_path, options.as_of) as scan:
-        t1 = time.perf_counter()
-        sha = file_sha256(options.input_path)
-        scan_steps["features"].items, scan_steps["features"].seconds = scan.rows_read, t1 - t0
-        scan_steps["read"].items, scan_steps["read"].seconds = scan.rows_read, time.perf_counter() - t1
-
-        owner = new_owner()
-        run_id, done = open_run(sessions, options, sha, owner, mode="distributed", chunk_size=settings.chunk_size)
-        with sessions() as session:
-            chunk_size = session.get(OfferRun, run_id).chunk_size or settings.chunk_size  # a resume keeps its size
-        run_log_id = request_id_var.set(f"run-{run_id}")
-        heartbeat = Heartbeat(sessions, run_id, owner, on_lost=stop.set)
-        heartbeat.start()
-        try:
-            return _coordinate(sessions, partner, options, queue, settings, scan, scan_steps, run_id, owner, done,
-                               chunk_size, started, progress_start, progress, stop, note, heartbeat)
-        finally:
-            heartbeat.stop()
-            request_id_var.reset(run_log_id)
-
-
-def _coordinate(sessions, partner, options, queue, settings, scan, scan_steps, run_id, owner, done, chunk_size,
-                started, progress_start, progress, stop, note, heartbeat) -> RunReport:
-    error: str | None = None
-    interrupted = False
-    timeline = Timeline(len(done))
-    scoring_started = time.perf_counter()
-    try:
-        ping_partner(partner)
-    except (UpstreamUnavailable, UpstreamTimeout) as exc:
-        error = (f"partner {partner.name} did not answer its ping ({partner.display_url}{partner.ping_path}): "
-                 f"{exc.message}; nothing was scored")
-    except CourierError as exc:
-        log.warning("partner ping answered oddly; scoring anyway", extra={"partner": partner.name,
-                                                                           "error": exc.message})
-    if error is None:
-        with sessions() as session, session.begin():
-            stale_tasks = pending_task_ids(session, run_id)
-            redo = set(reopen_for_resume(session, run_id))
-            existing = stored_chunks(session, run_id)
-            baseline = chunk_progress(session, run_id).members_done  # done before this attempt (resume)
-        if stale_tasks:
-            queue.revoke(stale_tasks)  # copies a dead coordinator queued: the chunks are queued again below
-        with sessions() as session:
-            redo_members = chunk_members(session, run_id, redo) if redo else 0
-            stored_members = chunk_members(session, run_id)
-        to_score = redo_members + max(0, scan.members - stored_members)
-        to_skip = max(0, scan.skipped_members - len(done))
-        if progress_start:
-            progress_start(to_score + to_skip)
-        job = dict(partner=partner.name, concurrency=options.concurrency, use_batch=options.use_batch,
-                   max_consecutive_failures=options.max_consecutive_failures)
-        skipped: list[MemberOutcome] = []
-        queued = 0
-        for chunk_no, rows in cut_chunks(_scan_rows(scan, done, skipped), chunk_size):
-            if stop.is_set():
-                break
-            if chunk_no in existing and chunk_no not in redo:
-                continue
-            with sessions() as session, session.begin():
-                if chunk_no not in existing:
-                    store_chunk(session, run_id, chunk_no, rows)
-            _send(sessions, queue, run_id, chunk_no, job)
-            queued += 1
-            if skipped:
-                _write_skipped(sessions, run_id, skipped, progress, timeline, scoring_started)
-        _write_skipped(sessions, run_id, skipped, progress, timeline, scoring_started)
-        note(f"  queued {queued} chunk(s) of up to {chunk_size} members; waiting for workers")
-        error, interrupted = _follow(sessions, run_id, settings, stop, progress, note, timeline, scoring_started,
-                                     baseline, _Requeue(sessions, run_id, queue, job))
-    if heartbeat.lost:
-        error = "another process took over this run (its heartbeat had stopped); its outcome is theirs"
-    steps_out, retries = _merged_steps(sessions, run_id, scan_steps, time.perf_counter() - scoring_started)
-    status = RunStatus.FAILED if error else (RunStatus.INTERRUPTED if interrupted else None)
-    with sessions() as session, session.begin():
-        # The run row lock: a chunk commits wholly before this or sees the run stopped and discards.
-        run = session.get(OfferRun, run_id, with_for_update=True)
-        if run.lease_owner == owner:
-            finalise_run(session, run, status=status, rows_read=scan.rows_read, rejected=scan.rejected.as_dict(),
-                         step_metrics=steps_out, error=error, timeline=timeline.points())
-        leftover = pending_task_ids(session, run_id) if status is not None else []
-    count_run(run, steps_out)
-    if leftover:
-        queue.revoke(leftover)
-    if error:
-        log.error("offers run failed", extra={"run_id": run_id, "error": error})
-    return RunReport(run=run, rows_read=scan.rows_read, steps={}, elapsed_s=time.perf_counter() - started,
-                     interrupted=interrupted, retries=retries)
+    return run_frame(sessions, partner, options, DistributedExecutor(queue, settings, note),
+                     progress_start=progress_start, progress=progress, stop=stop)
 
 
 def _write_skipped(sessions: sessionmaker, run_id: int, skipped: list[MemberOutcome],
@@ -312,8 +285,9 @@ class _Requeue:
         return bool(waiting)
 
 
-def _follow(sessions, run_id, settings, stop, progress, note, timeline, scoring_started,
-            baseline: int, requeue: _Requeue) -> tuple[str | None, bool]:
+def _follow(sessions: sessionmaker, run_id: int, settings: DistributedSettings, stop: threading.Event,
+            progress: Callable[[int], None] | None, note: Callable[[str], None], timeline: Timeline,
+            scoring_started: float, baseline: int, requeue: _Requeue) -> tuple[Failure | None, bool]:
     """Poll the chunk table until the run ends; feed progress and the timeline from chunk completions."""
     reported = 0
     last_state = None
@@ -330,7 +304,7 @@ def _follow(sessions, run_id, settings, stop, progress, note, timeline, scoring_
                 progress(newly)
         if state.failed and state.first_failure is not None:
             chunk_no, chunk_error = state.first_failure
-            return f"chunk {chunk_no} failed: {chunk_error}", False
+            return Failure(RunFailure.CHUNK_FAILED, f"chunk {chunk_no} failed: {chunk_error}"), False
         if state.done == state.total:
             return None, False
         if stop.is_set():
@@ -340,8 +314,9 @@ def _follow(sessions, run_id, settings, stop, progress, note, timeline, scoring_
         if snapshot != last_state:
             last_state, last_change = snapshot, now
         elif now - last_change > settings.stall_s:
-            return (f"no chunk started or finished in {settings.stall_s:g} s ({state.done}/{state.total} done); "
-                    "are workers running? (`celery -A wsgi:celery_app worker`)"), False
+            return Failure(RunFailure.STALLED,
+                           f"no chunk started or finished in {settings.stall_s:g} s ({state.done}/{state.total} "
+                           "done); are workers running? (`celery -A wsgi:celery_app worker`)"), False
         elif now - max(last_change, last_lost_check) > settings.lost_after_s:
             last_lost_check = now
             if requeue(note):
@@ -357,4 +332,4 @@ def _follow(sessions, run_id, settings, stop, progress, note, timeline, scoring_
         stop.wait(POLL_S)
 
 
-__all__ = ["DistributedUnavailable", "ChunkQueue", "DistributedSettings", "run_distributed"]
+__all__ = ["ChunkQueue", "DistributedExecutor", "DistributedSettings", "DistributedUnavailable", "run_distributed"]

@@ -51,17 +51,37 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def count_run(run: OfferRun, step_metrics: dict[str, Any]) -> None:
-    """Prometheus: the run's final status, its members by outcome, each step's items and seconds."""
+def count_run(run: OfferRun, step_metrics: dict[str, Any], already: dict[str, int] | None = None) -> None:
+    """Prometheus: the run's final status, its members by outcome, each step's items and seconds.
+
+    ``already``: members recorded by status when this attempt began (a resumed run's earlier
+    attempts, counted when they ended): only what this attempt added is counted, so a run resumed
+    three times is not counted four times over."""
+    already = already or {}
     m = metrics()
     m.offer_runs.labels(run.status).inc()
     for outcome, count in ((MemberStatus.SCORED, run.members_scored), (MemberStatus.SKIPPED, run.members_skipped),
                            (MemberStatus.FAILED, run.members_failed)):
-        m.offer_members.labels(outcome).inc(count)
+        m.offer_members.labels(outcome).inc(max(0, count - already.get(outcome, 0)))
     for name, step in step_metrics.items():
         if name != "retries":
             m.offer_step_items.labels(name).inc(step["items"])
             m.offer_step_seconds.labels(name).inc(step["seconds"])
+
+
+def resumed_partner_and_date(sessions: sessionmaker, run_id: int, partner: str | None,
+                             as_of: date | None) -> tuple[str, date]:
+    """The partner and as-of date a resume of ``run_id`` uses: the run's own. ``ResumeError`` when
+    the run does not exist or ones given differ from the run's (a resume scores the same way)."""
+    with sessions() as session:
+        run = session.get(OfferRun, run_id)
+    if run is None:
+        raise ResumeError("no such run")
+    if partner and partner != run.partner:
+        raise ResumeError(f"the run used partner {run.partner!r}, not {partner!r}")
+    if as_of and as_of != run.as_of:
+        raise ResumeError(f"the run used --as-of {run.as_of}, not {as_of}")
+    return run.partner, run.as_of
 
 
 def open_run(sessions: sessionmaker, options: RunOptions, sha: str, owner: str, *, mode: str = "local",

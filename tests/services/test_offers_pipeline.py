@@ -182,6 +182,31 @@ def test_resume_retries_failed_members_without_duplicate_rows(app, sessions):
     assert len(rows) == len(set(rows)) == 990
 
 
+def test_metrics_count_each_attempt_of_a_resumed_run_once(app, sessions):
+    """Gap: courier_offer_members_total counted a resumed run's earlier members again (332,924
+    counted for 287,193 recorded in one trial). Each attempt counts what it added: the first its
+    scored, skipped and failed members; the resume only the members it scored anew."""
+    from services.metrics import metrics
+
+    def counted(outcome):
+        return metrics().offer_members.labels(outcome)._value.get()
+
+    before = {o: counted(o) for o in ("scored", "skipped", "failed")}
+    flaky = {"/ml/ats/predict": lambda body: 503 if body["PCT_BUY_TRANSACTIONS"] > 0.5 else None}
+    partner = LivePartner(fail=flaky)
+    try:
+        first = run_offers(sessions, partner.config(retries=0), options())
+        failed = first.run.members_failed
+        partner.fail.clear()
+        second = run_offers(sessions, partner.config(retries=0), options(resume_run_id=first.run.id))
+    finally:
+        partner.close()
+    assert failed > 0 and second.run.members_scored == 890
+    assert counted("scored") - before["scored"] == 890  # 890 - failed by the first attempt, failed by the resume
+    assert counted("skipped") - before["skipped"] == 100  # once, by the first attempt
+    assert counted("failed") - before["failed"] == failed  # the first attempt's; the resume failed none
+
+
 def test_interrupted_run_resumes_without_resending_or_duplicating(app, sessions, live_partner):
     stop = threading.Event()
     seen = [0]
