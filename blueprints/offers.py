@@ -266,7 +266,7 @@ def list_runs():
 @requires(Scope.RUNS_READ)
 @operation(summary="One run with its step metrics", tag="offers", response=_run, errors=(404,))
 def run_detail(run_id: int):
-    return jsonify(_run.dump(run_service.run_record(run_service.get_run(db_session(), run_id))))
+    return jsonify(_run.dump(run_service.run_view(db_session(), run_id)))
 
 
 @bp.get("/api/v1/offer-runs/<int:run_id>/results")

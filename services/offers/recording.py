@@ -136,8 +136,8 @@ def finalise_run(session: Session, run: OfferRun, *, status: str | None, rows_re
     return run
 
 
-def run_record(run: OfferRun) -> dict[str, Any]:
-    return run_values(run, shown_status(run))
+def run_record(run: OfferRun, live: dict[str, Any] | None = None) -> dict[str, Any]:
+    return run_values(run, shown_status(run), live)
 
 
 _AFTER_FEATURES = RESULT_FIELDS[len(STANDARD_FEATURES) + 1:]

@@ -59,10 +59,11 @@ def polars_schema() -> dict[str, Any]:
 class RunField:
     """One key of a run record, as the REST API, ``summary.json`` and the report show it."""
 
-    name: str  # also its column in offer_runs
+    name: str  # also its column in offer_runs, unless derived
     kind: type  # int, str, date, datetime or dict (JSON)
     nullable: bool = False
     description: str = ""
+    derived: bool = False  # computed when the record is read, not a column
 
 
 RUN_FIELDS: tuple[RunField, ...] = (
@@ -76,9 +77,13 @@ RUN_FIELDS: tuple[RunField, ...] = (
     RunField("started_at", datetime),
     RunField("finished_at", datetime, nullable=True),
     RunField("concurrency", int),
+    RunField("mode", str, description="local (one process) or distributed (chunks on Celery workers)"),
+    RunField("chunk_size", int, nullable=True, description="members per chunk (distributed runs)"),
+    RunField("chunks", dict, nullable=True, derived=True,
+             description="distributed runs: chunks total, done, running, pending, failed (live while running)"),
     RunField("rows_read", int),
     RunField("rows_rejected", int),
-    RunField("members_total", int),
+    RunField("members_total", int, description="members recorded (so far, while running), and below by outcome"),
     RunField("members_scored", int),
     RunField("members_skipped", int),
     RunField("members_failed", int),
@@ -98,11 +103,18 @@ def iso(value: datetime | None) -> str | None:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
 
 
-def run_values(run: Any, status: str) -> dict[str, Any]:
-    """A run's record from its row: RUN_FIELDS in order, dates as ISO text, ``status`` as shown."""
+def run_values(run: Any, status: str, live: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A run's record from its row: RUN_FIELDS in order, dates as ISO text, ``status`` as shown;
+    ``live`` values (counts so far of a running run, chunk counts) replace the row's."""
+    live = live or {}
     record: dict[str, Any] = {}
     for field in RUN_FIELDS:
-        value: Any = status if field.name == "status" else getattr(run, field.name)
+        if field.name in live:
+            value: Any = live[field.name]
+        elif field.derived:
+            value = None
+        else:
+            value = status if field.name == "status" else getattr(run, field.name)
         if field.kind is datetime:
             value = iso(value)
         elif field.kind is date and value is not None:

@@ -351,6 +351,47 @@ def test_an_unreachable_broker_is_said_once_and_the_run_fails_at_the_stall_time(
     assert len(queue.enqueued) == 2  # nothing queued again while the broker could not say what it holds
 
 
+def test_rest_shows_a_running_runs_counts_so_far_and_its_chunks(client, sessions, module_partner):
+    """Gap: GET /api/v1/offer-runs/<id> showed members_scored 0 until the end. One worker, chunks of
+    100: the third chunk's partner call waits (an event) while the test reads the run."""
+    config = module_partner.config(batch=True)
+    calls, third_call, release = [], threading.Event(), threading.Event()
+
+    def hold_the_third_chunk(body):
+        calls.append(1)
+        if len(calls) == 3:
+            third_call.set()
+            release.wait(30)
+
+    module_partner.fail[ATS_BATCH] = hold_the_third_chunk
+    queue = ThreadQueue(sessions, config, workers=1)
+    with ThreadPoolExecutor(1) as coordinator:
+        running = coordinator.submit(run_distributed, sessions, config, options(), queue,
+                                     DistributedSettings(chunk_size=100, stall_s=60))
+        try:
+            assert third_call.wait(30)
+            with sessions() as session:
+                run_id = session.scalar(select(func.max(OfferRun.id)))
+                scored = session.scalar(select(func.count()).select_from(OfferResult).where(
+                    OfferResult.run_id == run_id, OfferResult.status == "scored"))
+            during = client.get(f"/api/v1/offer-runs/{run_id}").get_json()
+            listed = client.get("/api/v1/offer-runs").get_json()["items"][0]
+        finally:
+            release.set()
+        report = running.result(60)
+    queue.close()
+    module_partner.fail.clear()
+    assert during["status"] == "running" and (during["mode"], during["chunk_size"]) == ("distributed", 100)
+    assert scored == 200 and during["members_scored"] == 200  # two chunks of 100 scoreable members
+    assert during["members_skipped"] == 100 and during["members_total"] == 300  # written before the chunks
+    assert sum(during["offers"].values()) == 200
+    assert during["chunks"] == {"total": 9, "done": 2, "running": 1, "pending": 6, "failed": 0}
+    assert listed["id"] == run_id and listed["members_scored"] == 200
+    after = client.get(f"/api/v1/offer-runs/{run_id}").get_json()
+    assert report.run.status == "succeeded" and after["members_scored"] == 890
+    assert after["chunks"] == {"total": 9, "done": 9, "running": 0, "pending": 0, "failed": 0}
+
+
 # --- claims that go silent (a worker killed, an attempt that ended without a word) -------------------
 
 def test_a_silent_claim_is_taken_back_and_a_beating_one_is_not(db_session):
