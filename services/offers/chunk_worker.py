@@ -19,6 +19,7 @@ from sqlalchemy.orm import sessionmaker
 from services.offers.chunks import (
     ClaimedChunk,
     ClaimRefused,
+    Commit,
     beat_claim,
     claim_chunk,
     commit_chunk,
@@ -59,7 +60,7 @@ class ChunkAttemptFailed(Exception):
 class ChunkOutcome:
     run_id: int
     chunk_no: int
-    result: str  # "done", "duplicate" (a copy committed first), "taken back", or a ClaimRefused reason
+    result: str  # "done", "duplicate" (a copy committed first), "run stopped", "taken back", or a ClaimRefused reason
     members: int = 0
     failed: int = 0
 
@@ -155,10 +156,10 @@ def _attempt(sessions: sessionmaker, partner: PartnerConfig, job: ChunkJob, clai
         if retry:
             raise ChunkAttemptFailed(error) from exc
         return ChunkOutcome(job.run_id, job.chunk_no, "failed", len(claimed.rows))
-    if not committed:
+    if committed is not Commit.COMMITTED:
         log.info("chunk result discarded", extra={"run_id": job.run_id, "chunk": job.chunk_no,
-                                                  "reason": "a copy committed first, or the run stopped"})
-        return ChunkOutcome(job.run_id, job.chunk_no, "duplicate")
+                                                  "reason": committed.value})
+        return ChunkOutcome(job.run_id, job.chunk_no, "duplicate" if committed is Commit.DUPLICATE else "run stopped")
     failed = stats["failed"]
     log.info("chunk done", extra={"run_id": job.run_id, "chunk": job.chunk_no, "members": len(outcomes),
                                   "failed": failed, "score_s": round(score_s, 3)})

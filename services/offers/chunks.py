@@ -43,6 +43,14 @@ class ChunkStatus(StrEnum):
     FAILED = "failed"  # it used up its attempts: the run fails with its error
 
 
+class Commit(StrEnum):
+    """What ``commit_chunk`` did."""
+
+    COMMITTED = "committed"
+    DUPLICATE = "a copy of the chunk committed first"
+    RUN_STOPPED = "the run stopped (interrupted or failed) while the chunk was scored"
+
+
 class ClaimRefused(StrEnum):
     DONE = "chunk already done"
     RUN_NOT_RUNNING = "run no longer running"
@@ -188,31 +196,37 @@ def fail_chunk(session: Session, run_id: int, chunk_no: int, error: str) -> None
 
 
 def commit_chunk(session: Session, run_id: int, chunk_no: int, outcomes: list[MemberOutcome],
-                 stats: dict[str, Any]) -> bool:
-    """Record the chunk's results; False (and nothing written) if a copy was first or the run stopped.
+                 stats: dict[str, Any]) -> Commit:
+    """Record the chunk's results, or say why nothing was written: a copy was first, or the run stopped.
 
     Lock order: the run row, then the chunk row. The run row is held FOR SHARE, so chunk commits of
     many workers run side by side, while the coordinator's finalise (FOR UPDATE) waits for those in
     flight and every later one sees the run stopped: a chunk commits entirely before an
-    interruption or not at all.
+    interruption or not at all. A chunk refused because the run stopped goes back to ``pending``
+    (it stayed ``running`` for ever before), which ``--resume`` queues again. ``finished_at`` is
+    set after the results are in, so a chunk's time includes its recording.
     """
     run_status = session.scalar(select(OfferRun.status).where(OfferRun.id == run_id).with_for_update(read=True))
     if run_status != RunStatus.RUNNING:
-        return False
+        session.execute(update(OfferRunChunk).where(OfferRunChunk.run_id == run_id, OfferRunChunk.chunk_no == chunk_no,
+                                                    OfferRunChunk.status == ChunkStatus.RUNNING)
+                        .values(status=ChunkStatus.PENDING.value, error=f"not recorded: {Commit.RUN_STOPPED.value}"))
+        return Commit.RUN_STOPPED
     moved = cast(CursorResult, session.execute(
         update(OfferRunChunk)
         .where(OfferRunChunk.run_id == run_id, OfferRunChunk.chunk_no == chunk_no,
                OfferRunChunk.status != ChunkStatus.DONE)
-        .values(status=ChunkStatus.DONE.value, stats=stats, error=None, finished_at=utcnow()))).rowcount
+        .values(status=ChunkStatus.DONE.value, stats=stats, error=None))).rowcount
     if not moved:
-        return False
+        return Commit.DUPLICATE
     started = time.perf_counter()
     members = [o.member_id for o in outcomes]
     session.execute(delete(OfferResult).where(OfferResult.run_id == run_id, OfferResult.member_id.in_(members)))
     insert_outcomes(session, run_id, outcomes)
     session.execute(update(OfferRunChunk).where(OfferRunChunk.run_id == run_id, OfferRunChunk.chunk_no == chunk_no)
-                    .values(stats={**stats, "record_s": round(time.perf_counter() - started, 4)}))
-    return True
+                    .values(stats={**stats, "record_s": round(time.perf_counter() - started, 4)},
+                            finished_at=utcnow()))
+    return Commit.COMMITTED
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from services.offers.chunks import (
     ChunkStatus,
     ClaimedChunk,
     ClaimRefused,
+    Commit,
     beat_claim,
     chunk_progress,
     claim_chunk,
@@ -120,23 +121,51 @@ def test_a_chunk_committed_twice_is_recorded_once(db_session):
     store_chunk(db_session, run.id, 0, [{"member_id": "a"}, {"member_id": "b"}])
     claimed = claim_chunk(db_session, run.id, 0, "w1", max_attempts=3)
     assert isinstance(claimed, ClaimedChunk) and claimed.attempt == 1
-    assert commit_chunk(db_session, run.id, 0, [outcome("a"), outcome("b")], {"members": 2, "failed": 0})
+    assert commit_chunk(db_session, run.id, 0, [outcome("a"), outcome("b")], {"members": 2, "failed": 0}) \
+        is Commit.COMMITTED
     # the broker delivered the chunk again (its worker died before acknowledging): nothing more is written
     assert claim_chunk(db_session, run.id, 0, "w2", max_attempts=3) is ClaimRefused.DONE
-    assert not commit_chunk(db_session, run.id, 0, [outcome("a"), outcome("b")], {"members": 2, "failed": 0})
+    assert commit_chunk(db_session, run.id, 0, [outcome("a"), outcome("b")], {"members": 2, "failed": 0}) \
+        is Commit.DUPLICATE
     db_session.commit()
     assert db_session.scalar(select(func.count()).select_from(OfferResult).where(OfferResult.run_id == run.id)) == 2
     chunk = db_session.get(OfferRunChunk, (run.id, 0))
     assert chunk.status == ChunkStatus.DONE and chunk.stats["record_s"] >= 0
 
 
-def test_a_chunk_is_not_committed_after_its_run_stopped(db_session):
+def test_a_chunk_is_finished_once_its_results_are_written(db_session, monkeypatch):
+    """Gap: finished_at was set before the result rows were inserted (its time left out recording)."""
+    from datetime import UTC, datetime
+
+    from services.offers import chunks
+
+    clock = [datetime(2026, 1, 1, tzinfo=UTC)]
+    monkeypatch.setattr(chunks, "utcnow", lambda: clock[0])
+    real_insert = chunks.insert_outcomes
+
+    def insert_taking_five_seconds(*args):
+        real_insert(*args)
+        clock[0] += timedelta(seconds=5)
+
+    monkeypatch.setattr(chunks, "insert_outcomes", insert_taking_five_seconds)
+    run = new_run(db_session)
+    store_chunk(db_session, run.id, 0, [{"member_id": "a"}])
+    claim_chunk(db_session, run.id, 0, "w1", max_attempts=3)
+    assert commit_chunk(db_session, run.id, 0, [outcome("a")], {"members": 1, "failed": 0}) is Commit.COMMITTED
+    db_session.commit()
+    chunk = db_session.get(OfferRunChunk, (run.id, 0))
+    assert _aware(chunk.finished_at) == datetime(2026, 1, 1, 0, 0, 5, tzinfo=UTC)
+
+
+def test_a_chunk_is_not_committed_after_its_run_stopped_and_is_pending_again(db_session):
     run = new_run(db_session)
     store_chunk(db_session, run.id, 0, [{"member_id": "a"}])
     claim_chunk(db_session, run.id, 0, "w1", max_attempts=3)
     run.status = RunStatus.INTERRUPTED.value
     db_session.flush()
-    assert not commit_chunk(db_session, run.id, 0, [outcome("a")], {"members": 1, "failed": 0})
+    assert commit_chunk(db_session, run.id, 0, [outcome("a")], {"members": 1, "failed": 0}) is Commit.RUN_STOPPED
+    chunk = db_session.get(OfferRunChunk, (run.id, 0))
+    assert chunk.status == ChunkStatus.PENDING and "the run stopped" in chunk.error  # not `running` for ever
     assert claim_chunk(db_session, run.id, 0, "w1", max_attempts=3) is ClaimRefused.RUN_NOT_RUNNING
     assert db_session.scalar(select(func.count()).select_from(OfferResult)) == 0
 
