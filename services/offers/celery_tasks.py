@@ -18,9 +18,10 @@ Delivery guarantees (README, "Distributed runs"):
 
 from __future__ import annotations
 
+import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -132,6 +133,17 @@ class DistributedOffers:
         return CeleryChunkQueue(self)
 
 
+def _task_id(raw: bytes | str, delivered: bool = False) -> str | None:
+    """The task id in one of kombu's Redis messages (a JSON envelope; an unacknowledged one is
+    ``[envelope, exchange, routing_key]``); None for anything else."""
+    try:
+        message = json.loads(raw)
+        envelope = message[0] if delivered else message
+        return str(envelope["headers"]["id"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
 def _reach(connection) -> None:
     """Connect once, within 3 s, or raise: kombu on its own (``default_channel`` included) retries an
     unreachable broker for ever, which would hang the command that asked."""
@@ -157,19 +169,39 @@ class CeleryChunkQueue:
     def enqueue(self, job: ChunkJob) -> str:
         return self.distributed.task.apply_async(args=[job.as_message()]).id
 
-    def held(self) -> int | None:
-        """Messages in the default queue plus delivered, unacknowledged ones (kombu's Redis
-        transport keeps those in its ``unacked`` hash until the late ack); None if Redis cannot be
-        asked. Chunk tasks are the only tasks Courier sends."""
+    def held(self, task_ids: Collection[str]) -> set[str] | None:
+        """Which of ``task_ids`` are in the default queue or delivered and unacknowledged (kombu's
+        Redis transport keeps those in its ``unacked`` hash until the late ack); None if Redis cannot
+        be asked. Messages are matched by task id (kombu's JSON envelope, ``headers.id``), so other
+        runs' tasks, or stale ones, are not mistaken for this run's. Read only after 30 s without
+        progress: one LRANGE and one HVALS."""
         celery = self.distributed.celery
+        wanted = set(task_ids)
         try:
             with celery.connection_for_read() as connection:
                 _reach(connection)
                 channel = connection.default_channel
                 client = channel.client
-                return int(client.llen(celery.conf.task_default_queue)) + int(client.hlen(channel.unacked_key))
+                queued = client.lrange(celery.conf.task_default_queue, 0, -1)
+                delivered = client.hvals(channel.unacked_key)
         except Exception:  # noqa: BLE001 - unreachable (or not Redis): we cannot say
             return None
+        found = {_task_id(raw) for raw in queued} | {_task_id(raw, delivered=True) for raw in delivered}
+        return wanted & found
+
+    def diagnose(self) -> str | None:
+        """Why no chunk moves, when the workers can say: none answers, or none knows the task (a
+        worker of another Courier version discards it as unregistered)."""
+        try:
+            replies = self.distributed.celery.control.inspect(timeout=1.0).registered() or {}
+        except Exception:  # noqa: BLE001 - the broker is unreachable: the caller says so already
+            return None
+        if not replies:
+            return "no worker answered"
+        if all(TASK_NAME not in tasks for tasks in replies.values()):
+            return (f"the workers that answered ({', '.join(sorted(replies))}) do not know the task {TASK_NAME}: "
+                    "another version of Courier? They discard its messages")
+        return None
 
     def revoke(self, task_ids: list[str]) -> None:
         if task_ids:

@@ -260,10 +260,12 @@ def chunk_progress(session: Session, run_id: int) -> ChunkProgress:
                          first_failure=failure)  # type: ignore[arg-type]
 
 
-def waiting_chunks(session: Session, run_id: int) -> list[int]:
-    """Chunks queued (or to be queued again after a failed attempt) that no worker holds now."""
-    return list(session.scalars(select(OfferRunChunk.chunk_no).where(
-        OfferRunChunk.run_id == run_id, OfferRunChunk.status == ChunkStatus.PENDING).order_by(OfferRunChunk.chunk_no)))
+def waiting_chunks(session: Session, run_id: int) -> dict[int, str | None]:
+    """Chunks queued (or to be queued again after a failed attempt) that no worker holds now, with
+    the id of the task last sent for each."""
+    return dict(session.execute(select(OfferRunChunk.chunk_no, OfferRunChunk.task_id).where(
+        OfferRunChunk.run_id == run_id, OfferRunChunk.status == ChunkStatus.PENDING)
+        .order_by(OfferRunChunk.chunk_no)).all())
 
 
 def pending_task_ids(session: Session, run_id: int) -> list[str]:

@@ -19,10 +19,12 @@ at once, so a lost worker costs ``silent_s`` (30 s), not the broker's visibility
 default, longer than the stall time: the run used to fail while healthy workers sat idle). Its
 first message, still unacknowledged in the broker, is refused at claim once the chunk is done.
 
-While it waits: after ``lost_after_s`` without progress, if the broker holds no chunk task at all
-(none queued, none delivered and unacknowledged) while chunks still wait, the broker lost them (a
-Redis restarted without persistence forgets its queue; measured: the run then sat idle until the
-stall time) and they are queued again. A copy too many is harmless: a chunk is recorded once.
+While it waits: after ``lost_after_s`` without progress, the waiting chunks whose task the broker
+no longer holds (neither queued nor delivered and unacknowledged: a Redis restarted without
+persistence forgets its queue; measured: the run then sat idle until the stall time) are queued
+again. Only this run's tasks are looked for, by task id: a stale message of an earlier run used to
+count as "held" and kept the lost chunks waiting. A copy too many is harmless: a chunk is recorded
+once.
 
 This module commits on its own (run record, skipped members, each chunk, the final status), like
 the local pipeline: what was done must survive the coordinator's death so ``--resume`` continues.
@@ -33,7 +35,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -84,9 +86,12 @@ class ChunkQueue(Protocol):
 
     def revoke(self, task_ids: list[str]) -> None: ...
 
-    def held(self) -> int | None:
-        """Chunk tasks the broker holds (queued, or delivered and not acknowledged); None when it
-        cannot say (unreachable)."""
+    def held(self, task_ids: Collection[str]) -> set[str] | None:
+        """Which of ``task_ids`` the broker holds (queued, or delivered and not acknowledged); None
+        when it cannot say (unreachable)."""
+
+    def diagnose(self) -> str | None:
+        """Why no chunk moves, if the workers can say (none answers; none knows the task)."""
 
 
 @dataclass(frozen=True)
@@ -263,7 +268,11 @@ class _Requeue:
 
     def __call__(self, note: Callable[[str], None]) -> bool:
         """True if chunks were queued again."""
-        held = self.queue.held()
+        with self.sessions() as session:
+            waiting = waiting_chunks(session, self.run_id)
+        if not waiting:
+            return False
+        held = self.queue.held([task_id for task_id in waiting.values() if task_id])
         if held is None:
             if not self.noted_unreachable:
                 self.noted_unreachable = True
@@ -271,18 +280,15 @@ class _Requeue:
                      "without progress; `--resume` queues what is left)")
             return False
         self.noted_unreachable = False
-        if held:
-            return False
-        with self.sessions() as session:
-            waiting = waiting_chunks(session, self.run_id)
-        for chunk_no in waiting:
+        lost = [chunk_no for chunk_no, task_id in waiting.items() if task_id not in held]
+        for chunk_no in lost:
             _send(self.sessions, self.queue, self.run_id, chunk_no, self.job)
-        if waiting:
-            note(f"  the broker held none of the {len(waiting)} waiting chunk(s) (restarted without persistence?): "
-                 "queued them again")
+        if lost:
+            note(f"  the broker held none of the tasks of {len(lost)} waiting chunk(s) (restarted without "
+                 "persistence?): queued them again")
             log.warning("chunk tasks lost by the broker, queued again", extra={"run_id": self.run_id,
-                                                                                "chunks": len(waiting)})
-        return bool(waiting)
+                                                                                "chunks": len(lost)})
+        return bool(lost)
 
 
 def _follow(sessions: sessionmaker, run_id: int, settings: DistributedSettings, stop: threading.Event,
@@ -314,9 +320,11 @@ def _follow(sessions: sessionmaker, run_id: int, settings: DistributedSettings, 
         if snapshot != last_state:
             last_state, last_change = snapshot, now
         elif now - last_change > settings.stall_s:
+            why = requeue.queue.diagnose()
             return Failure(RunFailure.STALLED,
                            f"no chunk started or finished in {settings.stall_s:g} s ({state.done}/{state.total} "
-                           "done); are workers running? (`celery -A wsgi:celery_app worker`)"), False
+                           "done); " + (f"{why}; " if why else "")
+                           + "are workers running? (`celery -A wsgi:celery_app worker`)"), False
         elif now - max(last_change, last_lost_check) > settings.lost_after_s:
             last_lost_check = now
             if requeue(note):

@@ -275,14 +275,16 @@ def test_the_coordinator_can_ask_redis_what_it_still_holds(pg_app):
     distributed = pg_app.extensions["courier.offers"].distributed
     redis_client.Redis.from_url(distributed.settings.broker_url).flushdb()  # no worker runs in this test
     queue = CeleryChunkQueue(distributed)
-    assert queue.held() == 0
-    for chunk_no in range(3):
-        queue.enqueue(ChunkJob(run_id=99, chunk_no=chunk_no, partner="reference", concurrency=1, use_batch=True,
-                               max_consecutive_failures=5))
-    assert queue.held() == 3
+    assert queue.held(["x"]) == set()
+    ids = [queue.enqueue(ChunkJob(run_id=99, chunk_no=chunk_no, partner="reference", concurrency=1, use_batch=True,
+                                  max_consecutive_failures=5)) for chunk_no in range(3)]
+    other_run = queue.enqueue(ChunkJob(run_id=98, chunk_no=0, partner="reference", concurrency=1, use_batch=True,
+                                       max_consecutive_failures=5))
+    assert queue.held(ids) == set(ids)  # found by task id: the other run's message is not counted
+    assert queue.held(ids[:1]) == {ids[0]} and queue.held([other_run]) == {other_run}
     redis_client.Redis.from_url(distributed.settings.broker_url).flushdb()  # what a restart without persistence does
-    assert queue.held() == 0
+    assert queue.held(ids) == set()
     nowhere = DistributedOffers(CelerySettings(broker_url="redis://127.0.0.1:1/0", result_backend=None,
                                                visibility_timeout_s=3, chunk_max_attempts=1),
                                 context_factory=pg_app.app_context, sessions=None, partner_config=None)
-    assert CeleryChunkQueue(nowhere).held() is None
+    assert CeleryChunkQueue(nowhere).held(ids) is None
