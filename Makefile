@@ -51,7 +51,7 @@ venue-standin: $(VENV)/.installed-run
 
 ## reference-partner: the reference partner alone, keep-alive, one uvicorn worker (127.0.0.1:8001)
 reference-partner: $(VENV)/.installed-run
-	$(BIN)/python -m services.offers.reference_server --port 8001
+	$(BIN)/python -m services.offers.reference.server --port 8001
 
 bench-pricing: $(VENV)/.installed-dev
 	$(BIN)/python bench/bench_pricing.py

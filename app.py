@@ -73,7 +73,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         os.makedirs(app.instance_path, exist_ok=True)
         app.config["DATABASE_URL"] = "sqlite:///" + os.path.join(app.instance_path, "courier.db")
     if not app.config["SERVICE_URL"]:
-        from services.offers.partners import service_url_from_bind
+        from services.offers.partners.config import service_url_from_bind
 
         app.config["SERVICE_URL"] = service_url_from_bind(os.environ.get("COURIER_BIND"))
     from services.auth.api_keys import Scope

@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_offers.py [--sizes sample,20000,100000] [--million] [--seconds 6]
 
 Partner modes (the reference partner's formulas in both):
-- ``keepalive``: ``python -m services.offers.reference_server``: uvicorn, one worker, a plain ASGI
+- ``keepalive``: ``python -m services.offers.reference.server``: uvicorn, one worker, a plain ASGI
   app, persistent HTTP/1.1 connections: the shape of the task's own partner (FastAPI under one
   uvicorn worker).  gunicorn's ``gthread`` worker with keep-alive was tried first: ~1,300 req/s.
 - ``gunicorn``: the reference partner inside the service under ``gunicorn`` (2 sync workers), which
@@ -55,7 +55,7 @@ RUSAGE_WRAPPER = (
 @contextmanager
 def keepalive_partner(cpus: str | None = None):
     port = free_port()
-    cmd = [str(BIN / "python"), "-m", "services.offers.reference_server", "--port", str(port)]
+    cmd = [str(BIN / "python"), "-m", "services.offers.reference.server", "--port", str(port)]
     with served(["taskset", "-c", cpus, *cmd] if cpus else cmd, port, PREFIX + "/") as url:
         yield url
 
@@ -150,7 +150,7 @@ def main() -> None:
     try:
         with prepared_env() as env:
             if "keepalive" in modes:
-                print("\n== partner: keep-alive, one process (services.offers.reference_server, uvicorn) ==")
+                print("\n== partner: keep-alive, one process (services.offers.reference.server, uvicorn) ==")
                 with keepalive_partner() as url:
                     members_ceiling = ceiling(url, args.seconds)
                     print(f"    ceiling: {members_ceiling:,.0f} members/s")

@@ -6,7 +6,7 @@ a local `run-offers` on the same input, the same partner and the same PostgreSQL
 
 Needs PostgreSQL (a scratch database: runs are added to it; `.ci/postgres.sh` prints one),
 ``redis-server`` (started here on a free port) and the ``distributed`` extra. The partner is the
-keep-alive reference partner (``python -m services.offers.reference_server``, one uvicorn worker).
+keep-alive reference partner (``python -m services.offers.reference.server``, one uvicorn worker).
 
 Printed per configuration: wall seconds of the command (process start included), scored members/s
 and its ratio to the local run, chunk scoring time p50/p95/p99 (claim to commit), queue wait

@@ -16,12 +16,12 @@ from blueprints.declare import operation
 from blueprints.hooks import db_session
 from services.auth.api_keys import Scope
 from services.errors import InvalidRequest, Unprocessable
-from services.offers import runs as run_service
-from services.offers.celery_tasks import DistributedOffers
 from services.offers.features import STANDARD_FEATURES, TRANSACTION_TYPES
 from services.offers.realtime import RealtimeOffers
-from services.offers.report_pages import ReportPages
+from services.offers.reports import queries as run_service
+from services.offers.reports.pages import ReportPages
 from services.offers.result_shape import EXPORT_COLUMNS, RESULT_FIELDS, RUN_FIELDS, ResultField, RunField
+from services.offers.runs.distributed.celery_app import DistributedOffers
 from services.offers.statuses import MemberStatus, RunStatus
 
 bp = Blueprint("offers", __name__)
@@ -45,8 +45,8 @@ def init_app(app: Flask) -> OffersCapability:
     """Partner clients for real-time offers, Celery wiring for distributed runs (Celery itself is
     imported on first use), the endpoints, and `flask run-offers`, `partners`, `offers`."""
     from cli.offers import offers_group, partners_group, run_offers_command
-    from services.offers.celery_tasks import CelerySettings
-    from services.offers.partners import load_registry, registry_readiness
+    from services.offers.partners.registry import load_registry, registry_readiness
+    from services.offers.runs.distributed.celery_app import CelerySettings
 
     runtime = app.extensions["courier"]
     cfg = app.config
@@ -321,7 +321,7 @@ def run_export(run_id: int):
                        "`flask offers report RUN_ID`. An ended run's page has an `ETag`: send it back in "
                        "`If-None-Match` and an unchanged run answers 304 without being drawn again.")
 def run_report(run_id: int):
-    from services.offers.report_html import CSP
+    from services.offers.reports.html import CSP
 
     page = offers_capability().reports.get(db_session(), run_id, request.if_none_match)
     response = Response(page.html, status=200 if page.html is not None else 304, mimetype="text/html",

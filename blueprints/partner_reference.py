@@ -6,7 +6,7 @@ from flask import Blueprint, Flask, jsonify, request
 
 from blueprints.declare import JsonSchema, operation
 from services.errors import Unprocessable
-from services.offers import reference_formulas
+from services.offers.reference import formulas as reference_formulas
 
 bp = Blueprint("partner_reference", __name__)
 

@@ -17,14 +17,16 @@ from flask.cli import with_appcontext
 from blueprints.offers import offers_capability
 from cli.db import require_migrated
 from services.errors import CourierError
-from services.offers.celery_tasks import display_url
-from services.offers.distributed import DistributedUnavailable
 from services.offers.features import InputError
-from services.offers.partners import PartnerClient, PartnerConfigError, load_registry
-from services.offers.pipeline import run_offers
-from services.offers.recording import OUTPUT_SUFFIXES, write_output
-from services.offers.run_frame import RunFailure
-from services.offers.run_lifecycle import ResumeError, RunOptions, resumed_partner_and_date
+from services.offers.partners.client import PartnerClient
+from services.offers.partners.config import PartnerConfigError
+from services.offers.partners.registry import load_registry
+from services.offers.runs.distributed.celery_app import display_url
+from services.offers.runs.distributed.coordinator import DistributedUnavailable
+from services.offers.runs.frame import RunFailure
+from services.offers.runs.lifecycle import ResumeError, RunOptions, resumed_partner_and_date
+from services.offers.runs.local import run_offers
+from services.offers.runs.recording import OUTPUT_SUFFIXES, write_output
 from services.offers.statuses import EXIT_CODES, RunStatus
 
 
@@ -264,7 +266,7 @@ def run_offers_command(input_path, partner, as_of, output, concurrency, no_batch
 
 
 def _run_distributed(runtime, queue, config, options, chunk_size, progress, stop):
-    from services.offers.distributed import DistributedSettings, run_distributed
+    from services.offers.runs.distributed.coordinator import DistributedSettings, run_distributed
 
     cfg = current_app.config
     settings = DistributedSettings(chunk_size=chunk_size or cfg["OFFERS_CHUNK_SIZE"],
@@ -313,7 +315,7 @@ def offers_group() -> None:
 @with_appcontext
 def offers_report(run_id: int, out_path: str | None) -> None:
     from services.errors import NotFound
-    from services.offers.report_html import run_report_html
+    from services.offers.reports.html import run_report_html
 
     runtime = current_app.extensions["courier"]
     require_migrated(runtime.engine)

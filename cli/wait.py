@@ -39,7 +39,7 @@ def _migrated() -> Check:
 
 def _broker() -> Check:
     from blueprints.offers import offers_capability
-    from services.offers.distributed import DistributedUnavailable
+    from services.offers.runs.distributed.coordinator import DistributedUnavailable
 
     queue = offers_capability().distributed.queue()
 

@@ -1,7 +1,7 @@
 """Every table Courier owns (SQLAlchemy 2 typed ORM classes).  Alembic compares ``Base.metadata`` with these.
 
 Named ``tables``, not ``models``: in Courier "model" means the estimate's tree model (and the
-reference partner's formulas are ``reference_formulas``), one meaning per name.
+reference partner's formulas are ``reference.formulas``), one meaning per name.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ class LivePartner:
 
         import uvicorn
 
-        from services.offers.reference_server import make_app
+        from services.offers.reference.server import make_app
 
         self.fail = dict(fail or {})
         self.calls: list[tuple[str, object]] = []
@@ -97,7 +97,7 @@ class LivePartner:
         import dataclasses
 
         from config import DATA_DIR
-        from services.offers.partners import load_registry
+        from services.offers.partners.registry import load_registry
 
         config = load_registry(DATA_DIR / "partners.toml", service_url=self.service_url).get("reference")
         if not batch:

@@ -15,7 +15,9 @@ from typing import Any
 from services.errors import CourierError, Unprocessable, UpstreamError
 from services.metrics import metrics
 from services.offers.features import compute_features_frame, transactions_frame
-from services.offers.partners import PartnerClient, PartnerConfigError, PartnerRegistry, load_registry
+from services.offers.partners.client import PartnerClient
+from services.offers.partners.config import PartnerConfigError, PartnerRegistry
+from services.offers.partners.registry import load_registry
 
 
 @dataclass(frozen=True)

@@ -114,8 +114,8 @@ def test_offers_runs_and_real_time_offers_are_counted(client, app, live_partner)
     from datetime import date
 
     from config import DATA_DIR
-    from services.offers.pipeline import run_offers
-    from services.offers.run_lifecycle import RunOptions
+    from services.offers.runs.lifecycle import RunOptions
+    from services.offers.runs.local import run_offers
     from tests.offers_fixtures import route_to_app
 
     before = client.get("/metrics").get_data(as_text=True)

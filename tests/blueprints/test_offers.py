@@ -10,8 +10,8 @@ import responses
 from openapi_spec_validator import validate
 
 from config import DATA_DIR
-from services.offers.pipeline import run_offers
-from services.offers.run_lifecycle import RunOptions
+from services.offers.runs.lifecycle import RunOptions
+from services.offers.runs.local import run_offers
 from services.tables import OfferRun
 from tests.offers_fixtures import REFERENCE_BASE, route_to_app
 
@@ -230,7 +230,7 @@ def test_run_report_is_one_self_contained_html_page(client, anonymous, recorded_
 @pytest.fixture
 def drawn(monkeypatch):
     """The run ids whose report page was drawn, in order (the real drawing still happens)."""
-    from services.offers import report_html
+    from services.offers.reports import html as report_html
 
     calls, real = [], report_html.run_report_html
     monkeypatch.setattr(report_html, "run_report_html", lambda session, run_id: calls.append(run_id) or

@@ -146,7 +146,7 @@ def test_a_bad_batch_item_is_422_naming_its_index_and_field(client):
 
 
 def test_batches_are_lists_of_at_most_the_documented_size(client):
-    from services.offers.reference_formulas import MAX_BATCH
+    from services.offers.reference.formulas import MAX_BATCH
 
     assert client.post(PREFIX + "/ml/ats/predict/batch", json=FEATURES).status_code == 422
     assert client.post(PREFIX + "/ml/ats/predict/batch", json=[]).status_code == 422

@@ -13,7 +13,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from config import DATA_DIR
-from services.offers import lease
+from services.offers.runs import lease
 from services.tables import OfferResult, OfferRun
 from tests.auth_fixtures import keyed_client
 from tests.offers_fixtures import LivePartner

@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import func, select
 
 from config import DATA_DIR
-from services.offers.pipeline import run_offers
-from services.offers.run_lifecycle import RunOptions
+from services.offers.runs.lifecycle import RunOptions
+from services.offers.runs.local import run_offers
 from services.tables import OfferRun, OfferRunChunk
 from tests.distributed_fixtures import CeleryWorker, MissingComponent, RedisServer
 from tests.offers_fixtures import fresh_postgres, postgres_in_schema, recorded_results
@@ -269,8 +269,8 @@ def test_the_coordinator_can_ask_redis_what_it_still_holds(pg_app):
     None, answered within seconds (kombu alone would retry it for ever)."""
     import redis as redis_client
 
-    from services.offers.celery_tasks import CeleryChunkQueue, CelerySettings, DistributedOffers
-    from services.offers.chunk_worker import ChunkJob
+    from services.offers.runs.distributed.celery_app import CeleryChunkQueue, CelerySettings, DistributedOffers
+    from services.offers.runs.distributed.worker import ChunkJob
 
     distributed = pg_app.extensions["courier.offers"].distributed
     redis_client.Redis.from_url(distributed.settings.broker_url).flushdb()  # no worker runs in this test

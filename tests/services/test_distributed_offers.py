@@ -14,8 +14,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from config import DATA_DIR
-from services.offers.chunk_worker import ChunkAttemptFailed, ChunkJob, score_chunk
-from services.offers.chunks import (
+from services.offers.runs.distributed.chunks import (
     ChunkStatus,
     ClaimedChunk,
     ClaimRefused,
@@ -30,10 +29,11 @@ from services.offers.chunks import (
     store_chunk,
     take_back_silent_claims,
 )
-from services.offers.distributed import DistributedSettings, run_distributed
-from services.offers.pipeline import run_offers
-from services.offers.recording import MemberOutcome, create_run
-from services.offers.run_lifecycle import ResumeError, RunOptions
+from services.offers.runs.distributed.coordinator import DistributedSettings, run_distributed
+from services.offers.runs.distributed.worker import ChunkAttemptFailed, ChunkJob, score_chunk
+from services.offers.runs.lifecycle import ResumeError, RunOptions
+from services.offers.runs.local import run_offers
+from services.offers.runs.recording import MemberOutcome, create_run
 from services.offers.statuses import MemberStatus, RunStatus
 from services.tables import OfferResult, OfferRun, OfferRunChunk, utcnow
 from tests.offers_fixtures import LivePartner, recorded_results
@@ -140,7 +140,7 @@ def test_a_chunk_is_finished_once_its_results_are_written(db_session, monkeypatc
     """Gap: finished_at was set before the result rows were inserted (its time left out recording)."""
     from datetime import UTC, datetime
 
-    from services.offers import chunks
+    from services.offers.runs.distributed import chunks
 
     clock = [datetime(2026, 1, 1, tzinfo=UTC)]
     monkeypatch.setattr(chunks, "utcnow", lambda: clock[0])
@@ -226,7 +226,7 @@ def test_a_distributed_run_records_exactly_what_a_local_run_records(app, session
     assert run.step_metrics["ats"]["items"] == 890 and "p99_ms" in run.step_metrics["ats"]
     assert run.timeline[-1][1] == 990
     assert "queued 9 chunk(s)" in lines[0]
-    from services.offers.report_html import run_report_html
+    from services.offers.reports.html import run_report_html
 
     with sessions() as session:
         assert '<dd id="mode">distributed (chunks of 100)</dd>' in run_report_html(session, run.id)
@@ -500,7 +500,7 @@ def test_an_attempt_that_failed_while_recording_its_error_is_not_left_running(ap
     """Gap: an attempt whose failure could not be recorded (the database refused) left its chunk
     `running` with no message anywhere (Celery acknowledged the task's failure). Its beats end with
     the attempt, so the coordinator takes the chunk back and another attempt finishes it."""
-    from services.offers import chunk_worker
+    from services.offers.runs.distributed import worker as chunk_worker
 
     config = module_partner.config(batch=True)
     failures = []
@@ -532,7 +532,7 @@ def test_a_chunk_slower_than_the_silence_limit_keeps_its_claim_while_it_beats(ap
                                                                              monkeypatch):
     """The partner holds chunk 0's scoring until the coordinator has checked the claims three times
     with the claim older than the silence limit: beats keep it, so it is never queued twice."""
-    from services.offers import distributed
+    from services.offers.runs.distributed import coordinator as distributed
 
     config = module_partner.config(batch=True)
     checked_late, release = [], threading.Event()

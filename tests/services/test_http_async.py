@@ -197,7 +197,7 @@ def test_live_refused_connection_is_unreachable_after_connect_retries():
 
 def test_live_keep_alive_server_reuses_connections(live_partner):
     """Against the real reference server: answers decoded, and far fewer connections than calls."""
-    from services.offers import reference_formulas
+    from services.offers.reference import formulas as reference_formulas
 
     features = {"PCT_BUY_TRANSACTIONS": 0.5, "PCT_GIFT_TRANSACTIONS": 0.3, "PCT_REDEEM_TRANSACTIONS": 0.2,
                 "LAST_3_TRANSACTIONS_AVG_POINTS_BOUGHT": 1000.0, "AVG_POINTS_BOUGHT": 2000.0}

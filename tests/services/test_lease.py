@@ -7,8 +7,8 @@ from datetime import date, timedelta
 
 import pytest
 
-from services.offers import lease
-from services.offers.recording import create_run, run_record
+from services.offers.runs import lease
+from services.offers.runs.recording import create_run, run_record
 from services.tables import OfferRun, utcnow
 
 

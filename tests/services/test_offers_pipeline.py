@@ -7,9 +7,9 @@ import pytest
 from sqlalchemy import select
 
 from config import DATA_DIR
-from services.offers import reference_formulas
-from services.offers.pipeline import run_offers
-from services.offers.run_lifecycle import ResumeError, RunOptions
+from services.offers.reference import formulas as reference_formulas
+from services.offers.runs.lifecycle import ResumeError, RunOptions
+from services.offers.runs.local import run_offers
 from services.tables import OfferResult, OfferRun
 from tests.offers_fixtures import LivePartner, recorded_results
 
@@ -76,7 +76,7 @@ def test_small_batches_are_split_and_answers_kept_in_member_order(app, sessions,
 
 
 def test_a_partner_with_batch_endpoints_and_one_without_in_the_same_suite(app, sessions, live_partner, tmp_path):
-    from services.offers.partners import load_registry
+    from services.offers.partners.registry import load_registry
 
     registry = tmp_path / "partners.toml"
     text = (DATA_DIR / "partners.toml").read_text()
@@ -268,7 +268,7 @@ def test_a_failing_results_writer_fails_the_run_instead_of_hanging(app, sessions
     def locked(*args, **kwargs):
         raise OperationalError("INSERT", {}, Exception("database is locked"))
 
-    monkeypatch.setattr("services.offers.result_writer.insert_outcomes", locked)
+    monkeypatch.setattr("services.offers.runs.writer.insert_outcomes", locked)
     report = run_offers(sessions, live_partner.config(), options())
     assert report.run.status == "failed"
     assert report.run.error.startswith("writing results failed") and "database is locked" in report.run.error

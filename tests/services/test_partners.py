@@ -5,7 +5,9 @@ import responses
 
 from config import DATA_DIR
 from services.errors import NotFound, UpstreamInvalid
-from services.offers.partners import PartnerClient, PartnerConfigError, load_registry
+from services.offers.partners.client import PartnerClient
+from services.offers.partners.config import PartnerConfigError
+from services.offers.partners.registry import load_registry
 
 SECOND = """
 [partners.acme]
@@ -98,7 +100,7 @@ def test_a_header_secret_can_be_a_mounted_file_named_by_its_FILE_variable(tmp_pa
 
 
 def test_registry_readiness_names_what_makes_the_partners_unusable(tmp_path, monkeypatch):
-    from services.offers.partners import registry_readiness
+    from services.offers.partners.registry import registry_readiness
 
     path = write(tmp_path, SECOND)
     monkeypatch.setenv("ACME_TOKEN", "t")

@@ -12,8 +12,8 @@ import pytest
 from app import create_app
 from config import DATA_DIR
 from services import migrations
-from services.offers.pipeline import run_offers
-from services.offers.run_lifecycle import RunOptions
+from services.offers.runs.lifecycle import RunOptions
+from services.offers.runs.local import run_offers
 from tests.auth_fixtures import keyed_client
 from tests.offers_fixtures import fresh_postgres, postgres_in_schema
 

@@ -10,8 +10,8 @@ import responses
 from config import DATA_DIR
 from services.http_client import HttpClient, HttpPolicy
 from services.logs import request_id_var
-from services.offers.pipeline import run_offers
-from services.offers.run_lifecycle import RunOptions
+from services.offers.runs.lifecycle import RunOptions
+from services.offers.runs.local import run_offers
 from tests.pricing_fixtures import register_venue
 
 VENUE_API = "http://venue-api.test/v1"

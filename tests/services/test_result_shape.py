@@ -38,8 +38,8 @@ def test_the_run_record_is_declared_once_and_the_table_holds_every_key(client, d
 
     from sqlalchemy import JSON, Date, DateTime
 
-    from services.offers.recording import create_run, run_record
     from services.offers.result_shape import RUN_FIELDS
+    from services.offers.runs.recording import create_run, run_record
     from services.tables import OfferRun
 
     kinds = {Integer: int, String: str, Text: str, Date: date, DateTime: datetime, JSON: dict}

@@ -6,13 +6,13 @@ from datetime import date
 import pytest
 
 from config import DATA_DIR
-from services.offers.pipeline import run_offers
-from services.offers.recording import run_record
-from services.offers.report_data import Histogram, RunReportData, collect_report, failure_reason
-from services.offers.report_html import render_report
-from services.offers.run_lifecycle import RunOptions
+from services.offers.reports.data import Histogram, RunReportData, collect_report, failure_reason
+from services.offers.reports.html import render_report
+from services.offers.runs.lifecycle import RunOptions
+from services.offers.runs.local import run_offers
+from services.offers.runs.recording import run_record
+from services.offers.runs.stats import TIMELINE_POINTS, Timeline
 from services.offers.statuses import MemberStatus
-from services.offers.step_stats import TIMELINE_POINTS, Timeline
 from tests.offers_fixtures import LivePartner, app_on_template_copy
 
 SAMPLE = str(DATA_DIR / "member_data.csv")
@@ -123,7 +123,7 @@ def test_a_timeline_stays_bounded_and_ends_at_the_latest_count():
 
 
 def test_members_skipped_only_runs_have_no_partner_histograms(app, db_session):
-    from services.offers.recording import MemberOutcome, create_run, finalise_run, insert_outcomes
+    from services.offers.runs.recording import MemberOutcome, create_run, finalise_run, insert_outcomes
 
     run = create_run(db_session, partner="reference", input_path="x.csv", input_sha256="0" * 64,
                      as_of=date(2024, 1, 5), concurrency=1)
@@ -137,7 +137,8 @@ def test_members_skipped_only_runs_have_no_partner_histograms(app, db_session):
 
 
 def test_kept_report_pages_are_bounded_least_recently_served_dropped_first(monkeypatch):
-    from services.offers import report_html, report_pages
+    from services.offers.reports import html as report_html
+    from services.offers.reports import pages as report_pages
 
     drawn = []
     monkeypatch.setattr(report_pages, "get_run", lambda session, run_id: run_id)

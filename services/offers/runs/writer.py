@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import sessionmaker
 
-from services.offers.recording import MemberOutcome, insert_outcomes
-from services.offers.step_stats import StepStats, Timeline
+from services.offers.runs.recording import MemberOutcome, insert_outcomes
+from services.offers.runs.stats import StepStats, Timeline
 
 log = logging.getLogger("courier.offers")
 

@@ -1,12 +1,12 @@
 """The reference partner as a standalone keep-alive server: one uvicorn process, one event loop.
 
-    python -m services.offers.reference_server [--host 127.0.0.1] [--port 8001] [--prefix /partners/reference]
+    python -m services.offers.reference.server [--host 127.0.0.1] [--port 8001] [--prefix /partners/reference]
 
 Why a second server for the same endpoints: the service's own gunicorn sync workers close every
 connection, so a partner served there makes each call pay a TCP handshake, unlike the task's own
 partner (FastAPI under one uvicorn worker, persistent HTTP/1.1 connections).  This is that shape:
 uvicorn, one worker, with a plain ASGI app (no framework: the formulas, validation and 422
-envelopes are exactly the blueprint's, from ``services.offers.reference_formulas``).  gunicorn's
+envelopes are exactly the blueprint's, from ``services.offers.reference.formulas``).  gunicorn's
 ``gthread`` worker with keep-alive was measured first: ~1,300 req/s here.  Tests use it as a live
 loopback partner, with a hook to make chosen calls fail.
 """
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from services.errors import CourierError
-from services.offers import reference_formulas
+from services.offers.reference import formulas as reference_formulas
 
 # path -> function(body) -> JSON-ready answer
 ROUTES: dict[str, Callable[[Any], Any]] = {

@@ -27,8 +27,9 @@ from typing import Any
 
 from services.errors import CourierError
 from services.http_async import RetryEvent
-from services.offers.partners import AsyncPartnerClient, PartnerConfig
-from services.offers.recording import MemberOutcome
+from services.offers.partners.client import AsyncPartnerClient
+from services.offers.partners.config import PartnerConfig
+from services.offers.runs.recording import MemberOutcome
 from services.offers.statuses import MemberStatus
 
 

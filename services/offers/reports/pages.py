@@ -20,8 +20,8 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from services.offers.recording import run_record
-from services.offers.runs import get_run
+from services.offers.reports.queries import get_run
+from services.offers.runs.recording import run_record
 from services.offers.statuses import RunStatus
 
 # ~200 KB a page: 8 pages are under 2 MB per worker.
@@ -40,7 +40,7 @@ def _layout_digest() -> bytes:
     Read as files, not imported: numpy and matplotlib load on the first report only (+12 MB RSS
     in every worker otherwise, measured after create_app)."""
     here = Path(__file__).parent
-    return hashlib.sha256(b"".join((here / name).read_bytes() for name in ("report_data.py", "report_html.py")))\
+    return hashlib.sha256(b"".join((here / name).read_bytes() for name in ("data.py", "html.py")))\
         .digest()
 
 
@@ -55,7 +55,7 @@ class ReportPages:
     def get(self, session: Session, run_id: int, known: Container[str] = ()) -> ReportPage:
         """Run ``run_id``'s page (NotFound if there is none); ``html`` is None when ``known`` (the
         ETags the client holds) has the current one."""
-        from services.offers.report_html import run_report_html
+        from services.offers.reports.html import run_report_html
 
         record = run_record(get_run(session, run_id))
         if record["status"] in (RunStatus.RUNNING, RunStatus.ABANDONED):

@@ -4,8 +4,8 @@ score, finish the run.
     features scanned -> run opened (or resumed, under its lease) -> heartbeat -> partner pinged
     -> executor.score(context) -> lease still ours? -> run finalised -> metrics counted
 
-An executor is what differs between runs: ``LocalExecutor`` (``pipeline``: this process scores
-and one writer thread records) and ``DistributedExecutor`` (``distributed``: chunks on Celery
+An executor is what differs between runs: ``LocalExecutor`` (``runs.local``: this process scores
+and one writer thread records) and ``DistributedExecutor`` (``runs.distributed``: chunks on Celery
 workers). A third kind (a dry run, say) is another class with ``check`` and ``score``, not a
 copy of this frame. Failures are typed (``RunFailure``): callers decide on the kind, never on
 the message's text.
@@ -30,13 +30,13 @@ from sqlalchemy.orm import sessionmaker
 from services.errors import CourierError, UpstreamTimeout, UpstreamUnavailable
 from services.logs import request_id_var
 from services.offers.features import FeatureScan, read_header, scan_features
-from services.offers.lease import Heartbeat, new_owner
-from services.offers.partners import PartnerConfig
-from services.offers.recording import finalise_run
-from services.offers.run_lifecycle import RunOptions, count_run, file_sha256, open_run
-from services.offers.scoring import ping_partner
+from services.offers.partners.config import PartnerConfig
+from services.offers.runs.lease import Heartbeat, new_owner
+from services.offers.runs.lifecycle import RunOptions, count_run, file_sha256, open_run
+from services.offers.runs.recording import finalise_run
+from services.offers.runs.scoring import ping_partner
+from services.offers.runs.stats import RetryTally, StepStats
 from services.offers.statuses import RunStatus
-from services.offers.step_stats import RetryTally, StepStats
 from services.tables import OfferResult, OfferRun
 
 log = logging.getLogger("courier.offers")

@@ -17,8 +17,8 @@ from sqlalchemy.orm import sessionmaker
 
 from services.metrics import metrics
 from services.offers.features import InputError
-from services.offers.lease import claim
-from services.offers.recording import create_run, forget_failed, recorded_members
+from services.offers.runs.lease import claim
+from services.offers.runs.recording import create_run, forget_failed, recorded_members
 from services.offers.statuses import MemberStatus, RunStatus
 from services.tables import OfferRun
 

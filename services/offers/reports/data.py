@@ -18,9 +18,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from services.offers.features import STANDARD_FEATURES
-from services.offers.recording import run_record
+from services.offers.reports.queries import get_run
 from services.offers.result_shape import FEATURE_COLUMNS
-from services.offers.runs import get_run
+from services.offers.runs.recording import run_record
 from services.offers.statuses import MemberStatus
 from services.tables import OfferResult
 

@@ -11,8 +11,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from services.errors import InvalidRequest, NotFound
-from services.offers.chunks import chunk_progress
-from services.offers.recording import iter_csv, iter_results, result_record, run_record
+from services.offers.runs.distributed.chunks import chunk_progress
+from services.offers.runs.recording import iter_csv, iter_results, result_record, run_record
 from services.offers.statuses import MemberStatus, RunStatus
 from services.tables import OfferResult, OfferRun
 

@@ -16,7 +16,8 @@ from typing import Any
 
 from sqlalchemy.orm import sessionmaker
 
-from services.offers.chunks import (
+from services.offers.partners.config import PartnerConfig
+from services.offers.runs.distributed.chunks import (
     ClaimedChunk,
     ClaimRefused,
     Commit,
@@ -25,12 +26,11 @@ from services.offers.chunks import (
     commit_chunk,
     record_attempt_error,
 )
-from services.offers.lease import HEARTBEAT_S, Beats
-from services.offers.partners import PartnerConfig
-from services.offers.recording import MemberOutcome
-from services.offers.scoring import ScoringSettings, score_stream
+from services.offers.runs.lease import HEARTBEAT_S, Beats
+from services.offers.runs.recording import MemberOutcome
+from services.offers.runs.scoring import ScoringSettings, score_stream
+from services.offers.runs.stats import RetryTally, StepStats
 from services.offers.statuses import MemberStatus
-from services.offers.step_stats import RetryTally, StepStats
 
 log = logging.getLogger("courier.offers.chunks")
 

@@ -30,8 +30,8 @@ from typing import Any
 from sqlalchemy.orm import sessionmaker
 
 from services.logs import request_id_var
-from services.offers.chunk_worker import ChunkAttemptFailed, ChunkJob, ChunkOutcome, score_chunk
-from services.offers.distributed import DistributedUnavailable
+from services.offers.runs.distributed.coordinator import DistributedUnavailable
+from services.offers.runs.distributed.worker import ChunkAttemptFailed, ChunkJob, ChunkOutcome, score_chunk
 
 log = logging.getLogger("courier.offers.celery")
 
@@ -116,7 +116,7 @@ class DistributedOffers:
 
     def score(self, job: ChunkJob, *, worker: str):
         """The task body: one chunk with this process's partner registry and database."""
-        from services.offers.chunks import fail_chunk
+        from services.offers.runs.distributed.chunks import fail_chunk
 
         try:
             partner = self.partner_config(job.partner)

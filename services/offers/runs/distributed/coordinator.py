@@ -3,7 +3,7 @@
 It does what only one process should: read the input and compute features once, write skipped
 members, cut the scoreable members into chunks stored in the shared database, enqueue one task
 per chunk (the message is only the chunk's address), then follow the chunks' statuses in the
-database to feed the progress bar and decide the run's end. Workers (``chunk_worker``) score and
+database to feed the progress bar and decide the run's end. Workers (``worker``) score and
 record the chunks. The run's record, counts, exports and exit codes are those of a local run.
 
 Ends:
@@ -41,8 +41,9 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import sessionmaker
 
-from services.offers.chunk_worker import PARTNER_STEPS, ChunkJob
-from services.offers.chunks import (
+from services.offers.features import FeatureScan
+from services.offers.partners.config import PartnerConfig
+from services.offers.runs.distributed.chunks import (
     chunk_members,
     chunk_progress,
     chunk_stats,
@@ -55,14 +56,13 @@ from services.offers.chunks import (
     take_back_silent_claims,
     waiting_chunks,
 )
-from services.offers.features import FeatureScan
-from services.offers.lease import LEASE_S
-from services.offers.partners import PartnerConfig
-from services.offers.recording import MemberOutcome, insert_outcomes
-from services.offers.run_frame import Failure, RunContext, RunFailure, RunReport, Scored, run_frame
-from services.offers.run_lifecycle import RunOptions
+from services.offers.runs.distributed.worker import PARTNER_STEPS, ChunkJob
+from services.offers.runs.frame import Failure, RunContext, RunFailure, RunReport, Scored, run_frame
+from services.offers.runs.lease import LEASE_S
+from services.offers.runs.lifecycle import RunOptions
+from services.offers.runs.recording import MemberOutcome, insert_outcomes
+from services.offers.runs.stats import RetryTally, StepStats, Timeline
 from services.offers.statuses import MemberStatus
-from services.offers.step_stats import RetryTally, StepStats, Timeline
 from services.tables import OfferRun
 
 log = logging.getLogger("courier.offers.distributed")

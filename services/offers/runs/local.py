@@ -3,9 +3,9 @@
 Features are computed partition by partition (``FeatureScan``), so memory does not grow with the
 file.  Scoring runs on one event loop in the calling thread (``scoring.score_stream``), per member
 or in batches when the partner declares batch endpoints; there is no barrier between stages.
-Outcomes go in lists to one writer thread (``result_writer``) that inserts them in large
-transactions. This is the local executor of the run frame (``run_frame``: opening or resuming the
-run, the partner's ping, the final status); ``distributed`` is the other.
+Outcomes go in lists to one writer thread (``writer``) that inserts them in large
+transactions. This is the local executor of the run frame (``frame``: opening or resuming the
+run, the partner's ping, the final status); ``distributed.coordinator`` is the other.
 
 This module commits on its own (the run record, then results in batches, then the final status):
 a run is long, and what was scored must survive a crash or Ctrl-C so that ``--resume`` can
@@ -28,14 +28,14 @@ from sqlalchemy.orm import sessionmaker
 
 from services.http_async import RetryEvent
 from services.offers.features import FeatureScan
-from services.offers.partners import PartnerConfig
-from services.offers.recording import MemberOutcome
-from services.offers.result_writer import OutcomeEmitter, ResultWriter
-from services.offers.run_frame import Failure, RunContext, RunFailure, RunReport, Scored, run_frame
-from services.offers.run_lifecycle import RunOptions
-from services.offers.scoring import ScoringSettings, score_stream
+from services.offers.partners.config import PartnerConfig
+from services.offers.runs.frame import Failure, RunContext, RunFailure, RunReport, Scored, run_frame
+from services.offers.runs.lifecycle import RunOptions
+from services.offers.runs.recording import MemberOutcome
+from services.offers.runs.scoring import ScoringSettings, score_stream
+from services.offers.runs.stats import RetryTally, StepStats
+from services.offers.runs.writer import OutcomeEmitter, ResultWriter
 from services.offers.statuses import MemberStatus
-from services.offers.step_stats import RetryTally, StepStats
 
 
 def _rows(scan: FeatureScan, done: set[str], emit: Callable[[MemberOutcome], None]) -> Iterator[dict[str, Any]]:

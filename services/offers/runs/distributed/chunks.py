@@ -31,7 +31,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from services.offers.recording import MemberOutcome, insert_outcomes
+from services.offers.runs.recording import MemberOutcome, insert_outcomes
 from services.offers.statuses import RunStatus
 from services.tables import OfferResult, OfferRun, OfferRunChunk, utcnow
 

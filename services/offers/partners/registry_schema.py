@@ -13,9 +13,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validates
 
 from services.offers.features import REGISTRY
-
-FIELD_DEFAULTS = {"prediction": "prediction", "ats": "ats_prediction", "resp": "resp_prediction", "offer": "offer"}
-DEFAULT_MAX_BATCH = 1000  # the reference partner accepts at most this many items per batch call
+from services.offers.partners.config import DEFAULT_MAX_BATCH, FIELD_DEFAULTS, BatchEndpoints, redact_url
 
 
 class _Path(fields.Field):
@@ -28,8 +26,6 @@ class _Path(fields.Field):
 class _HttpUrl(fields.Field):
     def _deserialize(self, value, attr, data, **kwargs):
         if not isinstance(value, str) or not value.startswith(("http://", "https://")):
-            from services.offers.partners import redact_url  # credentials are masked in messages
-
             shown = redact_url(value) if isinstance(value, str) else value
             raise ValidationError(f"must be an http(s) URL, got {shown!r}")
         return value
@@ -66,8 +62,6 @@ class BatchSchema(Schema):
 
     @post_load
     def _endpoints(self, data, **kwargs):
-        from services.offers.partners import BatchEndpoints
-
         return BatchEndpoints(**data)
 
 

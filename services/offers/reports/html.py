@@ -17,7 +17,7 @@ from typing import Any, cast
 from markupsafe import Markup
 from sqlalchemy.orm import Session
 
-from services.offers.report_data import PARTNER_CALLS, Histogram, RunReportData, collect_report
+from services.offers.reports.data import PARTNER_CALLS, Histogram, RunReportData, collect_report
 
 # Text kept as text (escaped by the SVG backend), ids stable between renders. Labels that come
 # from the run (offer names, failure reasons) go through _label, which escapes mathtext's "$";

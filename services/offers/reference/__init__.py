@@ -1,0 +1,1 @@
+"""The reference partner: its formulas, and its standalone keep-alive server."""
