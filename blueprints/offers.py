@@ -16,7 +16,8 @@ from blueprints.declare import operation
 from blueprints.hooks import db_session
 from services.auth.api_keys import Scope
 from services.errors import InvalidRequest, Unprocessable
-from services.offers.features import STANDARD_FEATURES, TRANSACTION_TYPES
+from services.offers.features.definitions import STANDARD_FEATURES
+from services.offers.features.input import TRANSACTION_TYPES
 from services.offers.realtime import RealtimeOffers
 from services.offers.reports import queries as run_service
 from services.offers.reports.pages import ReportPages

@@ -17,7 +17,7 @@ from flask.cli import with_appcontext
 from blueprints.offers import offers_capability
 from cli.db import require_migrated
 from services.errors import CourierError
-from services.offers.features import InputError
+from services.offers.features.input import InputError
 from services.offers.partners.client import PartnerClient
 from services.offers.partners.config import PartnerConfigError
 from services.offers.partners.registry import load_registry

@@ -14,7 +14,8 @@ from typing import Any
 
 from services.errors import CourierError, Unprocessable, UpstreamError
 from services.metrics import metrics
-from services.offers.features import compute_features_frame, transactions_frame
+from services.offers.features.aggregate import compute_features_frame
+from services.offers.features.input import transactions_frame
 from services.offers.partners.client import PartnerClient
 from services.offers.partners.config import PartnerConfigError, PartnerRegistry
 from services.offers.partners.registry import load_registry

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from services.offers.features import STANDARD_FEATURES
+from services.offers.features.definitions import STANDARD_FEATURES
 
 
 @dataclass(frozen=True)

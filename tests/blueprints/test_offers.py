@@ -311,7 +311,7 @@ def test_timestamps_with_a_utc_offset_are_accepted_and_converted(client, app, mo
 
 def test_results_and_realtime_features_keep_the_features_a_registry_adds_beyond_the_standard_eight():
     from blueprints.offers import FeaturesSchema, OfferResultSchema
-    from services.offers.features import STANDARD_FEATURES
+    from services.offers.features.definitions import STANDARD_FEATURES
     from services.offers.result_shape import RESULT_FIELDS
 
     result = {f.name: None for f in RESULT_FIELDS} | {"member_id": "M1", "status": "scored", "DAYS_UNTIL_XMAS": 17}

@@ -5,7 +5,9 @@ from datetime import date
 import pytest
 
 from config import DATA_DIR
-from services.offers.features import REGISTRY, STANDARD_FEATURES, InputError, compute_features
+from services.offers.features.definitions import REGISTRY, STANDARD_FEATURES
+from services.offers.features.input import InputError
+from services.offers.features.scan import compute_features
 
 HEADER = "memberId,lastTransactionUtcTs,lastTransactionType,lastTransactionPointsBought,lastTransactionRevenueUSD\n"
 AS_OF = date(2024, 1, 10)
@@ -140,7 +142,7 @@ def test_bundled_sample_shape():
 
 
 def test_adding_a_feature_is_one_function(tmp_path):
-    from services.offers.features import feature
+    from services.offers.features.definitions import feature
 
     @feature("TOTAL_TRANSACTIONS")
     def total_transactions(a):
@@ -178,7 +180,8 @@ def test_sub_second_order_decides_the_last_three(tmp_path):
 
 
 def test_chunked_reading_gives_the_same_features(tmp_path):
-    from services.offers import features
+    from services.offers.features.aggregate import compute_features_frame
+    from services.offers.features.input import CANONICAL
 
     rows = "".join(f"M{i % 7},2024-01-0{1 + i % 9} 0{i % 10}:00:00,{('buy', 'gift', 'redeem')[i % 3]},{i * 100},{i}\n"
                    for i in range(200))
@@ -187,17 +190,17 @@ def test_chunked_reading_gives_the_same_features(tmp_path):
     import polars as pl
 
     def raw():
-        return pl.scan_csv(path, has_header=True, new_columns=features.CANONICAL,
+        return pl.scan_csv(path, has_header=True, new_columns=CANONICAL,
                            infer_schema=False).with_row_index("line", offset=2)
 
-    whole = features.compute_features_frame(raw(), AS_OF, chunk_rows=10_000).features
-    chunked = features.compute_features_frame(raw(), AS_OF, chunk_rows=7).features
+    whole = compute_features_frame(raw(), AS_OF, chunk_rows=10_000).features
+    chunked = compute_features_frame(raw(), AS_OF, chunk_rows=7).features
     assert whole.to_dicts() == chunked.to_dicts()
 
 
 def test_partitioned_scan_gives_the_same_features_skips_and_rejections(tmp_path):
     """A file larger than one partition is split by member; every member still sees all its rows."""
-    from services.offers.features import scan_features
+    from services.offers.features.scan import scan_features
 
     rows = "".join(f"M{i % 37},2024-01-0{1 + i % 9} 0{i % 10}:00:00,{('buy', 'gift', 'redeem')[i % 3]},{i * 100},{i}\n"
                    for i in range(600))
@@ -240,7 +243,7 @@ def test_a_file_without_line_breaks_is_refused_before_it_is_buffered(tmp_path):
 
 
 def test_a_member_id_longer_than_the_results_column_is_rejected(tmp_path):
-    from services.offers.features import scan_features
+    from services.offers.features.scan import scan_features
 
     long_id = "L" * 129
     path = tmp_path / "tx.csv"

@@ -8,7 +8,7 @@ import pytest
 from marshmallow import ValidationError
 
 from blueprints.offers import OfferRequestSchema
-from services.offers.features import compute_features
+from services.offers.features.scan import compute_features
 
 HEADER = "memberId,lastTransactionUtcTs,lastTransactionType,lastTransactionPointsBought,lastTransactionRevenueUSD"
 GOOD = ("2023-12-10 11:24:18", "gift", "9600", "32.0")

@@ -12,7 +12,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validates
 
-from services.offers.features import REGISTRY
+from services.offers.features.definitions import REGISTRY
 from services.offers.partners.config import DEFAULT_MAX_BATCH, FIELD_DEFAULTS, BatchEndpoints, redact_url
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from services.offers.features import STANDARD_FEATURES
+from services.offers.features.definitions import STANDARD_FEATURES
 from services.offers.reports.queries import get_run
 from services.offers.result_shape import FEATURE_COLUMNS
 from services.offers.runs.recording import run_record

@@ -29,7 +29,8 @@ from sqlalchemy.orm import sessionmaker
 
 from services.errors import CourierError, UpstreamTimeout, UpstreamUnavailable
 from services.logs import request_id_var
-from services.offers.features import FeatureScan, read_header, scan_features
+from services.offers.features.input import read_header
+from services.offers.features.scan import FeatureScan, scan_features
 from services.offers.partners.config import PartnerConfig
 from services.offers.runs.lease import Heartbeat, new_owner
 from services.offers.runs.lifecycle import RunOptions, count_run, file_sha256, open_run

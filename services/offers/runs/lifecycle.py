@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy.orm import sessionmaker
 
 from services.metrics import metrics
-from services.offers.features import InputError
+from services.offers.features.input import InputError
 from services.offers.runs.lease import claim
 from services.offers.runs.recording import create_run, forget_failed, recorded_members
 from services.offers.statuses import MemberStatus, RunStatus

@@ -15,7 +15,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Table, delete, func, insert, select
 from sqlalchemy.orm import Session
 
-from services.offers.features import STANDARD_FEATURES
+from services.offers.features.definitions import STANDARD_FEATURES
 from services.offers.result_shape import EXPORT_COLUMNS, FEATURE_COLUMNS, RESULT_FIELDS, polars_schema, run_values
 from services.offers.runs.lease import shown_status
 from services.offers.statuses import MemberStatus, RunStatus

@@ -41,7 +41,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import sessionmaker
 
-from services.offers.features import FeatureScan
+from services.offers.features.scan import FeatureScan
 from services.offers.partners.config import PartnerConfig
 from services.offers.runs.distributed.chunks import (
     chunk_members,

@@ -1,0 +1,143 @@
+"""The transaction CSV as Courier reads it: accepted headers, transaction types, the row classification
+(transaction, id-only, rejected with a reason), and one member's transactions from a request."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+CANONICAL = ["member_id", "ts", "type", "points", "revenue"]
+
+
+HEADERS = {
+    ("memberId", "lastTransactionUtcTs", "lastTransactionType", "lastTransactionPointsBought",
+     "lastTransactionRevenueUSD"),
+    # An older export misspells the timestamp column.
+    ("memberId", "lastTransatcionUtcTs", "lastTransactionType", "lastTransactionPointsBought",
+     "lastTransactionRevenueUSD"),
+    ("MEMBER_ID", "LAST_TRANSACTION_TS", "LAST_TRANSACTION_TYPE", "LAST_TRANSACTION_POINTS_BOUGHT",
+     "LAST_TRANSACTION_REVENUE_USD"),
+}
+
+
+TRANSACTION_TYPES = ("buy", "gift", "redeem")
+
+
+MAX_MEMBER_ID_LENGTH = 128
+
+
+TS_FORMAT = "%Y-%m-%d %H:%M:%S"  # after "T" -> " "; an optional ".ffffff" is parsed apart
+
+
+class InputError(Exception):
+    """The input cannot be read at all (missing file, unknown header); message names file and problem."""
+
+
+@dataclass(frozen=True)
+class RejectedRow:
+    line: int
+    member_id: str | None
+    reason: str
+
+
+# No line of a transaction file is anywhere near this long; a longer one means a binary or broken
+# file, which must be refused before it is buffered whole (a 1 GB file without a newline would be).
+MAX_LINE_BYTES = 64 * 1024
+
+
+def read_header(path: str | Path) -> list[str]:
+    try:
+        with open(path, "rb") as handle:
+            first = handle.readline(MAX_LINE_BYTES + 1)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if len(first) > MAX_LINE_BYTES:
+        raise InputError(f"{path}: line 1 is longer than {MAX_LINE_BYTES} bytes; not a transaction CSV")
+    try:
+        text = first.decode("utf-8-sig")
+        header = next(csv.reader([text]), None)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: line 1 is not UTF-8 text") from exc
+    except csv.Error as exc:
+        raise InputError(f"{path}: line 1 is not CSV ({exc})") from exc
+    if not header:
+        raise InputError(f"{path}: empty file")
+    header = [h.strip() for h in header]
+    if tuple(header) not in HEADERS:
+        expected = " or ".join(",".join(h) for h in sorted(HEADERS))
+        raise InputError(f"{path}: unexpected header {','.join(header)!r}; expected {expected}")
+    return header
+
+
+def classify_rows(raw: pl.LazyFrame) -> pl.LazyFrame:
+    """Parse the five string columns and give each row a ``kind`` and, if rejected, a ``reason``.
+
+    Parsing happens once, in the first ``with_columns``; the classification refers to the parsed
+    columns by name, so no parse is evaluated twice.
+    """
+    text = {c: pl.col(c).str.strip_chars() for c in CANONICAL}
+    # "T" or " " between date and time, then an optional fraction.  Parsing the fixed 19 characters
+    # with a plain format and adding the fraction separately is 4x faster than a "%.f" format.
+    ts_text = text["ts"].str.replace("T", " ", literal=True)
+    # After the 19 fixed characters: an optional ".ffffff", then an optional "Z" or UTC offset
+    # (+HH:MM or +HHMM), which is applied: timestamps are stored and compared in UTC.
+    tail = ts_text.str.slice(19)
+    tail_ok = tail.str.contains(r"^(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:?[0-9]{2})?$")
+    fraction = tail.str.extract(r"^\.([0-9]{1,6})", 1)
+    micros = pl.when(fraction.is_null()).then(0).otherwise(fraction.str.pad_end(6, "0").cast(pl.Int64, strict=False))
+    offset = tail.str.extract_groups(r"([+-])([0-9]{2}):?([0-9]{2})$")
+    offset_minutes = pl.when(offset.struct.field("1").is_null()).then(0).otherwise(
+        pl.when(offset.struct.field("1") == "-").then(-1).otherwise(1)
+        * (offset.struct.field("2").cast(pl.Int64, strict=False) * 60
+           + offset.struct.field("3").cast(pl.Int64, strict=False)))
+    offset_ok = offset.struct.field("2").is_null() | (
+        (offset.struct.field("2").cast(pl.Int64, strict=False) < 24)
+        & (offset.struct.field("3").cast(pl.Int64, strict=False) < 60))
+    ts = pl.when(tail_ok & offset_ok).then(
+        ts_text.str.slice(0, 19).str.strptime(pl.Datetime("us"), TS_FORMAT, strict=False)
+        + pl.duration(microseconds=micros) - pl.duration(minutes=offset_minutes))
+    parsed = raw.with_columns(
+        member_id=pl.when(text["member_id"] != "").then(text["member_id"]),
+        id_only=pl.all_horizontal([text[c].is_null() | (text[c] == "") for c in CANONICAL[1:]]),
+        ts=ts,
+        type_norm=text["type"].str.to_lowercase(),
+        points=text["points"].cast(pl.Float64, strict=False),
+        revenue=text["revenue"].cast(pl.Float64, strict=False),
+    )
+    bad_points = pl.col("points").is_null() | ~pl.col("points").is_finite()
+    bad_revenue = pl.col("revenue").is_null() | ~pl.col("revenue").is_finite()
+    bad_type = ~pl.col("type_norm").is_in(TRANSACTION_TYPES) | pl.col("type_norm").is_null()
+    reason = (
+        pl.when(pl.col("member_id").is_null()).then(pl.lit("missing member id"))
+        # As long as REST accepts and the results table stores (a longer one failed a PostgreSQL run).
+        .when(pl.col("member_id").str.len_chars() > MAX_MEMBER_ID_LENGTH).then(pl.lit("member id too long"))
+        .when(pl.col("id_only")).then(pl.lit(None, dtype=pl.String))
+        # Year 0 parses in polars (proleptic calendar) but is no date REST or Python accepts.
+        .when(pl.col("ts").is_null() | (pl.col("ts").dt.year() < 1)).then(pl.lit("invalid timestamp"))
+        .when(bad_type).then(pl.lit("invalid transaction type"))
+        .when(bad_points).then(pl.lit("invalid points"))
+        .when(bad_revenue).then(pl.lit("invalid revenue"))
+        .otherwise(pl.lit(None, dtype=pl.String))
+    )
+    return parsed.with_columns(reason=reason).with_columns(
+        kind=pl.when(pl.col("reason").is_not_null()).then(pl.lit("rejected"))
+        .when(pl.col("id_only")).then(pl.lit("id_only"))
+        .otherwise(pl.lit("transaction"))
+    )
+
+
+def transactions_frame(member_id: str, transactions: list[dict]) -> pl.DataFrame:
+    """A one-member frame in the CSV's shape, from already-validated transaction dicts (REST path)."""
+    return pl.DataFrame(
+        {
+            "member_id": [member_id] * len(transactions),
+            "ts": [t["ts"] for t in transactions],
+            "type": [t["type"] for t in transactions],
+            "points": [repr(float(t["points"])) for t in transactions],
+            "revenue": [repr(float(t["revenue_usd"])) for t in transactions],
+        },
+        schema={c: pl.String for c in CANONICAL},
+    ).with_row_index("line", offset=1)
