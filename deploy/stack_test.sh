@@ -41,4 +41,6 @@ if ! podman image exists "$BASE"; then
   podman import --quiet "$rootfs" "$BASE" >/dev/null
   rm -rf "$(dirname "$rootfs")"
 fi
+podman run --rm --network none "$BASE" true >/dev/null 2>&1 \
+  || skip "podman cannot run a container here: $(podman run --rm --network none "$BASE" true 2>&1 | tail -1)"
 exec python3 deploy/stack_test.py --base "$BASE" --compose "$TOOLS/bin/podman-compose" "$@"
