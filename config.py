@@ -309,6 +309,10 @@ SETTINGS: tuple[Setting, ...] = (
             "A chunk whose worker has not said so for this long (killed, machine lost) is queued again by the "
             "coordinator, without waiting for the broker's visibility timeout. Keep it several heartbeats long.",
             kind=float, above_zero=True, maximum=86400),
+    Setting("OFFERS_DATABASE_OUTAGE_S", 60.0,
+            "An offers run (its writer, a distributed run's coordinator, the final status) waits this long for a "
+            "database it cannot reach (a restart) before it stops; 0: stop at once.",
+            kind=float, minimum=0, maximum=3600),
     Setting("OFFERS_DISTRIBUTED_STALL_S", 600.0,
             "A distributed run in which no chunk starts or finishes for this long ends `failed` (no workers?).",
             kind=float, above_zero=True),

@@ -210,7 +210,8 @@ def run_offers_command(input_path, partner, as_of, output, concurrency, no_batch
         max_consecutive_failures = current_app.config["OFFERS_MAX_CONSECUTIVE_FAILURES"]
     options = RunOptions(input_path=input_path, partner=partner, as_of=run_date,
                          concurrency=concurrency or config.max_concurrency, resume_run_id=resume_run_id,
-                         max_consecutive_failures=max_consecutive_failures, use_batch=not no_batch)
+                         max_consecutive_failures=max_consecutive_failures, use_batch=not no_batch,
+                         database_outage_s=current_app.config["OFFERS_DATABASE_OUTAGE_S"])
     stop = threading.Event()
 
     def request_stop(signum, _frame):

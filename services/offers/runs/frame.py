@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
+from services.db import through_outage
 from services.errors import CourierError, UpstreamTimeout, UpstreamUnavailable
 from services.logs import request_id_var
 from services.offers.features.input import read_header
@@ -182,13 +183,19 @@ def run_frame(sessions: sessionmaker, partner: PartnerConfig, options: RunOption
                 failure = Failure(RunFailure.LEASE_LOST, "another process took over this run (its heartbeat had "
                                                          "stopped); its outcome is theirs")
             status = RunStatus.FAILED if failure else (RunStatus.INTERRUPTED if scored.interrupted else None)
-            with sessions() as session, session.begin():
-                run = session.get(OfferRun, run_id, with_for_update=executor.lock_run_to_finish)
-                if run.lease_owner == owner:  # never overwrite the status of a process that took over
-                    finalise_run(session, run, status=status, rows_read=scan.rows_read,
-                                 rejected=scan.rejected.as_dict(), step_metrics=scored.step_metrics,
-                                 error=failure.message if failure else None, timeline=scored.timeline)
-            executor.finished(context, status)
+
+            def finish() -> OfferRun:
+                with sessions() as session, session.begin():
+                    run = session.get(OfferRun, run_id, with_for_update=executor.lock_run_to_finish)
+                    if run.lease_owner == owner:  # never overwrite the status of a process that took over
+                        finalise_run(session, run, status=status, rows_read=scan.rows_read,
+                                     rejected=scan.rejected.as_dict(), step_metrics=scored.step_metrics,
+                                     error=failure.message if failure else None, timeline=scored.timeline)
+                    return run
+
+            run = through_outage(finish, options.database_outage_s, what="finishing the offers run")
+            through_outage(lambda: executor.finished(context, status), options.database_outage_s,
+                           what="finishing the offers run")
             count_run(run, scored.step_metrics, already=already)
             if failure:
                 log.error("offers run failed", extra={"run_id": run_id, "error": failure.message,

@@ -38,6 +38,7 @@ class RunOptions:
     resume_run_id: int | None = None
     max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES
     use_batch: bool = True
+    database_outage_s: float = 60.0  # how long the run waits out an unreachable database before it stops
 
 
 def file_sha256(path: str | Path) -> str:

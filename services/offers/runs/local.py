@@ -73,7 +73,8 @@ class LocalExecutor:
         if context.progress_start:
             context.progress_start(max(0, scan.members + scan.skipped_members - len(done)))
         writer = ResultWriter(context.sessions, context.run_id, steps["record"], context.progress,
-                              on_error=context.stop.set, already_recorded=len(done))
+                              on_error=context.stop.set, already_recorded=len(done),
+                              outage_s=options.database_outage_s)
         writer.start()
         emitter = OutcomeEmitter(writer, steps)
         scoring_started = time.perf_counter()

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import sessionmaker
 
+from services.db import through_outage
 from services.offers.runs.recording import MemberOutcome, insert_outcomes
 from services.offers.runs.stats import StepStats, Timeline
 
@@ -30,7 +31,7 @@ class ResultWriter(threading.Thread):
 
     def __init__(self, sessions: sessionmaker, run_id: int, step: StepStats,
                  progress: Callable[[int], None] | None, on_error: Callable[[], None] | None = None,
-                 already_recorded: int = 0) -> None:
+                 already_recorded: int = 0, outage_s: float = 0.0) -> None:
         super().__init__(name="offers-writer", daemon=True)
         self.context = contextvars.copy_context()  # log lines of this thread carry the run's id
         self.on_error = on_error
@@ -44,13 +45,19 @@ class ResultWriter(threading.Thread):
         self._first_started: float | None = None
         self._created = time.perf_counter()
         self.timeline = Timeline(already_recorded)
+        self.outage_s = outage_s
 
     def _flush(self, batch: list[MemberOutcome]) -> None:
         if not batch:
             return
         started = time.perf_counter()
-        with self.sessions() as session, session.begin():
-            insert_outcomes(session, self.run_id, batch)
+
+        def insert() -> None:
+            with self.sessions() as session, session.begin():
+                insert_outcomes(session, self.run_id, batch)
+
+        # A database restart mid-run is waited out (scoring goes on into the bounded queue meanwhile).
+        through_outage(insert, self.outage_s, what="writing offer results")
         ended = time.perf_counter()
         self.step.add((ended - started) * 1000 / len(batch), len(batch))  # each member's share of the write
         if self._first_started is None:

@@ -41,9 +41,11 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import sessionmaker
 
+from services.db import through_outage
 from services.offers.features.scan import FeatureScan
 from services.offers.partners.config import PartnerConfig
 from services.offers.runs.distributed.chunks import (
+    ChunkProgress,
     chunk_members,
     chunk_progress,
     chunk_stats,
@@ -63,7 +65,7 @@ from services.offers.runs.lifecycle import RunOptions
 from services.offers.runs.recording import MemberOutcome, insert_outcomes
 from services.offers.runs.stats import RetryTally, StepStats, Timeline
 from services.offers.statuses import MemberStatus
-from services.tables import OfferRun
+from services.tables import OfferRun, OfferRunChunk
 
 log = logging.getLogger("courier.offers.distributed")
 
@@ -195,19 +197,27 @@ class DistributedExecutor:
                 break
             if chunk_no in existing and chunk_no not in redo:
                 continue
-            with sessions() as session, session.begin():
-                if chunk_no not in existing:
-                    store_chunk(session, run_id, chunk_no, rows)
-            _send(sessions, self.queue, run_id, chunk_no, job)
+
+            def store_and_send(chunk_no: int = chunk_no, rows: list[dict[str, Any]] = rows) -> None:
+                with sessions() as session, session.begin():
+                    # Stored by an attempt whose commit the outage hid from us: not again.
+                    if chunk_no not in existing and session.get(OfferRunChunk, (run_id, chunk_no)) is None:
+                        store_chunk(session, run_id, chunk_no, rows)
+                _send(sessions, self.queue, run_id, chunk_no, job)
+                if skipped:
+                    _write_skipped(sessions, run_id, skipped, context.progress, timeline, scoring_started)
+
+            through_outage(store_and_send, options.database_outage_s, what="storing and queueing chunks")
             queued += 1
-            if skipped:
-                _write_skipped(sessions, run_id, skipped, context.progress, timeline, scoring_started)
-        _write_skipped(sessions, run_id, skipped, context.progress, timeline, scoring_started)
+        through_outage(lambda: _write_skipped(sessions, run_id, skipped, context.progress, timeline, scoring_started),
+                       options.database_outage_s, what="recording skipped members")
         self.note(f"  queued {queued} chunk(s) of up to {chunk_size} members; waiting for workers")
         failure, interrupted = _follow(sessions, run_id, self.settings, context.stop, context.progress, self.note,
                                        timeline, scoring_started, baseline,
-                                       _Requeue(sessions, run_id, self.queue, job))
-        step_metrics, retries = _merged_steps(sessions, run_id, scan_steps, time.perf_counter() - scoring_started)
+                                       _Requeue(sessions, run_id, self.queue, job), options.database_outage_s)
+        span_s = time.perf_counter() - scoring_started
+        step_metrics, retries = through_outage(lambda: _merged_steps(sessions, run_id, scan_steps, span_s),
+                                               options.database_outage_s, what="merging the chunks' statistics")
         return Scored(step_metrics, retries, failure=failure, interrupted=interrupted, timeline=timeline.points())
 
 
@@ -293,15 +303,24 @@ class _Requeue:
 
 def _follow(sessions: sessionmaker, run_id: int, settings: DistributedSettings, stop: threading.Event,
             progress: Callable[[int], None] | None, note: Callable[[str], None], timeline: Timeline,
-            scoring_started: float, baseline: int, requeue: _Requeue) -> tuple[Failure | None, bool]:
-    """Poll the chunk table until the run ends; feed progress and the timeline from chunk completions."""
+            scoring_started: float, baseline: int, requeue: _Requeue,
+            outage_s: float = 0.0) -> tuple[Failure | None, bool]:
+    """Poll the chunk table until the run ends; feed progress and the timeline from chunk completions.
+
+    A database that cannot be reached (a PostgreSQL restart) is waited out for ``outage_s`` at each
+    step; the workers' chunks meanwhile wait or retry on their side. It used to end the coordinator
+    at once, with the run left ``running``."""
+
+    def progress_now() -> ChunkProgress:
+        with sessions() as session:
+            return chunk_progress(session, run_id)
+
     reported = 0
     last_state = None
     last_change = last_lost_check = last_silent_check = time.monotonic()
     noted_idle = False
     while True:
-        with sessions() as session:
-            state = chunk_progress(session, run_id)
+        state = through_outage(progress_now, outage_s, what="following the run's chunks")
         newly = state.members_done - baseline - reported
         if newly > 0:
             reported += newly
@@ -327,11 +346,12 @@ def _follow(sessions: sessionmaker, run_id: int, settings: DistributedSettings, 
                            + "are workers running? (`celery -A wsgi:celery_app worker`)"), False
         elif now - max(last_change, last_lost_check) > settings.lost_after_s:
             last_lost_check = now
-            if requeue(note):
+            if through_outage(lambda: requeue(note), outage_s, what="queueing lost chunks again"):
                 last_change = now  # the requeued chunks get a full stall time
         if state.running and now - last_silent_check >= SILENT_CHECK_S:
             last_silent_check = now
-            if requeue.silent_claims(settings.silent_s, note):
+            if through_outage(lambda: requeue.silent_claims(settings.silent_s, note), outage_s,
+                              what="taking back silent chunk claims"):
                 last_change = now
         if not noted_idle and state.last_change is None and now - last_change > NO_WORKER_NOTE_S:
             noted_idle = True
