@@ -187,6 +187,26 @@ def test_attempts_are_counted_when_claimed_and_bounded(db_session):
     assert progress.failed == 1 and progress.first_failure[0] == 0
 
 
+def test_chunk_inputs_are_dropped_when_done_and_a_copy_without_them_is_refused(db_session):
+    """Gap: chunk inputs were never deleted (~50 MB after ~30 runs). A done chunk keeps none; a stale
+    copy claimed before a resume restored a chunk's rows is refused instead of recording no one."""
+    from services.offers.runs.distributed.chunks import drop_rows, restore_rows
+
+    run = new_run(db_session)
+    store_chunk(db_session, run.id, 0, [{"member_id": "a"}])
+    store_chunk(db_session, run.id, 1, [{"member_id": "b"}])
+    claim_chunk(db_session, run.id, 0, "w1", max_attempts=3)
+    assert commit_chunk(db_session, run.id, 0, [outcome("a")], {"members": 1, "failed": 0}) is Commit.COMMITTED
+    db_session.expire_all()
+    assert db_session.get(OfferRunChunk, (run.id, 0)).rows == []
+    drop_rows(db_session, run.id)  # the run ended (interrupted) with chunk 1 pending
+    db_session.expire_all()
+    assert claim_chunk(db_session, run.id, 1, "stale", max_attempts=3) is ClaimRefused.NO_ROWS
+    restore_rows(db_session, run.id, 1, [{"member_id": "b"}])  # the resume puts them back, then sends
+    claimed = claim_chunk(db_session, run.id, 1, "w2", max_attempts=3)
+    assert isinstance(claimed, ClaimedChunk) and claimed.rows == [{"member_id": "b"}]
+
+
 def test_resume_reopens_unfinished_chunks_and_chunks_with_failed_members(db_session):
     run = new_run(db_session)
     for n in range(4):
@@ -403,7 +423,7 @@ def test_rest_shows_a_running_runs_counts_so_far_and_its_chunks(client, sessions
     """Gap: GET /api/v1/offer-runs/<id> showed members_scored 0 until the end. One worker, chunks of
     100: the third chunk's partner call waits (an event) while the test reads the run."""
     config = module_partner.config(batch=True)
-    calls, third_call, release = [], threading.Event(), threading.Event()
+    calls, third_call, release, all_queued = [], threading.Event(), threading.Event(), threading.Event()
 
     def hold_the_third_chunk(body):
         calls.append(1)
@@ -415,9 +435,10 @@ def test_rest_shows_a_running_runs_counts_so_far_and_its_chunks(client, sessions
     queue = ThreadQueue(sessions, config, workers=1)
     with ThreadPoolExecutor(1) as coordinator:
         running = coordinator.submit(run_distributed, sessions, config, options(), queue,
-                                     DistributedSettings(chunk_size=100, stall_s=60))
+                                     DistributedSettings(chunk_size=100, stall_s=60),
+                                     note=lambda line: line.startswith("  queued") and all_queued.set())
         try:
-            assert third_call.wait(30)
+            assert third_call.wait(30) and all_queued.wait(30)  # every chunk stored, the third one in hand
             with sessions() as session:
                 run_id = session.scalar(select(func.max(OfferRun.id)))
                 scored = session.scalar(select(func.count()).select_from(OfferResult).where(

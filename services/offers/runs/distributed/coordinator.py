@@ -50,9 +50,11 @@ from services.offers.runs.distributed.chunks import (
     chunk_progress,
     chunk_stats,
     cut_chunks,
+    drop_rows,
     mark_queued,
     pending_task_ids,
     reopen_for_resume,
+    restore_rows,
     store_chunk,
     stored_chunks,
     take_back_silent_claims,
@@ -160,10 +162,9 @@ class DistributedExecutor:
         self.queue.check()  # before any work: DistributedUnavailable names the URL and the setting
 
     def finished(self, context: RunContext, status: str | None) -> None:
-        if status is None:
-            return
-        with context.sessions() as session:
-            leftover = pending_task_ids(session, context.run_id)
+        with context.sessions() as session, session.begin():
+            leftover = pending_task_ids(session, context.run_id) if status is not None else []
+            drop_rows(session, context.run_id)
         if leftover:
             self.queue.revoke(leftover)
 
@@ -200,8 +201,10 @@ class DistributedExecutor:
 
             def store_and_send(chunk_no: int = chunk_no, rows: list[dict[str, Any]] = rows) -> None:
                 with sessions() as session, session.begin():
+                    if chunk_no in existing:  # sent again by a resume: its rows were dropped when the run ended
+                        restore_rows(session, run_id, chunk_no, rows)
                     # Stored by an attempt whose commit the outage hid from us: not again.
-                    if chunk_no not in existing and session.get(OfferRunChunk, (run_id, chunk_no)) is None:
+                    elif session.get(OfferRunChunk, (run_id, chunk_no)) is None:
                         store_chunk(session, run_id, chunk_no, rows)
                 _send(sessions, self.queue, run_id, chunk_no, job)
                 if skipped:
