@@ -7,8 +7,11 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import NoReturn
 
 import click
 from flask import current_app
@@ -19,7 +22,7 @@ from cli.db import require_migrated
 from services.errors import CourierError
 from services.offers.features.input import InputError
 from services.offers.partners.client import PartnerClient
-from services.offers.partners.config import PartnerConfigError
+from services.offers.partners.config import PartnerConfig, PartnerConfigError
 from services.offers.partners.registry import load_registry
 from services.offers.runs.distributed.celery_app import display_url
 from services.offers.runs.distributed.coordinator import DistributedUnavailable
@@ -47,7 +50,7 @@ def _flask_program() -> str:
     return relative if not relative.startswith("..") else program
 
 
-def _usage_error(message: str) -> None:
+def _usage_error(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     raise SystemExit(2)
 
@@ -174,22 +177,61 @@ def _print_summary(report) -> None:
 def run_offers_command(input_path, partner, as_of, output, concurrency, no_batch, max_consecutive_failures,
                        resume_run_id, distributed, chunk_size) -> None:
     runtime = current_app.extensions["courier"]
+    _check_usage(runtime, distributed, chunk_size, output)
+    options, config = _run_options(runtime, input_path, partner, _as_of_date(as_of), concurrency, no_batch,
+                                   max_consecutive_failures, resume_run_id)
+    queue = _checked_queue() if distributed else None
+    click.echo(_scoring_line(config, options, no_batch, distributed), err=True)
+    progress = _Progress()
+    try:
+        with _stop_on_signals() as stop:
+            if queue is not None:
+                report = _run_distributed(runtime, queue, config, options, chunk_size, progress, stop)
+            else:
+                report = run_offers(runtime.session_factory, config, options, progress_start=progress.start,
+                                    progress=progress.advance, stop=stop, on_retry=_RetryReporter(progress))
+    except (InputError, ResumeError, DistributedUnavailable) as exc:
+        _usage_error(str(exc))
+    finally:
+        progress.close()
+    _print_summary(report)
+    if output:
+        with runtime.session() as session:
+            summary = write_output(session, report.run, output)
+        click.echo(f"\nwrote {output} and {summary}")
+    _print_hints(report, config, input_path, distributed)
+    raise SystemExit(EXIT_CODES.get(report.run.status, 1))
+
+
+def _check_usage(runtime, distributed: bool, chunk_size: int | None, output: str | None) -> None:
+    """Refusals before any work (exit 2)."""
     if distributed and runtime.engine.dialect.name == "sqlite":
         _usage_error("--distributed needs a database every worker shares: set COURIER_DATABASE_URL to "
                      "PostgreSQL (postgresql://user:password@host/db); SQLite is one machine's file")
     if chunk_size is not None and not distributed:
         _usage_error("--chunk-size applies to --distributed runs only")
     require_migrated(runtime.engine)
-    registry = _registry()
     if output and Path(output).suffix.lower() not in OUTPUT_SUFFIXES:
         _usage_error(f"--output {output}: unsupported format {Path(output).suffix or '(no extension)'}; "
                      f"use one of {', '.join(OUTPUT_SUFFIXES)}")
-    as_of_date: date | None = None
-    if as_of:
-        try:
-            as_of_date = date.fromisoformat(as_of)
-        except ValueError:
-            _usage_error(f"--as-of {as_of!r}: expected YYYY-MM-DD")
+
+
+def _as_of_date(as_of: str | None) -> date | None:
+    if not as_of:
+        return None
+    try:
+        return date.fromisoformat(as_of)
+    except ValueError:
+        _usage_error(f"--as-of {as_of!r}: expected YYYY-MM-DD")
+
+
+def _run_options(runtime, input_path: str, partner: str | None, as_of_date: date | None, concurrency: int | None,
+                 no_batch: bool, max_consecutive_failures: int | None,
+                 resume_run_id: int | None) -> tuple[RunOptions, PartnerConfig]:
+    """The run's options and its partner, from the command line and the settings (a resume keeps the
+    run's own partner and date); a partner that is unknown or lacks a secret is a usage error."""
+    registry = _registry()
+    cfg = current_app.config
     run_date: date
     if resume_run_id is not None:
         try:
@@ -197,7 +239,7 @@ def run_offers_command(input_path, partner, as_of, output, concurrency, no_batch
         except ResumeError as exc:
             _usage_error(f"--resume {resume_run_id}: {exc}")
     else:
-        partner = partner or current_app.config["OFFERS_DEFAULT_PARTNER"]
+        partner = partner or cfg["OFFERS_DEFAULT_PARTNER"]
         run_date = as_of_date or datetime.now(UTC).date()
     try:
         config = registry.get(partner)
@@ -207,63 +249,63 @@ def run_offers_command(input_path, partner, as_of, output, concurrency, no_batch
     except PartnerConfigError as exc:
         _usage_error(str(exc))
     if max_consecutive_failures is None:
-        max_consecutive_failures = current_app.config["OFFERS_MAX_CONSECUTIVE_FAILURES"]
+        max_consecutive_failures = cfg["OFFERS_MAX_CONSECUTIVE_FAILURES"]
     options = RunOptions(input_path=input_path, partner=partner, as_of=run_date,
                          concurrency=concurrency or config.max_concurrency, resume_run_id=resume_run_id,
                          max_consecutive_failures=max_consecutive_failures, use_batch=not no_batch,
-                         database_outage_s=current_app.config["OFFERS_DATABASE_OUTAGE_S"])
-    stop = threading.Event()
+                         database_outage_s=cfg["OFFERS_DATABASE_OUTAGE_S"])
+    return options, config
 
-    def request_stop(signum, _frame):
-        if stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop waiting for members in flight
-        stop.set()
 
-    # Ctrl-C or a kill (TERM): stop taking members, let those in flight finish, record, exit 130.
-    previous_handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    queue = None
-    if distributed:
-        try:
-            queue = offers_capability().distributed.queue()
-            queue.check()  # before any work: exit 2 naming the broker URL and the setting
-        except DistributedUnavailable as exc:
-            _usage_error(str(exc))
-    progress = _Progress()
+def _checked_queue():
+    try:
+        queue = offers_capability().distributed.queue()
+        queue.check()  # before any work: exit 2 naming the broker URL and the setting
+    except DistributedUnavailable as exc:
+        _usage_error(str(exc))
+    return queue
+
+
+def _scoring_line(config: PartnerConfig, options: RunOptions, no_batch: bool, distributed: bool) -> str:
     batch = config.batch if not no_batch else None
     mode = (f"batches of {batch.max_size}, {batch.concurrency} in flight" if batch
             else f"one call per member, {options.concurrency} in flight")
     if distributed:
         mode += f", on Celery workers (broker {display_url(current_app.config['CELERY_BROKER_URL'])})"
-    click.echo(f"scoring {input_path} on partner {partner} ({config.display_url}), as of {run_date}, {mode}"
-               + (f", resuming run {resume_run_id}" if resume_run_id else ""), err=True)
+    return (f"scoring {options.input_path} on partner {options.partner} ({config.display_url}), as of "
+            f"{options.as_of}, {mode}" + (f", resuming run {options.resume_run_id}" if options.resume_run_id else ""))
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """Ctrl-C or a kill (TERM): stop taking members, let those in flight finish, record, exit 130;
+    a second Ctrl-C stops waiting for members in flight."""
+    stop = threading.Event()
+
+    def request_stop(signum, _frame):
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous_handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        if distributed:
-            report = _run_distributed(runtime, queue, config, options, chunk_size, progress, stop)
-        else:
-            report = run_offers(runtime.session_factory, config, options, progress_start=progress.start,
-                                progress=progress.advance, stop=stop, on_retry=_RetryReporter(progress))
-    except (InputError, ResumeError, DistributedUnavailable) as exc:
-        _usage_error(str(exc))
+        yield stop
     finally:
-        progress.close()
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
-    _print_summary(report)
-    if output:
-        with runtime.session() as session:
-            summary = write_output(session, report.run, output)
-        click.echo(f"\nwrote {output} and {summary}")
-    status = report.run.status
+
+
+def _print_hints(report, config: PartnerConfig, input_path: str, distributed: bool) -> None:
     if report.failure is not None and report.failure.kind == RunFailure.PARTNER_DOWN:
         click.echo(f"hint: is the partner up at {config.display_url}? The bundled reference partner is this "
                    "service itself: start it (`make run`), or set COURIER_SERVICE_URL (or COURIER_BIND) to "
                    "where it listens.", err=True)
+    status = report.run.status
     if status != RunStatus.SUCCEEDED:
         flag = " --distributed" if distributed else ""
         click.echo(f"run {report.run.id} {status}: resume with `{_flask_program()} run-offers --input {input_path} "
                    f"--partner {report.run.partner} --as-of {report.run.as_of}{flag} --resume {report.run.id}`",
                    err=True)
-    raise SystemExit(EXIT_CODES.get(status, 1))
 
 
 def _run_distributed(runtime, queue, config, options, chunk_size, progress, stop):
