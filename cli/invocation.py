@@ -22,6 +22,7 @@ from flask.cli import ScriptInfo
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from services.db import driver_reason
 from services.logs import request_id_var
 
 _WRAPPED = "courier_invocation_wrapped"
@@ -54,7 +55,7 @@ def _wrapped(callback: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _explain(exc: OperationalError | InterfaceError) -> str:
-    reason = (str(exc.orig) if exc.orig is not None else str(exc)).strip().splitlines()[0]
+    reason = driver_reason(exc)
     app = click.get_current_context().ensure_object(ScriptInfo).load_app()
     url = make_url(app.config["DATABASE_URL"]).render_as_string(hide_password=True)
     try:  # can we reach it at all? (a missing table is an OperationalError too)

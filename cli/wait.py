@@ -12,8 +12,8 @@ from collections.abc import Callable
 import click
 from flask import current_app
 from flask.cli import with_appcontext
-from sqlalchemy import text
 
+from services.db import ping
 from services.migrations import database_readiness
 from services.waiting import Check, wait_for
 
@@ -26,8 +26,7 @@ def _database() -> Check:
     engine = current_app.extensions["courier"].engine
 
     def check() -> str | None:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
+        ping(engine)  # raises while the database cannot be reached
         return None
 
     return check

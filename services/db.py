@@ -59,6 +59,13 @@ def ping(engine: Engine) -> None:
         conn.execute(text("SELECT 1"))
 
 
+def driver_reason(exc: BaseException) -> str:
+    """The first line of a database error's own message: SQLAlchemy wraps the driver's error (``orig``),
+    whose message runs to several lines (and the wrapper's adds SQL and a link)."""
+    cause = getattr(exc, "orig", None) or exc
+    return (str(cause).strip().splitlines() or [""])[0]
+
+
 def through_outage(work: Callable[[], T], budget_s: float, *, what: str,
                    sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> T:
     """``work()``, called again while the database cannot be reached, for up to ``budget_s`` seconds.
@@ -78,9 +85,8 @@ def through_outage(work: Callable[[], T], budget_s: float, *, what: str,
             now = clock()
             if started is None:
                 started = now
-                reason = (str(exc.orig or exc).strip().splitlines() or [""])[0]
                 log.warning("database unreachable; waiting for it", extra={"what": what, "budget_s": budget_s,
-                                                                            "error": reason})
+                                                                            "error": driver_reason(exc)})
             if now - started >= budget_s:
                 raise
             sleep(min(delay, budget_s - (now - started)))

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from services.db import driver_reason
+
 # A check returns None when its dependency is ready, else a short reason; raising counts as a reason.
 Check = Callable[[], str | None]
 
@@ -27,7 +29,7 @@ def reason_of(exc: BaseException) -> str:
     """One line for an exception: its type and the first line of its message (a driver's error can
     run to several lines)."""
     cause = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the driver's error
-    first_line = (str(cause).strip().splitlines() or [""])[0]
+    first_line = driver_reason(exc)
     return f"{type(cause).__name__}: {first_line}" if first_line else type(cause).__name__
 
 

@@ -7,12 +7,19 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.errors import InvalidRequest, NotFound
 from services.offers.runs.distributed.chunks import chunk_progress
-from services.offers.runs.recording import iter_csv, iter_results, result_record, run_record
+from services.offers.runs.recording import (
+    iter_csv,
+    iter_results,
+    members_by_status,
+    offers_recorded,
+    result_record,
+    run_record,
+)
 from services.offers.statuses import MemberStatus, RunStatus
 from services.tables import OfferResult, OfferRun
 
@@ -51,16 +58,12 @@ def live_values(session: Session, run: OfferRun) -> dict[str, Any]:
     run's chunks (two small aggregate queries on indexed columns)."""
     live: dict[str, Any] = {}
     if run.status == RunStatus.RUNNING:
-        by_status = dict(session.execute(select(OfferResult.status, func.count()).where(OfferResult.run_id == run.id)
-                                         .group_by(OfferResult.status)).all())
+        by_status = members_by_status(session, run.id)
         live.update(members_total=sum(by_status.values()),
                     members_scored=by_status.get(MemberStatus.SCORED, 0),
                     members_skipped=by_status.get(MemberStatus.SKIPPED, 0),
                     members_failed=by_status.get(MemberStatus.FAILED, 0),
-                    offers=dict(sorted(session.execute(
-                        select(OfferResult.offer, func.count()).where(OfferResult.run_id == run.id,
-                                                                      OfferResult.offer.is_not(None))
-                        .group_by(OfferResult.offer)).all())))
+                    offers=offers_recorded(session, run.id))
     if run.mode == "distributed":
         chunks = chunk_progress(session, run.id)
         live["chunks"] = {"total": chunks.total, "done": chunks.done, "running": chunks.running,

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
 from services.db import through_outage
@@ -35,11 +34,11 @@ from services.offers.features.scan import FeatureScan, scan_features
 from services.offers.partners.config import PartnerConfig
 from services.offers.runs.lease import Heartbeat, new_owner
 from services.offers.runs.lifecycle import RunOptions, count_run, file_sha256, open_run
-from services.offers.runs.recording import finalise_run
+from services.offers.runs.recording import finalise_run, members_by_status
 from services.offers.runs.scoring import ping_partner
 from services.offers.runs.stats import RetryTally, StepStats
 from services.offers.statuses import RunStatus
-from services.tables import OfferResult, OfferRun
+from services.tables import OfferRun
 
 log = logging.getLogger("courier.offers")
 
@@ -133,13 +132,6 @@ def ping(partner: PartnerConfig) -> Failure | None:
     return None
 
 
-def recorded_by_status(sessions: sessionmaker, run_id: int) -> dict[str, int]:
-    """Members recorded so far by status: a resumed run's metrics count only what this attempt adds."""
-    with sessions() as session:
-        return dict(session.execute(select(OfferResult.status, func.count()).where(OfferResult.run_id == run_id)
-                                    .group_by(OfferResult.status)).all())
-
-
 def run_frame(sessions: sessionmaker, partner: PartnerConfig, options: RunOptions, executor: Executor, *,
               progress_start: Callable[[int], None] | None = None, progress: Callable[[int], None] | None = None,
               stop: threading.Event | None = None) -> RunReport:
@@ -164,7 +156,8 @@ def run_frame(sessions: sessionmaker, partner: PartnerConfig, options: RunOption
 
         owner = new_owner()
         run_id, done = open_run(sessions, options, sha, owner, mode=executor.mode, chunk_size=executor.chunk_size)
-        already = recorded_by_status(sessions, run_id)
+        with sessions() as session:  # a resumed run's metrics count only what this attempt adds
+            already = members_by_status(session, run_id)
         # Every log line of the run from here on, and every partner call, carries the run's id.
         run_log_id = request_id_var.set(f"run-{run_id}")
         heartbeat = Heartbeat(sessions, run_id, owner, on_lost=stop.set)

@@ -105,6 +105,19 @@ def insert_outcomes(session: Session, run_id: int, outcomes: list[MemberOutcome]
 RUN_STATUSES = tuple(s.value for s in RunStatus if s is not RunStatus.ABANDONED)
 
 
+def members_by_status(session: Session, run_id: int) -> dict[str, int]:
+    """A run's recorded members by status (scored, skipped, failed)."""
+    return dict(session.execute(select(OfferResult.status, func.count()).where(OfferResult.run_id == run_id)
+                                .group_by(OfferResult.status)).all())
+
+
+def offers_recorded(session: Session, run_id: int) -> dict[str, int]:
+    """A run's recorded members per offer, by offer name."""
+    counts: dict[str, int] = dict(session.execute(select(OfferResult.offer, func.count()).where(  # type: ignore[arg-type]
+        OfferResult.run_id == run_id, OfferResult.offer.is_not(None)).group_by(OfferResult.offer)).all())
+    return dict(sorted(counts.items()))
+
+
 def finalise_run(session: Session, run: OfferRun, *, status: str | None, rows_read: int, rejected: dict,
                  step_metrics: dict, error: str | None = None, timeline: list | None = None) -> OfferRun:
     """Counts come from the stored results, so a resumed run counts every member exactly once.
@@ -112,10 +125,7 @@ def finalise_run(session: Session, run: OfferRun, *, status: str | None, rows_re
     ``status`` None means the run went through: ``succeeded`` if no member failed, else
     ``completed_with_failures``.
     """
-    by_status = dict(session.execute(select(OfferResult.status, func.count()).where(OfferResult.run_id == run.id)
-                                     .group_by(OfferResult.status)).all())
-    offers = dict(session.execute(select(OfferResult.offer, func.count()).where(
-        OfferResult.run_id == run.id, OfferResult.offer.is_not(None)).group_by(OfferResult.offer)).all())
+    by_status = members_by_status(session, run.id)
     if status is None:
         status = RunStatus.COMPLETED_WITH_FAILURES if by_status.get(MemberStatus.FAILED, 0) else RunStatus.SUCCEEDED
     run.status = str(status)  # the plain word: drivers may dump an Enum by its name
@@ -127,7 +137,7 @@ def finalise_run(session: Session, run: OfferRun, *, status: str | None, rows_re
     run.members_skipped = by_status.get(MemberStatus.SKIPPED, 0)
     run.members_failed = by_status.get(MemberStatus.FAILED, 0)
     run.members_total = sum(by_status.values())
-    run.offers = dict(sorted(offers.items()))
+    run.offers = offers_recorded(session, run.id)
     run.step_metrics = step_metrics
     run.error = error
     if timeline is not None:
