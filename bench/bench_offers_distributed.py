@@ -55,6 +55,39 @@ def run_command(env: dict, path: Path, distributed: bool, chunk_size: int, no_ba
     return {"wall": wall, "exit": proc.returncode, "cpu": float(usage[0]) + float(usage[1])}
 
 
+def hand_out_only(env: dict, path: Path, chunk_size: int, url: str) -> dict:
+    """The coordinator alone (no worker running): reading the input, computing features, storing
+    and queueing every chunk, timed from the run's start (and from process start) to its last chunk
+    queued; then Ctrl-C ends the run (``interrupted``)."""
+    import signal
+
+    from sqlalchemy import create_engine, text
+
+    cmd = [str(BIN / "flask"), "--app", "wsgi", "run-offers", "--input", str(path), "--as-of", "2024-01-05",
+           "--distributed", "--chunk-size", str(chunk_size)]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    queued_after = None
+    for line in proc.stdout:  # type: ignore[union-attr]
+        if "waiting for workers" in line:
+            queued_after = time.perf_counter() - started
+            break
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        members, span, loop_span, first = conn.execute(text(
+            "SELECT sum(c.members), EXTRACT(EPOCH FROM max(c.queued_at) - r.started_at), "
+            "EXTRACT(EPOCH FROM max(c.queued_at) - min(c.queued_at)), "
+            "(SELECT members FROM offer_run_chunks WHERE run_id = r.id AND chunk_no = 0) FROM offer_run_chunks c "
+            "JOIN offer_runs r ON r.id = c.run_id WHERE r.id = (SELECT max(id) FROM offer_runs) "
+            "GROUP BY r.id, r.started_at")).one()
+    engine.dispose()
+    # The loop alone: from the first chunk queued to the last, the members of every chunk but the first.
+    return {"members": int(members), "span": float(span), "process_span": queued_after,
+            "loop_rate": (int(members) - int(first)) / float(loop_span)}
+
+
 def last_run(url: str) -> tuple[dict, list[tuple[float, float]]]:
     """The newest run and, per chunk, (scoring seconds, queue wait seconds)."""
     from sqlalchemy import create_engine, text
@@ -97,6 +130,7 @@ def main() -> None:
             local = run_command(env, path, False, args.chunk_size, args.no_batch)
             run, _ = last_run(url)
             rows = [("local (baseline)", local, run, [], None)]
+            hand_out = hand_out_only(env, path, args.chunk_size, url)
             for count in [int(n) for n in args.workers.split(",")]:
                 workers = [CeleryWorker(f"bench{i}", env, tmp / f"worker{i}.log", python=str(BIN / "python"))
                            for i in range(count)]
@@ -128,6 +162,10 @@ def main() -> None:
         rss_col = f"{usage[1]:.0f}" if usage else "-"
         print(f"{label:<34} {run['status']:<10} {result['wall']:>7.2f} {rate:>10,.0f} {rate / base_rate:>8.2f}x "
               f"{chunk_col:>20} {wait_col:>21} {result['cpu']:>11.2f} {cpu_col:>16} {rss_col:>14}")
+    print(f"\ncoordinator alone (no workers): {hand_out['members']:,} members in chunks, all queued "
+          f"{hand_out['span']:.2f} s after the run started ({hand_out['members'] / hand_out['span']:,.0f} members/s: "
+          f"input, features, storing and queueing), {hand_out['process_span']:.2f} s after process start; "
+          f"storing and queueing alone (first chunk queued to last): {hand_out['loop_rate']:,.0f} members/s")
     if len(rows) > 1:
         mean_chunk = statistics.mean(c[0] for c in rows[-1][3]) if rows[-1][3] else float("nan")
         print(f"\nmean chunk scoring time ({rows[-1][0]}): {mean_chunk:.2f} s for up to {args.chunk_size:,} members")

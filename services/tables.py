@@ -17,9 +17,9 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
-    UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -111,14 +111,13 @@ class OfferResult(Base):
 
     __tablename__ = "offer_results"
     __table_args__ = (
-        UniqueConstraint("run_id", "member_id", name="uq_offer_results_run_member"),
         Index("ix_offer_results_run_status", "run_id", "status"),
         Index("ix_offer_results_run_offer", "run_id", "offer"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("offer_runs.id", ondelete="CASCADE"), nullable=False)
-    member_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    # One result per member and run, found by run and member: no surrogate key (see migration 0012).
+    run_id: Mapped[int] = mapped_column(ForeignKey("offer_runs.id", ondelete="CASCADE"), primary_key=True)
+    member_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     avg_points_bought: Mapped[float | None] = mapped_column(Float)
     avg_revenue_usd: Mapped[float | None] = mapped_column(Float)
     last_3_transactions_avg_points_bought: Mapped[float | None] = mapped_column(Float)
@@ -152,7 +151,9 @@ class OfferRunChunk(Base):
     chunk_no: Mapped[int] = mapped_column(Integer, primary_key=True)
     status: Mapped[str] = mapped_column(String(16), nullable=False)  # pending / running / done / failed
     members: Mapped[int] = mapped_column(Integer, nullable=False)
-    rows: Mapped[list] = mapped_column(JSON, nullable=False)  # [{"member_id": ..., FEATURE: value, ...}, ...]
+    # The members to score (member_id and features) as Arrow IPC; None once the chunk is done or its run
+    # ended (a resume restores it from the input).
+    inputs: Mapped[bytes | None] = mapped_column(LargeBinary)
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
     task_id: Mapped[str | None] = mapped_column(String(64))
     worker: Mapped[str | None] = mapped_column(String(200))

@@ -3,7 +3,7 @@
 Every other view of a result is derived from ``RESULT_FIELDS``: the export columns (CSV, JSON
 lines), the Parquet types, the REST schema (``blueprints/offers.py``) and the record the REST API
 returns. The ORM table (``services/tables.py``, changed only by migrations) is checked against it
-by ``tests/services/test_result_shape.py``, so a field added here and not there fails the suite.
+by ``tests/services/offers/test_result_shape.py``, so a field added here and not there fails the suite.
 """
 
 from __future__ import annotations

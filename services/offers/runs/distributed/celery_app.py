@@ -166,8 +166,8 @@ class CeleryChunkQueue:
             raise DistributedUnavailable(f"cannot reach the Celery broker at {url} ({type(exc).__name__}: {exc}); "
                                          "start Redis or set COURIER_CELERY_BROKER_URL") from None
 
-    def enqueue(self, job: ChunkJob) -> str:
-        return self.distributed.task.apply_async(args=[job.as_message()]).id
+    def enqueue(self, job: ChunkJob, task_id: str) -> None:
+        self.distributed.task.apply_async(args=[job.as_message()], task_id=task_id)
 
     def held(self, task_ids: Collection[str]) -> set[str] | None:
         """Which of ``task_ids`` are in the default queue or delivered and unacknowledged (kombu's

@@ -21,12 +21,13 @@ transactions (each is one short transaction per chunk step).
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.orm import Session
@@ -34,6 +35,9 @@ from sqlalchemy.orm import Session
 from services.offers.runs.recording import MemberOutcome, insert_outcomes
 from services.offers.statuses import RunStatus
 from services.tables import OfferResult, OfferRun, OfferRunChunk, utcnow
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 class ChunkStatus(StrEnum):
@@ -56,9 +60,9 @@ class ClaimRefused(StrEnum):
     RUN_NOT_RUNNING = "run no longer running"
     NO_ATTEMPTS_LEFT = "no attempts left"
     MISSING = "no such chunk"
-    # A stale copy claimed after a resume reopened the run but before it restored the chunk's rows:
+    # A stale copy claimed after a resume reopened the run but before it restored the chunk's inputs:
     # scoring it would record the chunk done with no members. The resume sends its own copy.
-    NO_ROWS = "chunk inputs not restored yet"
+    NO_INPUTS = "chunk inputs not restored yet"
 
 
 @dataclass(frozen=True)
@@ -69,17 +73,47 @@ class ClaimedChunk:
     rows: list[dict[str, Any]]
 
 
-def cut_chunks(rows: Iterable[dict[str, Any]], chunk_size: int) -> Iterator[tuple[int, list[dict[str, Any]]]]:
-    """``(chunk_no, rows)`` of ``chunk_size`` rows each, in the order given (the scan's: deterministic)."""
-    chunk: list[dict[str, Any]] = []
-    number = 0
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) == chunk_size:
-            yield number, chunk
-            number, chunk = number + 1, []
-    if chunk:
-        yield number, chunk
+def cut_frames(frames: Iterable[pl.DataFrame], chunk_size: int) -> Iterator[tuple[int, pl.DataFrame]]:
+    """``(chunk_no, members)`` of ``chunk_size`` members each, in the order given (the scan's:
+    deterministic, so a resume cuts the same chunks). A chunk may span two of the scan's partitions."""
+
+    held: list[pl.DataFrame] = []
+    count = number = 0
+    for frame in frames:
+        offset = 0
+        while offset < frame.height:
+            take = min(chunk_size - count, frame.height - offset)
+            held.append(frame.slice(offset, take))
+            count, offset = count + take, offset + take
+            if count == chunk_size:
+                yield number, _joined(held)
+                held, count, number = [], 0, number + 1
+    if count:
+        yield number, _joined(held)
+
+
+def _joined(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    import polars as pl
+
+    # Relaxed: a feature that is null throughout one partition has the Null type there.
+    return frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
+
+
+def encode_inputs(members: pl.DataFrame) -> bytes:
+    """A chunk's members as Arrow IPC (uncompressed: doubles barely compress, and lz4 cost as much as
+    the encoding itself). A chunk of 5,000 members is handed out in ~3 ms where the JSON rows it
+    replaces took ~70 ms to build, encode and store (bench/bench_chunk_io.py, PostgreSQL); dtypes and
+    nulls survive as they are."""
+    buffer = io.BytesIO()
+    members.write_ipc(buffer, compression="uncompressed")
+    return buffer.getvalue()
+
+
+def decode_inputs(inputs: bytes) -> list[dict[str, Any]]:
+    """The rows ``encode_inputs`` stored, as the scoring loop takes them."""
+    import polars as pl
+
+    return pl.read_ipc(io.BytesIO(inputs)).to_dicts()
 
 
 def stored_chunks(session: Session, run_id: int) -> dict[int, str]:
@@ -88,24 +122,29 @@ def stored_chunks(session: Session, run_id: int) -> dict[int, str]:
                                 .where(OfferRunChunk.run_id == run_id)).all())
 
 
-def store_chunk(session: Session, run_id: int, chunk_no: int, rows: list[dict[str, Any]]) -> None:
+def chunk_stored(session: Session, run_id: int, chunk_no: int) -> bool:
+    return session.scalar(select(OfferRunChunk.chunk_no).where(OfferRunChunk.run_id == run_id,
+                                                               OfferRunChunk.chunk_no == chunk_no)) is not None
+
+
+def store_chunk(session: Session, run_id: int, chunk_no: int, members: pl.DataFrame) -> None:
     session.add(OfferRunChunk(run_id=run_id, chunk_no=chunk_no, status=ChunkStatus.PENDING.value,
-                              members=len(rows), rows=rows, attempts=0))
+                              members=members.height, inputs=encode_inputs(members), attempts=0))
     session.flush()
 
 
-def restore_rows(session: Session, run_id: int, chunk_no: int, rows: list[dict[str, Any]]) -> None:
-    """Put a chunk's members back before it is scored again (a resume): the rows of a chunk are
-    dropped once it is done or its run ends (``drop_rows``), and the same input cuts the same rows."""
+def restore_inputs(session: Session, run_id: int, chunk_no: int, members: pl.DataFrame) -> None:
+    """Put a chunk's members back before it is scored again (a resume): the inputs of a chunk are
+    dropped once it is done or its run ends (``drop_inputs``), and the same input cuts the same chunk."""
     session.execute(update(OfferRunChunk).where(OfferRunChunk.run_id == run_id, OfferRunChunk.chunk_no == chunk_no)
-                    .values(rows=rows))
+                    .values(inputs=encode_inputs(members)))
 
 
-def drop_rows(session: Session, run_id: int) -> None:
+def drop_inputs(session: Session, run_id: int) -> None:
     """Chunk inputs are needed only until their chunk is done: an ended run keeps none (they were
     never deleted before: ~50 MB of JSON after ~30 runs of 100k members). A resume restores the
-    rows of the chunks it sends again from the input, which it reads anyway (same sha256)."""
-    session.execute(update(OfferRunChunk).where(OfferRunChunk.run_id == run_id).values(rows=[]))
+    inputs of the chunks it sends again from the input file, which it reads anyway (same sha256)."""
+    session.execute(update(OfferRunChunk).where(OfferRunChunk.run_id == run_id).values(inputs=None))
 
 
 def mark_queued(session: Session, run_id: int, chunk_no: int, task_id: str) -> None:
@@ -146,8 +185,8 @@ def claim_chunk(session: Session, run_id: int, chunk_no: int, worker: str,
         return ClaimRefused.RUN_NOT_RUNNING
     if chunk.status == ChunkStatus.FAILED:
         return ClaimRefused.NO_ATTEMPTS_LEFT
-    if chunk.members and not chunk.rows:
-        return ClaimRefused.NO_ROWS
+    if chunk.members and chunk.inputs is None:
+        return ClaimRefused.NO_INPUTS
     if chunk.attempts >= max_attempts:
         # Attempts are counted when claimed, so a chunk whose worker is killed every time (a poison
         # chunk) also ends here instead of being redelivered forever.
@@ -160,7 +199,7 @@ def claim_chunk(session: Session, run_id: int, chunk_no: int, worker: str,
     chunk.status = ChunkStatus.RUNNING.value
     chunk.worker = worker
     chunk.started_at = chunk.heartbeat_at = utcnow()
-    return ClaimedChunk(run_id, chunk_no, chunk.attempts, list(chunk.rows))
+    return ClaimedChunk(run_id, chunk_no, chunk.attempts, decode_inputs(chunk.inputs) if chunk.inputs else [])
 
 
 def beat_claim(session: Session, run_id: int, chunk_no: int, attempt: int) -> bool:
@@ -231,16 +270,21 @@ def commit_chunk(session: Session, run_id: int, chunk_no: int, outcomes: list[Me
                                                     OfferRunChunk.status == ChunkStatus.RUNNING)
                         .values(status=ChunkStatus.PENDING.value, error=f"not recorded: {Commit.RUN_STOPPED.value}"))
         return Commit.RUN_STOPPED
+    # Only a commit sets a chunk's stats: without them none of its members has a result to replace,
+    # and the delete (8-36 ms of 5,000 lookups) is skipped.
+    recorded_before = session.scalar(select(OfferRunChunk.stats).where(OfferRunChunk.run_id == run_id,
+                                                                       OfferRunChunk.chunk_no == chunk_no))
     moved = cast(CursorResult, session.execute(
         update(OfferRunChunk)
         .where(OfferRunChunk.run_id == run_id, OfferRunChunk.chunk_no == chunk_no,
                OfferRunChunk.status != ChunkStatus.DONE)
-        .values(status=ChunkStatus.DONE.value, stats=stats, error=None, rows=[]))).rowcount
+        .values(status=ChunkStatus.DONE.value, stats=stats, error=None, inputs=None))).rowcount
     if not moved:
         return Commit.DUPLICATE
     started = time.perf_counter()
-    members = [o.member_id for o in outcomes]
-    session.execute(delete(OfferResult).where(OfferResult.run_id == run_id, OfferResult.member_id.in_(members)))
+    if recorded_before:  # scored again by a resume (it had failed members): replace, never duplicate
+        members = [o.member_id for o in outcomes]
+        session.execute(delete(OfferResult).where(OfferResult.run_id == run_id, OfferResult.member_id.in_(members)))
     insert_outcomes(session, run_id, outcomes)
     session.execute(update(OfferRunChunk).where(OfferRunChunk.run_id == run_id, OfferRunChunk.chunk_no == chunk_no)
                     .values(stats={**stats, "record_s": round(time.perf_counter() - started, 4)},

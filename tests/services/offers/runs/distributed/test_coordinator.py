@@ -1,15 +1,15 @@
 """Distributed runs without a broker: chunking, idempotent chunk writes, and the coordinator driving
 in-process workers (threads running the real chunk task body). Runs everywhere (SQLite).
 
-The real thing (Redis, Celery worker processes, PostgreSQL, SIGKILL) is tests/services/test_distributed_celery.py.
+The real thing (Redis, Celery worker processes, PostgreSQL, SIGKILL) is test_celery_workers.py beside it.
 """
 
 import re
 import threading
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
 
+import polars as pl
 import pytest
 from sqlalchemy import func, select, update
 
@@ -23,9 +23,12 @@ from services.offers.runs.distributed.chunks import (
     chunk_progress,
     claim_chunk,
     commit_chunk,
-    cut_chunks,
+    cut_frames,
+    decode_inputs,
+    encode_inputs,
     record_attempt_error,
     reopen_for_resume,
+    restore_inputs,
     store_chunk,
     take_back_silent_claims,
 )
@@ -65,8 +68,7 @@ class ThreadQueue:
     def diagnose(self):
         return None
 
-    def enqueue(self, job):
-        task_id = uuid.uuid4().hex  # unique like Celery's: a resume revokes the ids of an earlier attempt
+    def enqueue(self, job, task_id):
         self.enqueued.append(job)
         self.in_flight.add(task_id)
         self.pool.submit(self._work, task_id, job).add_done_callback(lambda _: self.in_flight.discard(task_id))
@@ -106,13 +108,29 @@ def new_run(session):
 
 # --- chunking and idempotent writes -------------------------------------------------------------------
 
-def test_chunks_are_cut_in_order_and_the_last_one_is_short():
-    rows = [{"member_id": str(i)} for i in range(12)]
-    chunks = list(cut_chunks(rows, 5))
-    assert [(n, [r["member_id"] for r in c]) for n, c in chunks] == [
-        (0, ["0", "1", "2", "3", "4"]), (1, ["5", "6", "7", "8", "9"]), (2, ["10", "11"])]
-    assert list(cut_chunks(rows, 5)) == chunks  # the same input cuts the same way (resume relies on it)
-    assert list(cut_chunks([], 5)) == []
+def test_chunks_are_cut_in_order_across_partitions_and_the_last_one_is_short():
+    partitions = [pl.DataFrame({"member_id": [str(i) for i in span]}) for span in (range(0, 3), range(3, 11),
+                                                                                    range(11, 12))]
+    chunks = [(n, c["member_id"].to_list()) for n, c in cut_frames(partitions, 5)]
+    assert chunks == [(0, ["0", "1", "2", "3", "4"]), (1, ["5", "6", "7", "8", "9"]), (2, ["10", "11"])]
+    # the same input cuts the same way (resume relies on it)
+    assert [(n, c["member_id"].to_list()) for n, c in cut_frames(partitions, 5)] == chunks
+    assert list(cut_frames([], 5)) == [] and list(cut_frames([pl.DataFrame({"member_id": []})], 5)) == []
+
+
+def test_chunk_inputs_keep_their_values_types_and_nulls():
+    members = pl.DataFrame({"member_id": ["a", "b"], "AVG_REVENUE_USD": [1.5, None],
+                            "DAYS_SINCE_LAST_TRANSACTION": [3, 0]})
+    assert decode_inputs(encode_inputs(members)) == [
+        {"member_id": "a", "AVG_REVENUE_USD": 1.5, "DAYS_SINCE_LAST_TRANSACTION": 3},
+        {"member_id": "b", "AVG_REVENUE_USD": None, "DAYS_SINCE_LAST_TRANSACTION": 0}]
+
+
+def test_a_chunk_spanning_partitions_with_a_feature_null_in_one_of_them_is_one_frame():
+    first = pl.DataFrame({"member_id": ["a"], "AVG_REVENUE_USD": [None]})  # the Null type there
+    second = pl.DataFrame({"member_id": ["b"], "AVG_REVENUE_USD": [2.0]})
+    [(_, chunk)] = list(cut_frames([first, second], 5))
+    assert chunk.to_dicts() == [{"member_id": "a", "AVG_REVENUE_USD": None}, {"member_id": "b", "AVG_REVENUE_USD": 2.0}]
 
 
 def outcome(member_id, status=MemberStatus.SCORED):
@@ -121,7 +139,7 @@ def outcome(member_id, status=MemberStatus.SCORED):
 
 def test_a_chunk_committed_twice_is_recorded_once(db_session):
     run = new_run(db_session)
-    store_chunk(db_session, run.id, 0, [{"member_id": "a"}, {"member_id": "b"}])
+    store_chunk(db_session, run.id, 0, pl.DataFrame([{"member_id": "a"}, {"member_id": "b"}]))
     claimed = claim_chunk(db_session, run.id, 0, "w1", max_attempts=3)
     assert isinstance(claimed, ClaimedChunk) and claimed.attempt == 1
     assert commit_chunk(db_session, run.id, 0, [outcome("a"), outcome("b")], {"members": 2, "failed": 0}) \
@@ -134,6 +152,22 @@ def test_a_chunk_committed_twice_is_recorded_once(db_session):
     assert db_session.scalar(select(func.count()).select_from(OfferResult).where(OfferResult.run_id == run.id)) == 2
     chunk = db_session.get(OfferRunChunk, (run.id, 0))
     assert chunk.status == ChunkStatus.DONE and chunk.stats["record_s"] >= 0
+
+
+def test_a_chunk_scored_again_by_a_resume_replaces_its_members_results(db_session):
+    run = new_run(db_session)
+    store_chunk(db_session, run.id, 0, pl.DataFrame([{"member_id": "a"}, {"member_id": "b"}]))
+    claim_chunk(db_session, run.id, 0, "w1", max_attempts=3)
+    assert commit_chunk(db_session, run.id, 0, [outcome("a"), outcome("b", MemberStatus.FAILED)],
+                        {"members": 2, "failed": 1}) is Commit.COMMITTED
+    assert reopen_for_resume(db_session, run.id) == [0]
+    restore_inputs(db_session, run.id, 0, pl.DataFrame([{"member_id": "a"}, {"member_id": "b"}]))
+    claim_chunk(db_session, run.id, 0, "w2", max_attempts=3)
+    assert commit_chunk(db_session, run.id, 0, [outcome("a"), outcome("b")], {"members": 2, "failed": 0}) \
+        is Commit.COMMITTED
+    db_session.commit()
+    assert dict(db_session.execute(select(OfferResult.member_id, OfferResult.status)
+                                   .where(OfferResult.run_id == run.id)).all()) == {"a": "scored", "b": "scored"}
 
 
 def test_a_chunk_is_finished_once_its_results_are_written(db_session, monkeypatch):
@@ -152,7 +186,7 @@ def test_a_chunk_is_finished_once_its_results_are_written(db_session, monkeypatc
 
     monkeypatch.setattr(chunks, "insert_outcomes", insert_taking_five_seconds)
     run = new_run(db_session)
-    store_chunk(db_session, run.id, 0, [{"member_id": "a"}])
+    store_chunk(db_session, run.id, 0, pl.DataFrame([{"member_id": "a"}]))
     claim_chunk(db_session, run.id, 0, "w1", max_attempts=3)
     assert commit_chunk(db_session, run.id, 0, [outcome("a")], {"members": 1, "failed": 0}) is Commit.COMMITTED
     db_session.commit()
@@ -162,7 +196,7 @@ def test_a_chunk_is_finished_once_its_results_are_written(db_session, monkeypatc
 
 def test_a_chunk_is_not_committed_after_its_run_stopped_and_is_pending_again(db_session):
     run = new_run(db_session)
-    store_chunk(db_session, run.id, 0, [{"member_id": "a"}])
+    store_chunk(db_session, run.id, 0, pl.DataFrame([{"member_id": "a"}]))
     claim_chunk(db_session, run.id, 0, "w1", max_attempts=3)
     run.status = RunStatus.INTERRUPTED.value
     db_session.flush()
@@ -175,7 +209,7 @@ def test_a_chunk_is_not_committed_after_its_run_stopped_and_is_pending_again(db_
 
 def test_attempts_are_counted_when_claimed_and_bounded(db_session):
     run = new_run(db_session)
-    store_chunk(db_session, run.id, 0, [{"member_id": "a"}])
+    store_chunk(db_session, run.id, 0, pl.DataFrame([{"member_id": "a"}]))
     assert isinstance(claim_chunk(db_session, run.id, 0, "w1", max_attempts=2), ClaimedChunk)
     assert record_attempt_error(db_session, run.id, 0, "partner down", max_attempts=2) is True  # retry
     assert isinstance(claim_chunk(db_session, run.id, 0, "w1", max_attempts=2), ClaimedChunk)
@@ -190,19 +224,19 @@ def test_attempts_are_counted_when_claimed_and_bounded(db_session):
 def test_chunk_inputs_are_dropped_when_done_and_a_copy_without_them_is_refused(db_session):
     """Gap: chunk inputs were never deleted (~50 MB after ~30 runs). A done chunk keeps none; a stale
     copy claimed before a resume restored a chunk's rows is refused instead of recording no one."""
-    from services.offers.runs.distributed.chunks import drop_rows, restore_rows
+    from services.offers.runs.distributed.chunks import drop_inputs
 
     run = new_run(db_session)
-    store_chunk(db_session, run.id, 0, [{"member_id": "a"}])
-    store_chunk(db_session, run.id, 1, [{"member_id": "b"}])
+    store_chunk(db_session, run.id, 0, pl.DataFrame([{"member_id": "a"}]))
+    store_chunk(db_session, run.id, 1, pl.DataFrame([{"member_id": "b"}]))
     claim_chunk(db_session, run.id, 0, "w1", max_attempts=3)
     assert commit_chunk(db_session, run.id, 0, [outcome("a")], {"members": 1, "failed": 0}) is Commit.COMMITTED
     db_session.expire_all()
-    assert db_session.get(OfferRunChunk, (run.id, 0)).rows == []
-    drop_rows(db_session, run.id)  # the run ended (interrupted) with chunk 1 pending
+    assert db_session.get(OfferRunChunk, (run.id, 0)).inputs is None
+    drop_inputs(db_session, run.id)  # the run ended (interrupted) with chunk 1 pending
     db_session.expire_all()
-    assert claim_chunk(db_session, run.id, 1, "stale", max_attempts=3) is ClaimRefused.NO_ROWS
-    restore_rows(db_session, run.id, 1, [{"member_id": "b"}])  # the resume puts them back, then sends
+    assert claim_chunk(db_session, run.id, 1, "stale", max_attempts=3) is ClaimRefused.NO_INPUTS
+    restore_inputs(db_session, run.id, 1, pl.DataFrame([{"member_id": "b"}]))  # the resume puts them back, then sends
     claimed = claim_chunk(db_session, run.id, 1, "w2", max_attempts=3)
     assert isinstance(claimed, ClaimedChunk) and claimed.rows == [{"member_id": "b"}]
 
@@ -210,7 +244,7 @@ def test_chunk_inputs_are_dropped_when_done_and_a_copy_without_them_is_refused(d
 def test_resume_reopens_unfinished_chunks_and_chunks_with_failed_members(db_session):
     run = new_run(db_session)
     for n in range(4):
-        store_chunk(db_session, run.id, n, [{"member_id": f"m{n}"}])
+        store_chunk(db_session, run.id, n, pl.DataFrame([{"member_id": f"m{n}"}]))
     for n, failed in ((0, 0), (1, 1)):
         claim_chunk(db_session, run.id, n, "w", max_attempts=3)
         status = MemberStatus.FAILED if failed else MemberStatus.SCORED
@@ -332,6 +366,7 @@ def test_no_worker_means_failed_after_the_stall_time_not_a_hang(app, sessions, m
     class NoWorkers:
         revoked: list = []
         enqueued: list = []
+        sent: list = []
 
         def check(self):
             pass
@@ -342,9 +377,9 @@ def test_no_worker_means_failed_after_the_stall_time_not_a_hang(app, sessions, m
         def diagnose(self):
             return None
 
-        def enqueue(self, job):
+        def enqueue(self, job, task_id):
             self.enqueued.append(job)
-            return f"t{job.chunk_no}"
+            self.sent.append(task_id)
 
         def revoke(self, task_ids):
             self.revoked.extend(task_ids)
@@ -354,7 +389,7 @@ def test_no_worker_means_failed_after_the_stall_time_not_a_hang(app, sessions, m
                              DistributedSettings(chunk_size=500, stall_s=0.5))
     assert report.run.status == RunStatus.FAILED
     assert "no chunk started or finished in 0.5 s (0/2 done); are workers running?" in report.run.error
-    assert sorted(queue.revoked) == ["t0", "t1"]
+    assert sorted(queue.revoked) == sorted(queue.sent) and len(queue.sent) == 2  # both chunks' tasks
 
 
 class ForgetfulBroker(ThreadQueue):
@@ -372,12 +407,12 @@ class ForgetfulBroker(ThreadQueue):
         self.restarted.set()  # asked after the restart: it holds what was sent since
         return super().held(task_ids)
 
-    def enqueue(self, job):
+    def enqueue(self, job, task_id):
         if self.restarted.is_set():
-            return super().enqueue(job)
+            return super().enqueue(job, task_id)
         self.lost.append(job.chunk_no)
         self.enqueued.append(job)
-        return uuid.uuid4().hex
+        return None
 
 
 def test_chunks_a_restarted_broker_forgot_are_queued_again_and_recorded_once(app, sessions, module_partner):
@@ -466,7 +501,7 @@ def test_rest_shows_a_running_runs_counts_so_far_and_its_chunks(client, sessions
 def test_a_silent_claim_is_taken_back_and_a_beating_one_is_not(db_session):
     run = new_run(db_session)
     for chunk_no in (0, 1):
-        store_chunk(db_session, run.id, chunk_no, [{"member_id": str(chunk_no)}])
+        store_chunk(db_session, run.id, chunk_no, pl.DataFrame([{"member_id": str(chunk_no)}]))
         claim_chunk(db_session, run.id, chunk_no, f"w{chunk_no}", max_attempts=3)
     db_session.execute(update(OfferRunChunk).where(OfferRunChunk.chunk_no == 0)
                        .values(heartbeat_at=utcnow() - timedelta(seconds=31)))
@@ -601,3 +636,28 @@ def test_the_command_refuses_sqlite_and_a_chunk_size_without_distributed(runner)
     assert "--distributed needs a database every worker shares: set COURIER_DATABASE_URL to PostgreSQL" in result.output
     result = runner.invoke(args=["run-offers", "--input", SAMPLE, "--chunk-size", "10"])
     assert result.exit_code == 2 and "--chunk-size applies to --distributed runs only" in result.output
+
+
+# --- the coordinator's skipped-members writer ---------------------------------------------------------
+
+def test_skipped_members_are_written_beside_the_hand_out_and_a_failed_write_reaches_the_coordinator():
+    from services.offers.runs.distributed.coordinator import _SkippedWriter
+
+    written, release = [], threading.Event()
+
+    def write(batch):
+        release.wait(5)
+        if batch[0].member_id == "bad":
+            raise RuntimeError("database gone")
+        written.append([o.member_id for o in batch])
+
+    writer = _SkippedWriter(write)
+    skipped = [outcome("a", MemberStatus.SKIPPED)]
+    writer.submit(skipped)
+    assert skipped == [] and written == []  # handed over; the coordinator goes on while it is written
+    release.set()
+    writer.submit([outcome("bad", MemberStatus.SKIPPED)])  # waits for the first: one batch in flight at most
+    assert written == [["a"]]
+    with pytest.raises(RuntimeError, match="database gone"):
+        writer.wait()
+    writer.close()

@@ -72,7 +72,7 @@ def test_a_local_run_waits_out_a_database_restart(sessions, proxy, module_partne
 
 
 def test_the_coordinator_of_a_distributed_run_waits_out_a_database_restart(sessions, proxy, module_partner):
-    from tests.services.test_distributed_offers import ThreadQueue
+    from tests.services.offers.runs.distributed.test_coordinator import ThreadQueue
 
     restored = threading.Event()
     outage_at_call(proxy, module_partner, 300, restored)

@@ -276,10 +276,12 @@ def test_the_coordinator_can_ask_redis_what_it_still_holds(pg_app):
     redis_client.Redis.from_url(distributed.settings.broker_url).flushdb()  # no worker runs in this test
     queue = CeleryChunkQueue(distributed)
     assert queue.held(["x"]) == set()
-    ids = [queue.enqueue(ChunkJob(run_id=99, chunk_no=chunk_no, partner="reference", concurrency=1, use_batch=True,
-                                  max_consecutive_failures=5)) for chunk_no in range(3)]
-    other_run = queue.enqueue(ChunkJob(run_id=98, chunk_no=0, partner="reference", concurrency=1, use_batch=True,
-                                       max_consecutive_failures=5))
+    ids, other_run = [f"task-{n}" for n in range(3)], "task-of-another-run"
+    for chunk_no, task_id in enumerate(ids):
+        queue.enqueue(ChunkJob(run_id=99, chunk_no=chunk_no, partner="reference", concurrency=1, use_batch=True,
+                               max_consecutive_failures=5), task_id)
+    queue.enqueue(ChunkJob(run_id=98, chunk_no=0, partner="reference", concurrency=1, use_batch=True,
+                           max_consecutive_failures=5), other_run)
     assert queue.held(ids) == set(ids)  # found by task id: the other run's message is not counted
     assert queue.held(ids[:1]) == {ids[0]} and queue.held([other_run]) == {other_run}
     redis_client.Redis.from_url(distributed.settings.broker_url).flushdb()  # what a restart without persistence does

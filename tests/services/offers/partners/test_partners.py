@@ -156,7 +156,7 @@ def test_credentials_in_a_base_url_are_never_displayed(tmp_path):
 def test_the_registry_schema_names_partner_key_and_problem_for_everything_wrong_at_once():
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "fixtures" / "bad_partners.toml"
+    path = Path(__file__).resolve().parents[3] / "fixtures" / "bad_partners.toml"
     with pytest.raises(PartnerConfigError) as info:
         load_registry(path)
     assert sorted(info.value.problems) == sorted([
