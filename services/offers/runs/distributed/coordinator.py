@@ -200,11 +200,14 @@ class DistributedExecutor:
         options = context.options
         job = dict(partner=context.partner.name, concurrency=options.concurrency, use_batch=options.use_batch,
                    max_consecutive_failures=options.max_consecutive_failures)
-        queued = self._hand_out(context, chunk_size, existing, redo, job, timeline, scoring_started)
-        self.note(f"  queued {queued} chunk(s) of up to {chunk_size} members; waiting for workers")
-        failure, interrupted = _follow(sessions, run_id, self.settings, context.stop, context.progress, self.note,
-                                       timeline, scoring_started, baseline,
-                                       _Requeue(sessions, run_id, self.queue, job), options.database_outage_s)
+        queued, cut_short = self._hand_out(context, chunk_size, existing, redo, job, timeline, scoring_started)
+        if cut_short:  # stopped before every chunk was stored: the chunks stored are not the whole run
+            failure, interrupted = None, True
+        else:
+            self.note(f"  queued {queued} chunk(s) of up to {chunk_size} members; waiting for workers")
+            failure, interrupted = _follow(sessions, run_id, self.settings, context.stop, context.progress,
+                                           self.note, timeline, scoring_started, baseline,
+                                           _Requeue(sessions, run_id, self.queue, job), options.database_outage_s)
         span_s = time.perf_counter() - scoring_started
         step_metrics, retries = through_outage(lambda: _merged_steps(sessions, run_id, scan_steps, span_s),
                                                options.database_outage_s, what="merging the chunks' statistics")
@@ -212,8 +215,9 @@ class DistributedExecutor:
 
 
     def _hand_out(self, context: RunContext, chunk_size: int, existing: dict[int, str], redo: set[int],
-                  job: dict[str, Any], timeline: Timeline, scoring_started: float) -> int:
-        """Store and queue every chunk not stored yet (and those a resume sends again); returns how many.
+                  job: dict[str, Any], timeline: Timeline, scoring_started: float) -> tuple[int, bool]:
+        """Store and queue every chunk not stored yet (and those a resume sends again); returns how many,
+        and whether a stop cut the hand-out short.
 
         Skipped members are recorded on a thread of their own (``_SkippedWriter``): a partition's
         3,300 skipped members took 42 ms to write, as long as storing and queueing six chunks.
@@ -223,11 +227,12 @@ class DistributedExecutor:
         skipped_writer = _SkippedWriter(lambda batch: through_outage(
             lambda: _write_skipped(sessions, run_id, batch, context.progress, timeline, scoring_started),
             options.database_outage_s, what="recording skipped members"))
-        queued = 0
+        queued, cut_short = 0, False
         try:
             for chunk_no, members in cut_frames(_scan_frames(context.scan, context.done, skipped), chunk_size):
                 skipped_writer.submit(skipped)
                 if context.stop.is_set():
+                    cut_short = True
                     break
                 if chunk_no in existing and chunk_no not in redo:
                     continue
@@ -252,7 +257,7 @@ class DistributedExecutor:
             skipped_writer.wait()
         finally:
             skipped_writer.close()
-        return queued
+        return queued, cut_short
 
 
 class _SkippedWriter:

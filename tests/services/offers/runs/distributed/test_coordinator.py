@@ -289,16 +289,17 @@ def test_a_distributed_run_records_exactly_what_a_local_run_records(app, session
 def test_ctrl_c_revokes_pending_chunks_and_resume_sends_only_unfinished_ones(app, sessions, module_partner):
     config = module_partner.config(batch=True)
     gate = threading.Event()
-    queue = ThreadQueue(sessions, config, workers=1, gate=gate)
     stop = threading.Event()
 
-    def first_progress(_n):
-        stop.set()  # Ctrl-C as soon as the first members are recorded (the skipped ones)
+    class CtrlCAfterTheFirstChunk(ThreadQueue):
+        def enqueue(self, job, task_id):
+            super().enqueue(job, task_id)
+            stop.set()  # Ctrl-C as soon as the first chunk is queued
 
+    queue = CtrlCAfterTheFirstChunk(sessions, config, workers=1, gate=gate)
     finished = {}
     thread = threading.Thread(target=lambda: finished.update(report=run_distributed(
-        sessions, config, options(), queue, DistributedSettings(chunk_size=100, stall_s=60),
-        progress=first_progress, stop=stop)))
+        sessions, config, options(), queue, DistributedSettings(chunk_size=100, stall_s=60), stop=stop)))
     thread.start()
     thread.join(30)
     gate.set()
@@ -322,6 +323,18 @@ def test_ctrl_c_revokes_pending_chunks_and_resume_sends_only_unfinished_ones(app
     with pytest.raises(ResumeError, match="already succeeded"):
         run_distributed(sessions, config, options(resume_run_id=run.id), ThreadQueue(sessions, config),
                         DistributedSettings(chunk_size=100, stall_s=60))
+
+
+def test_a_stop_before_any_chunk_is_stored_interrupts_the_run_not_succeeds_it(app, sessions, module_partner):
+    """Found under load: a stop that came before the first chunk was stored left no chunk to follow,
+    and "every stored chunk done" (0 of 0) ended the run `succeeded` with nobody scored."""
+    config = module_partner.config(batch=True)
+    stop = threading.Event()
+    queue = ThreadQueue(sessions, config)
+    report = run_distributed(sessions, config, options(), queue, DistributedSettings(chunk_size=100, stall_s=60),
+                             progress_start=lambda _total: stop.set(), stop=stop)
+    queue.close()
+    assert report.run.status == RunStatus.INTERRUPTED and queue.enqueued == []
 
 
 def test_only_unfinished_chunks_are_sent_again(app, sessions, module_partner):

@@ -1,0 +1,188 @@
+"""The keep-alive transport against real loopback servers that misbehave in the ways servers do."""
+
+import asyncio
+import socket
+import threading
+import time
+
+import pytest
+
+from services.http.transport import KeepAliveTransport, TransportError
+
+
+class RawServer:
+    """A TCP server whose reply to each request is chosen by the test: ``answer(n) -> list of
+    (bytes, pause_s)`` chunks; ``close_after`` True closes the connection after answering."""
+
+    def __init__(self, answer, close_after=False):
+        self.answer = answer
+        self.close_after = close_after
+        self.requests = 0
+        self.connections = 0
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn):
+        buffer = b""
+        with conn:
+            while not self.stop.is_set():
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                buffer += data
+                while b"\r\n\r\n" in buffer:
+                    head, _, rest = buffer.partition(b"\r\n\r\n")
+                    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                                   if line.lower().startswith(b"content-length")), 0)
+                    if len(rest) < length:
+                        break
+                    buffer = rest[length:]
+                    self.requests += 1
+                    for chunk, pause in self.answer(self.requests):
+                        time.sleep(pause)
+                        try:
+                            conn.sendall(chunk)
+                        except OSError:
+                            return
+                    if self.close_after:
+                        return
+
+    def close(self):
+        self.stop.set()
+        self.sock.close()
+
+
+def ok(body=b'{"prediction": 1.5}', extra=b""):
+    return [(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+             + str(len(body)).encode() + b"\r\n" + extra + b"\r\n" + body, 0)]
+
+
+def exchange(server, calls=1, read_timeout=2.0, pool=4):
+    async def main():
+        transport = KeepAliveTransport(f"http://127.0.0.1:{server.port}/api", connect_timeout_s=1.0,
+                                       read_timeout_s=read_timeout, pool_maxsize=pool, headers={"X-Key": "k"})
+        try:
+            return [await transport.request("POST", "/ml/ats", b'{"a": 1}') for _ in range(calls)], transport.opened
+        finally:
+            await transport.close()
+
+    return asyncio.run(main())
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(answer, **kw):
+        servers.append(RawServer(answer, **kw))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def test_sequential_calls_share_one_connection(serve):
+    server = serve(lambda n: ok())
+    results, opened = exchange(server, calls=20)
+    assert [r[0] for r in results] == [200] * 20 and results[0][2] == b'{"prediction": 1.5}'
+    assert opened == server.connections == 1
+
+
+def test_a_server_writing_headers_and_body_apart_costs_no_delayed_ack(serve):
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\n"
+    server = serve(lambda n: [(head, 0), (b'{"ok": 1}', 0)])  # two writes, Nagle on: like http.server
+    started = time.monotonic()
+    results, _ = exchange(server, calls=20)
+    # Waiting for Linux's delayed ACK (40 ms) each time: >= 0.8 s.  Acknowledging at once: ~1 ms each.
+    assert time.monotonic() - started < 0.4 and {r[2] for r in results} == {b'{"ok": 1}'}
+
+
+def test_chunked_bodies_are_reassembled(serve):
+    body = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    server = serve(lambda n: [(body + b"5\r\n{\"a\":\r\n", 0), (b"3\r\n 1}\r\n0\r\n\r\n", 0.05)])
+    (result,), _ = exchange(server)
+    assert result[2] == b'{"a": 1}'
+
+
+def test_headers_are_read_case_insensitively_as_title_case(serve):
+    server = serve(lambda n: [(b"HTTP/1.1 503 Busy\r\nretry-after: 7\r\ncontent-length: 0\r\n\r\n", 0)])
+    (result,), _ = exchange(server)
+    assert result[0] == 503 and result[1]["Retry-After"] == "7"
+
+
+def test_connection_close_is_honoured_with_a_new_connection_next_time(serve):
+    server = serve(lambda n: ok(extra=b"Connection: close\r\n"), close_after=True)
+    results, opened = exchange(server, calls=3)
+    assert [r[0] for r in results] == [200] * 3 and opened == 3
+
+
+def test_an_idle_connection_the_server_dropped_is_replaced_transparently(serve):
+    # the server answers, then closes without saying so (an idle timeout): the next call must not fail
+    server = serve(lambda n: ok(), close_after=True)
+    results, opened = exchange(server, calls=3)
+    assert [r[0] for r in results] == [200] * 3 and opened == 3 and server.requests == 3
+
+
+def test_a_trickling_body_is_bounded_by_the_read_timeout(serve):
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"
+    server = serve(lambda n: [(head, 0)] + [(b"x", 0.1)] * 100)
+    started = time.monotonic()
+    with pytest.raises(TransportError) as info:
+        exchange(server, read_timeout=0.5)
+    assert info.value.stage == "read" and info.value.timeout
+    assert time.monotonic() - started < 2  # not 10 s of trickle
+
+
+def test_a_malformed_response_is_a_read_error(serve):
+    server = serve(lambda n: [(b"this is not HTTP\r\n\r\n", 0)])
+    with pytest.raises(TransportError) as info:
+        exchange(server)
+    assert info.value.stage == "read" and not info.value.timeout
+
+
+def test_nothing_listening_is_a_connect_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    async def main():
+        transport = KeepAliveTransport(f"http://127.0.0.1:{port}", connect_timeout_s=1.0, read_timeout_s=1.0,
+                                       pool_maxsize=1, headers={})
+        await transport.request("GET", "/", None)
+
+    with pytest.raises(TransportError) as info:
+        asyncio.run(main())
+    assert info.value.stage == "connect" and not info.value.timeout
+
+
+def test_the_pool_bounds_connections_under_concurrency(serve):
+    server = serve(lambda n: [(b"", 0.01)] + ok())
+
+    async def main():
+        transport = KeepAliveTransport(f"http://127.0.0.1:{server.port}", connect_timeout_s=1.0,
+                                       read_timeout_s=2.0, pool_maxsize=3, headers={})
+        results = await asyncio.gather(*[transport.request("POST", "/x", b"{}") for _ in range(30)])
+        await transport.close()
+        return results, transport.opened
+
+    results, opened = asyncio.run(main())
+    assert [r[0] for r in results] == [200] * 30 and opened == 3
