@@ -54,6 +54,7 @@ WORKDIR /opt/courier
 # out as in a checkout (config.PROJECT_ROOT is this folder), plus the venue API stand-in for the demo.
 COPY app.py wsgi.py config.py alembic.ini gunicorn.conf.py ./
 COPY blueprints/ blueprints/
+COPY capabilities/ capabilities/
 COPY services/ services/
 COPY cli/ cli/
 COPY migrations/ migrations/

@@ -33,17 +33,20 @@ run: $(VENV)/.installed-run
 	$(BIN)/flask seed-venues
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-## test: install dev extras; lint (ruff, line length 120), type-check (mypy), then the whole suite with
+## test: install dev extras; lint (ruff, line length 120), type-check (mypy), import contracts (lint-imports:
+## layers, no cycles; setup.cfg), then the whole suite with
 ## branch coverage (fails under 93%), on every core (PYTEST_WORKERS=0: in this process, e.g. for a debugger)
 PYTEST_WORKERS ?= auto
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --cov --cov-fail-under=93
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 ## venue-standin: serve the bundled venue snapshots like the upstream venue API (127.0.0.1:8081)
 venue-standin: $(VENV)/.installed-run

@@ -64,7 +64,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     Configuration: ``config.SETTINGS`` defaults, then ``COURIER_*`` environment variables, then
     ``config``, each value parsed and checked by ``config.load_settings`` (a bad one raises
     ``ConfigError``).  Nothing is created at import time; everything a process holds (engine,
-    HTTP sessions, model) hangs off ``app.extensions["courier"]`` (a ``Runtime``).
+    HTTP sessions, model) is built by the capabilities' ``init_app`` and reached through their
+    accessors (``capabilities.runtime.runtime()``, ``estimate_capability()``, ...).
     """
     app = CourierFlask(__name__, instance_relative_config=True)
     app.config.update(load_settings(os.environ, config))  # typed and checked once; ConfigError names the culprit
@@ -87,36 +88,23 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False
     app.json.compact = True
 
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
-    from blueprints import estimate, offers, partner_reference, pricing, system
+    from blueprints import register_blueprints
     from blueprints.auth import protect
     from blueprints.errors import register_error_handlers
     from blueprints.hooks import register_request_hooks
-    from cli.invocation import wrap_commands
-    from services.db import make_engine, make_session_factory
+    from capabilities import estimate, offers, pricing, runtime
+    from cli import register_commands
     from services.logs import configure_logging
-    from services.migrations import database_readiness
-    from services.runtime import Runtime
 
     configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
-    try:
-        engine = make_engine(app.config["DATABASE_URL"], sqlite_busy_timeout_ms=app.config["SQLITE_BUSY_TIMEOUT_MS"])
-    except (ImportError, NoSuchModuleError, ArgumentError) as exc:
-        extra = " (pip install -e '.[postgres]')" if "postgres" in app.config["DATABASE_URL"] else ""
-        raise ConfigError(f"COURIER_DATABASE_URL cannot be used: {type(exc).__name__}: {exc}; is its database "
-                          f"driver installed?{extra}") from None
-    runtime = Runtime(engine=engine, session_factory=make_session_factory(engine))
-    app.extensions["courier"] = runtime
-    runtime.readiness_checks["database"] = database_readiness(engine)
-
-    # Each capability wires itself: its state (typed, on app.extensions), blueprint and commands.
-    system.init_app(app)
+    # Each capability builds its state (typed, on app.extensions) from the settings; then the
+    # blueprints and commands that use it are registered.
+    runtime.init_app(app)
     estimate.init_app(app)
     pricing.init_app(app)
     offers.init_app(app)
-    partner_reference.init_app(app)
-    wrap_commands(app.cli)  # every command: an id on its logs and calls; database errors in one line
+    register_blueprints(app)
+    register_commands(app)
 
     register_request_hooks(app)
     register_error_handlers(app)

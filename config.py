@@ -72,7 +72,8 @@ _FALSE = {"false", "0", "no", "off"}
 
 @dataclass(frozen=True)
 class Setting:
-    """One key: ``kind`` is bool, int, float, str, "choice", "url" or "path"; bounds are inclusive."""
+    """One key: ``kind`` names its class in ``KINDS`` (bool, int, float, str, "choice", "url", "path",
+    "database_url", "broker_url", "prefix"); bounds are inclusive."""
 
     key: str
     default: Any
@@ -89,39 +90,9 @@ class Setting:
     def variable(self) -> str:
         return f"COURIER_{self.key}"
 
-    @staticmethod
-    def _num(x: float) -> str:
-        return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
-
     def accepted(self) -> str:
         """What a value must be, in words (for error messages and the README)."""
-        if self.kind is bool:
-            return "true/false (also 1/0, yes/no, on/off)"
-        if self.kind in (int, float):
-            noun = "a whole number" if self.kind is int else "a number"
-            if self.above_zero:
-                noun += " above 0"
-            if self.minimum is not None and self.maximum is not None:
-                return f"{noun} from {self._num(self.minimum)} to {self._num(self.maximum)}"
-            if self.minimum is not None:
-                return f"{noun} of at least {self._num(self.minimum)}"
-            if self.maximum is not None:
-                return f"{noun} up to {self._num(self.maximum)}"
-            return noun
-        if self.kind == "choice":
-            return "one of " + ", ".join(self.choices)
-        if self.kind == "url":
-            return "an http:// or https:// URL" + (" (or empty)" if self.optional else "")
-        if self.kind == "path":
-            return "a file path" + (" (or empty)" if self.optional else "")
-        if self.kind == "database_url":
-            return "a database URL (sqlite:///path, postgresql://user:pass@host/db)"
-        if self.kind == "prefix":
-            return "a URL path starting with /"
-        if self.kind == "broker_url":
-            return "a broker URL (redis://host:6379/0, rediss://..., sentinel://...)" + (
-                " (or empty)" if self.optional else "")
-        return "text"
+        return KINDS[self.kind].accepted(self)
 
     def invalid(self, name: str, raw: Any, problem: ValueError) -> ConfigError:
         """The one-line error for a bad value: variable (or key), value, problem, what is accepted."""
@@ -133,66 +104,165 @@ class Setting:
             if self.optional:
                 return None if value is None or self.kind != "url" else ""
             raise ValueError("a value is required")
-        if self.kind is bool:
-            if isinstance(value, bool):
-                return value
-            word = str(value).strip().lower()
-            if word in _TRUE:
-                return True
-            if word in _FALSE:
-                return False
-            raise ValueError("not a boolean")
-        if self.kind is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError("not a whole number")
-            try:
-                number: float = int(value) if not isinstance(value, str) else int(value.strip().replace("_", ""))
-            except ValueError:
-                raise ValueError("not a whole number") from None
-            return self._in_range(number)
-        if self.kind is float:
-            if isinstance(value, bool):
-                raise ValueError("not a number")
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                raise ValueError("not a number") from None
-            if not math.isfinite(number):
-                raise ValueError("not a finite number")
-            return self._in_range(number)
+        return KINDS[self.kind].parse(self, value)
+
+
+def _num(x: float) -> str:
+    return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
+
+
+def _or_empty(setting: Setting) -> str:
+    return " (or empty)" if setting.optional else ""
+
+
+class Text:
+    """A kind of setting: how it reads a value (never None, nor an empty optional one: ``Setting.parse``
+    answers those) and what it accepts, in words. This one: any text."""
+
+    def accepted(self, setting: Setting) -> str:
+        return "text"
+
+    def parse(self, setting: Setting, value: Any) -> Any:
         text = str(value).strip()
-        if self.kind == "choice":
-            folded = {c.lower(): c for c in self.choices}
-            if text.lower() not in folded:
-                raise ValueError("not one of the choices")
-            return folded[text.lower()]
-        if self.kind == "url" and not text.startswith(("http://", "https://")):
-            raise ValueError("not an http(s) URL")
-        if not text and not self.optional:
+        if not text and not setting.optional:
             raise ValueError("a value is required")
-        if self.kind == "database_url":
-            # ``postgres://`` (what many hosts hand out) means PostgreSQL through psycopg, like ``postgresql://``.
-            for short in ("postgres://", "postgresql://"):
-                if text.startswith(short):
-                    return "postgresql+psycopg://" + text[len(short):]
-            if "://" not in text:
-                raise ValueError("not a database URL")
-        if self.kind == "broker_url" and "://" not in text:
-            raise ValueError("not a broker URL")
-        if self.kind == "prefix":
-            if not text.startswith("/") or " " in text:
-                raise ValueError("not a URL path")
-            return text.rstrip("/") or "/"
+        return self.checked(text)
+
+    def checked(self, text: str) -> str:
         return text
 
-    def _in_range(self, number: float) -> float:
-        if self.above_zero and number <= 0:
+
+class Bool(Text):
+    def accepted(self, setting: Setting) -> str:
+        return "true/false (also 1/0, yes/no, on/off)"
+
+    def parse(self, setting: Setting, value: Any) -> bool:
+        if isinstance(value, bool):
+            return value
+        word = str(value).strip().lower()
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+        raise ValueError("not a boolean")
+
+
+class Number(Text):
+    """A whole number (``int``) or any finite number (``float``), within the setting's bounds."""
+
+    def __init__(self, whole: bool) -> None:
+        self.whole = whole
+
+    def accepted(self, setting: Setting) -> str:
+        noun = "a whole number" if self.whole else "a number"
+        if setting.above_zero:
+            noun += " above 0"
+        if setting.minimum is not None and setting.maximum is not None:
+            return f"{noun} from {_num(setting.minimum)} to {_num(setting.maximum)}"
+        if setting.minimum is not None:
+            return f"{noun} of at least {_num(setting.minimum)}"
+        if setting.maximum is not None:
+            return f"{noun} up to {_num(setting.maximum)}"
+        return noun
+
+    def parse(self, setting: Setting, value: Any) -> float:
+        number = self._whole(value) if self.whole else self._finite(value)
+        if setting.above_zero and number <= 0:
             raise ValueError("must be above 0")
-        if self.minimum is not None and number < self.minimum:
-            raise ValueError(f"below {self._num(self.minimum)}")
-        if self.maximum is not None and number > self.maximum:
-            raise ValueError(f"above {self._num(self.maximum)}")
+        if setting.minimum is not None and number < setting.minimum:
+            raise ValueError(f"below {_num(setting.minimum)}")
+        if setting.maximum is not None and number > setting.maximum:
+            raise ValueError(f"above {_num(setting.maximum)}")
         return number
+
+    @staticmethod
+    def _whole(value: Any) -> int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError("not a whole number")
+        try:
+            return int(value) if not isinstance(value, str) else int(value.strip().replace("_", ""))
+        except ValueError:
+            raise ValueError("not a whole number") from None
+
+    @staticmethod
+    def _finite(value: Any) -> float:
+        if isinstance(value, bool):
+            raise ValueError("not a number")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError("not a number") from None
+        if not math.isfinite(number):
+            raise ValueError("not a finite number")
+        return number
+
+
+class Choice(Text):
+    def accepted(self, setting: Setting) -> str:
+        return "one of " + ", ".join(setting.choices)
+
+    def parse(self, setting: Setting, value: Any) -> str:
+        folded = {c.lower(): c for c in setting.choices}
+        text = str(value).strip().lower()
+        if text not in folded:
+            raise ValueError("not one of the choices")
+        return folded[text]
+
+
+class Url(Text):
+    def accepted(self, setting: Setting) -> str:
+        return "an http:// or https:// URL" + _or_empty(setting)
+
+    def parse(self, setting: Setting, value: Any) -> str:
+        if not str(value).strip().startswith(("http://", "https://")):
+            raise ValueError("not an http(s) URL")
+        return super().parse(setting, value)
+
+
+class FilePath(Text):
+    def accepted(self, setting: Setting) -> str:
+        return "a file path" + _or_empty(setting)
+
+
+class DatabaseUrl(Text):
+    def accepted(self, setting: Setting) -> str:
+        return "a database URL (sqlite:///path, postgresql://user:pass@host/db)"
+
+    def checked(self, text: str) -> str:
+        # ``postgres://`` (what many hosts hand out) means PostgreSQL through psycopg, like ``postgresql://``.
+        for short in ("postgres://", "postgresql://"):
+            if text.startswith(short):
+                return "postgresql+psycopg://" + text[len(short):]
+        if "://" not in text:
+            raise ValueError("not a database URL")
+        return text
+
+
+class BrokerUrl(Text):
+    def accepted(self, setting: Setting) -> str:
+        return "a broker URL (redis://host:6379/0, rediss://..., sentinel://...)" + _or_empty(setting)
+
+    def checked(self, text: str) -> str:
+        if "://" not in text:
+            raise ValueError("not a broker URL")
+        return text
+
+
+class Prefix(Text):
+    def accepted(self, setting: Setting) -> str:
+        return "a URL path starting with /"
+
+    def checked(self, text: str) -> str:
+        if not text.startswith("/") or " " in text:
+            raise ValueError("not a URL path")
+        return text.rstrip("/") or "/"
+
+
+# A setting's ``kind`` names its class here (the declarations below stay one line each).
+KINDS: dict[Any, Text] = {
+    str: Text(), bool: Bool(), int: Number(whole=True), float: Number(whole=False), "choice": Choice(),
+    "url": Url(), "path": FilePath(), "database_url": DatabaseUrl(), "broker_url": BrokerUrl(), "prefix": Prefix(),
+}
 
 
 SETTINGS: tuple[Setting, ...] = (

@@ -18,7 +18,7 @@ except ConfigError as exc:
 
 def __getattr__(name: str):
     if name == "celery_app":
-        from blueprints.offers import EXTENSION
+        from capabilities.offers import celery_app
 
-        return app.extensions[EXTENSION].distributed.celery
+        return celery_app(app)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,6 +1,19 @@
 """HTTP layer: each blueprint parses and validates, calls one service function, serialises.
 
-Each capability module (estimate, pricing, offers, partner_reference, system) has ``init_app(app)``:
-it builds the capability's state as a typed object on ``app.extensions``, registers its blueprint
-and its commands. ``app.create_app`` is the list of those calls.
+Views reach a capability's state through its accessor in ``capabilities/``; ``register_blueprints``
+is the list of the app's blueprints.
 """
+
+from __future__ import annotations
+
+from flask import Flask
+
+
+def register_blueprints(app: Flask) -> None:
+    """Every blueprint; the reference partner's only when ``COURIER_REFERENCE_PARTNER_ENABLED``."""
+    from blueprints import estimate, offers, partner_reference, pricing, system
+
+    for blueprint in (system.bp, estimate.bp, pricing.bp, offers.bp):
+        app.register_blueprint(blueprint)
+    if app.config["REFERENCE_PARTNER_ENABLED"]:
+        app.register_blueprint(partner_reference.bp, url_prefix=app.config["REFERENCE_PARTNER_PREFIX"].rstrip("/"))

@@ -1,10 +1,14 @@
-"""What a view declares about its contract, once: the OpenAPI document is generated from these.
+"""What a view declares about its contract, once: the declaration runs it and documents it.
 
-A view names the schema it loads its input with and the schema it dumps its answer with in one
-``@operation(...)`` declaration, and uses those same schema objects in its body;
-``blueprints/openapi.py`` walks the app's URL map and turns each declaration into an OpenAPI
-operation with apispec's marshmallow plugin. Nothing wraps the view: a declaration is an
-attribute read once at start-up, so it costs a request nothing (the hot paths' fast loads stay).
+A view names the schema its input is loaded with and the schema its answer is dumped with in one
+``@operation(...)`` declaration, and the declaration does both (as microblog-api's ``@body`` and
+``@response``): the query string (``query=``) or JSON body (``body=``, a marshmallow schema) is
+loaded through the fast loaders of ``blueprints.common`` (a schema's ``quick_load`` first, then
+marshmallow, a 400 naming each field) and handed to the view as ``query`` or ``body``; what the view
+returns is dumped with ``response=`` and sent as JSON, unless it is already a ``Response`` (a
+stream, a page, an error envelope). ``blueprints/openapi.py`` turns the same declarations into the
+OpenAPI document, so what is documented is what runs. Bodies declared as JSON schemas (the reference
+partner's, checked with per-item messages by its formulas) are documented only.
 
 Why not flask-smorest: its ``@arguments``/``@response`` decorators parse with webargs and dump on
 every call around the view, which would put marshmallow's generic loading back on the pricing and
@@ -15,11 +19,15 @@ OpenAPI conversion, is apispec, which it uses too.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
+from flask import Response, jsonify
 from marshmallow import Schema
+
+from blueprints.common import json_body, load_or_400, load_query
 
 View = TypeVar("View", bound=Callable[..., Any])
 
@@ -44,18 +52,58 @@ class Operation:
     errors: tuple[int, ...] = ()
     error_schema: type[Schema] | None = None  # None: the shared envelope (blueprints.openapi.ErrorSchema)
     error_examples: Mapping[int, Any] = field(default_factory=dict)
+    invalid_message: str = ""  # the 400's message for a bad input ("" : the loader's own)
+    # Run on the raw JSON body before it is loaded: a check that must not wait for the whole load
+    # (the real-time offer's cap on transactions).
+    before_load: Callable[[Any], None] | None = None
 
 
 def operation(base: Operation | None = None, /, **contract: Any) -> Callable[[View], View]:
     """Declare the view's contract (see :class:`Operation`), or ``base`` with some fields changed;
-    returns the view itself, unwrapped."""
+    the view is wrapped to load and dump as declared (see the module's docstring)."""
     declaration = replace(base, **contract) if base is not None else Operation(**contract)
 
     def mark(view: View) -> View:
-        view.operation = declaration  # type: ignore[attr-defined]
-        return view
+        run = _executing(view, declaration)
+        run.operation = declaration  # type: ignore[attr-defined]
+        return run
 
     return mark
+
+
+def _executing(view: View, declaration: Operation) -> View:
+    query = declaration.query
+    body = declaration.body if isinstance(declaration.body, Schema) else None
+    response = declaration.response if isinstance(declaration.response, Schema) else None
+    if query is None and body is None and response is None:
+        return view
+    loads: dict[str, Callable[[], Any]] = {}
+    if query is not None:
+        message = declaration.invalid_message or "Invalid query parameters."
+        loads["query"] = lambda: load_query(query, message)
+    if body is not None:
+        message, check = declaration.invalid_message or "Invalid request.", declaration.before_load
+
+        def load_body() -> Any:
+            raw = json_body()
+            if check is not None:
+                check(raw)
+            return load_or_400(body, raw, message)
+
+        loads["body"] = load_body
+
+    steps = tuple(loads.items())
+
+    @functools.wraps(view)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        for name, load in steps:
+            kwargs[name] = load()
+        result = view(*args, **kwargs)
+        if response is None or isinstance(result, Response):
+            return result
+        return jsonify(response.dump(result))
+
+    return run  # type: ignore[return-value]
 
 
 def declared(view: Callable[..., Any]) -> Operation | None:

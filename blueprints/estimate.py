@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 import re
-from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from flask import Blueprint, Flask, current_app, jsonify
+from flask import Blueprint, current_app
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from blueprints.auth import requires
-from blueprints.common import json_body, load_or_400
 from blueprints.declare import Operation, operation
 from blueprints.errors import (
     courier_error_response,
@@ -22,53 +20,14 @@ from blueprints.errors import (
     internal_error_response,
 )
 from blueprints.openapi import ErrorSchema
+from capabilities.estimate import estimate_capability
 from services.auth.api_keys import Scope
 from services.errors import CourierError
 from services.estimate.estimator import EstimateQuery, estimate_delivery
-from services.estimate.model import TreeModel
-from services.estimate.prep_times import MAX_VENUE_ID_LENGTH, PrepTimeCache
+from services.estimate.prep_times import MAX_VENUE_ID_LENGTH
 
 bp = Blueprint("estimate", __name__)
-EXTENSION = "courier.estimate"
 
-
-@dataclass(frozen=True)
-class EstimateCapability:
-    """What the estimate endpoints use: the model (None when it failed to load: /readyz says why)
-    and the venues' preparation times (reloaded when their data version changes)."""
-
-    model: TreeModel | None
-    prep_times: PrepTimeCache
-
-
-def estimate_capability() -> EstimateCapability:
-    return current_app.extensions[EXTENSION]
-
-
-def init_app(app: Flask) -> EstimateCapability:
-    """Load the model (a failure makes /readyz 503, not the process die), the prep-time cache, the
-    endpoints and the model commands (`flask train-model`, `flask evaluate-model`)."""
-    from cli.model import evaluate_model, train_model
-    from services.estimate.model import ModelLoadError, load_model
-    from services.metrics import metrics
-
-    runtime = app.extensions["courier"]
-    model, problem = None, None
-    try:
-        model = load_model(app.config["MODEL_PATH"])
-    except ModelLoadError as exc:
-        problem = str(exc)
-        logging.getLogger("courier.estimate").error("model not loaded", extra={"problem": problem})
-    if model is not None:
-        metrics().model_info.labels(model.version).set(1)
-    prep_times = PrepTimeCache(runtime.session_factory, app.config["PREP_TIMES_RELOAD_S"])
-    runtime.warmers["prep_times"] = prep_times.get
-    runtime.readiness_checks["model"] = lambda: problem
-    capability = app.extensions[EXTENSION] = EstimateCapability(model=model, prep_times=prep_times)
-    app.register_blueprint(bp)
-    app.cli.add_command(train_model)
-    app.cli.add_command(evaluate_model)
-    return capability
 
 # "YYYY-MM-DD HH:MM:SS[.ffffff]" or ISO 8601 with "T", optionally with "Z" or an offset.
 _TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:?\d{2})?$")
@@ -161,14 +120,24 @@ ESTIMATE = Operation(
                  "(404). Errors also carry `result: null`."),
     body=_request_schema, response=_response_schema, response_description="Prediction",
     body_example={"venue_id": "8a61b8c", "time_received": "2017-01-25 03:16:07.938113", "is_retail": True},
-    errors=(400, 404, 413, 503), error_schema=EstimateErrorSchema)
+    errors=(400, 404, 413, 503), error_schema=EstimateErrorSchema, invalid_message="Invalid estimate request.")
 
 
 @bp.post("/api/v1/delivery-estimate")
 @requires(Scope.ESTIMATE_READ)
 @operation(ESTIMATE)
-def delivery_estimate():
-    data = load_or_400(_request_schema, json_body(), "Invalid estimate request.")
+def delivery_estimate(body: dict[str, Any]) -> dict[str, Any]:
+    return _estimate(body)
+
+
+@bp.post("/")
+@requires(Scope.ESTIMATE_READ)
+@operation(ESTIMATE, summary="Same as /api/v1/delivery-estimate (the original service's path)")
+def delivery_estimate_legacy(body: dict[str, Any]) -> dict[str, Any]:
+    return _estimate(body)
+
+
+def _estimate(data: dict[str, Any]) -> dict[str, Any]:
     capability = estimate_capability()
     estimate = estimate_delivery(
         capability.model,
@@ -177,16 +146,8 @@ def delivery_estimate():
                       is_retail=data["is_retail"]),
         current_app.config["ESTIMATE_UNKNOWN_VENUE"],
     )
-    return jsonify(_response_schema.dump({"result": estimate.minutes, "error": None,
-                                          "venue_known": estimate.venue_known,
-                                          "model_version": estimate.model_version}))
-
-
-@bp.post("/")
-@requires(Scope.ESTIMATE_READ)
-@operation(ESTIMATE, summary="Same as /api/v1/delivery-estimate (the original service's path)")
-def delivery_estimate_legacy():
-    return delivery_estimate()
+    return {"result": estimate.minutes, "error": None, "venue_known": estimate.venue_known,
+            "model_version": estimate.model_version}
 
 
 # Errors of this endpoint carry "result": null as well, like the original service's answers.

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 import time
 
-from flask import Flask, current_app, g, request
+from flask import Flask, g, request
 from sqlalchemy.orm import Session
 
+from capabilities.runtime import runtime
 from services.logs import AccessLog, new_request_id, request_id_var
 
 # An incoming id is echoed into logs and headers: accept only a bounded, printable token.
@@ -18,7 +19,7 @@ def db_session() -> Session:
     """The request's database session, opened on first use and closed on teardown."""
     session = g.get("_db_session")
     if session is None:
-        session = current_app.extensions["courier"].session()
+        session = runtime().session()
         g._db_session = session
     return session
 

@@ -4,73 +4,27 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request, stream_with_context
+from flask import Blueprint, Response, current_app, request, stream_with_context
 from marshmallow import Schema, ValidationError, fields, post_dump, pre_load, validate
 
 from blueprints.auth import requires
-from blueprints.common import json_body, load_or_400, load_query
 from blueprints.declare import operation
 from blueprints.hooks import db_session
+from capabilities.offers import offers_capability
+from capabilities.runtime import runtime
 from services.auth.api_keys import Scope
 from services.errors import InvalidRequest, Unprocessable
 from services.offers.features.definitions import STANDARD_FEATURES
 from services.offers.features.input import TRANSACTION_TYPES
-from services.offers.realtime import RealtimeOffers
 from services.offers.reports import queries as run_service
-from services.offers.reports.pages import ReportPages
 from services.offers.result_shape import EXPORT_COLUMNS, RESULT_FIELDS, RUN_FIELDS, ResultField, RunField
-from services.offers.runs.distributed.celery_app import DistributedOffers
 from services.offers.statuses import MemberStatus, RunStatus
 
 bp = Blueprint("offers", __name__)
-EXTENSION = "courier.offers"
 
-
-@dataclass(frozen=True)
-class OffersCapability:
-    """Real-time offers (one member over REST) and distributed runs (Celery, built on first use)."""
-
-    realtime: RealtimeOffers
-    distributed: DistributedOffers
-    reports: ReportPages
-
-
-def offers_capability() -> OffersCapability:
-    return current_app.extensions[EXTENSION]
-
-
-def init_app(app: Flask) -> OffersCapability:
-    """Partner clients for real-time offers, Celery wiring for distributed runs (Celery itself is
-    imported on first use), the endpoints, and `flask run-offers`, `partners`, `offers`."""
-    from cli.offers import offers_group, partners_group, run_offers_command
-    from services.offers.partners.registry import load_registry, registry_readiness
-    from services.offers.runs.distributed.celery_app import CelerySettings
-
-    runtime = app.extensions["courier"]
-    cfg = app.config
-    runtime.readiness_checks["partners"] = registry_readiness(cfg["PARTNERS_FILE"], cfg["SERVICE_URL"],
-                                                              cfg["OFFERS_DEFAULT_PARTNER"])
-    realtime = RealtimeOffers(cfg["PARTNERS_FILE"], cfg["OFFERS_REALTIME_DEADLINE_S"], service_url=cfg["SERVICE_URL"])
-    runtime.closers.append(realtime.close)
-
-    def partner_config(name: str):
-        return load_registry(cfg["PARTNERS_FILE"], cfg["SERVICE_URL"]).get(name)
-
-    distributed = DistributedOffers(
-        CelerySettings(broker_url=cfg["CELERY_BROKER_URL"], result_backend=cfg["CELERY_RESULT_BACKEND"],
-                       visibility_timeout_s=cfg["CELERY_VISIBILITY_TIMEOUT_S"],
-                       chunk_max_attempts=cfg["OFFERS_CHUNK_MAX_ATTEMPTS"],
-                       chunk_heartbeat_s=cfg["OFFERS_CHUNK_HEARTBEAT_S"]),
-        context_factory=app.app_context, sessions=runtime.session_factory, partner_config=partner_config)
-    capability = app.extensions[EXTENSION] = OffersCapability(realtime=realtime, distributed=distributed,
-                                                              reports=ReportPages())
-    app.register_blueprint(bp)
-    for command in (run_offers_command, partners_group, offers_group):
-        app.cli.add_command(command)
-    return capability
 
 _TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-](\d{2}):?(\d{2}))?$")
 
@@ -226,21 +180,25 @@ _result = OfferResultSchema()
 _result_page = OfferResultPageSchema()
 
 
+def _at_most_the_transactions_cap(body: Any) -> None:
+    """Before loading: a body over the cap is refused without loading each of its transactions."""
+    cap = current_app.config["OFFERS_MAX_TRANSACTIONS"]
+    if isinstance(body, dict) and isinstance(body.get("transactions"), list) and len(body["transactions"]) > cap:
+        raise InvalidRequest("Too many transactions.", details={"transactions": [f"at most {cap} per request"]})
+
+
 @bp.post("/api/v1/offers")
 @requires(Scope.OFFERS_SCORE)
 @operation(summary="Real-time offer for one member", tag="offers", body=_offer_schema, response=_offer,
-           errors=(400, 404, 413, 422, 502, 503, 504),
+           errors=(400, 404, 413, 422, 502, 503, 504), invalid_message="Invalid offer request.",
+           before_load=_at_most_the_transactions_cap,
            body_example={"member_id": "F44DBBBC", "partner": "reference", "as_of": "2024-01-05", "transactions": [
                {"ts": "2023-12-10 11:24:18", "type": "gift", "points": 9600, "revenue_usd": 32.0}]},
            description="Computes the member's features, calls the partner's ATS and RESP endpoints in parallel, "
                        "then its offer endpoint. 400 names each bad field and transaction index; 422 "
                        "`no_transactions`; 404 `partner_not_found`; partner failures 502/503/504.")
-def realtime_offer():
-    body = json_body()
-    cap = current_app.config["OFFERS_MAX_TRANSACTIONS"]
-    if isinstance(body, dict) and isinstance(body.get("transactions"), list) and len(body["transactions"]) > cap:
-        raise InvalidRequest("Too many transactions.", details={"transactions": [f"at most {cap} per request"]})
-    data = load_or_400(_offer_schema, body, "Invalid offer request.")
+def realtime_offer(body: dict[str, Any]) -> Any:
+    data = body
     if not data["transactions"]:
         raise Unprocessable("The member has no transactions to score.", code="no_transactions",
                             details={"member_id": data["member_id"]})
@@ -250,42 +208,40 @@ def realtime_offer():
         data["transactions"],
         data["as_of"] or datetime.now(UTC).date(),
     )
-    return jsonify(_offer.dump(offer))
+    return offer
 
 
 @bp.get("/api/v1/offer-runs")
 @requires(Scope.RUNS_READ)
 @operation(summary="Recorded offer runs, newest first", tag="offers", query=_list_schema, response=_run_page,
            errors=(400,))
-def list_runs():
-    args = load_query(_list_schema)
-    items, cursor = run_service.list_runs(db_session(), args["limit"], args["cursor"])
-    return jsonify(_run_page.dump({"items": items, "next_cursor": cursor}))
+def list_runs(query: dict[str, Any]) -> dict[str, Any]:
+    items, cursor = run_service.list_runs(db_session(), query["limit"], query["cursor"])
+    return {"items": items, "next_cursor": cursor}
 
 
 @bp.get("/api/v1/offer-runs/<int:run_id>")
 @requires(Scope.RUNS_READ)
 @operation(summary="One run with its step metrics", tag="offers", response=_run, errors=(404,))
-def run_detail(run_id: int):
-    return jsonify(_run.dump(run_service.run_view(db_session(), run_id)))
+def run_detail(run_id: int) -> Any:
+    return run_service.run_view(db_session(), run_id)
 
 
 @bp.get("/api/v1/offer-runs/<int:run_id>/results")
 @requires(Scope.RUNS_READ)
 @operation(summary="A run's per-member results, in member order", tag="offers", query=_results_schema,
            response=_result_page, errors=(400, 404))
-def run_results(run_id: int):
-    args = load_query(_results_schema)
-    items, cursor = run_service.list_results(db_session(), run_id, status=args["status"], offer=args["offer"],
-                                             limit=args["limit"], cursor=args["cursor"])
-    return jsonify(_result_page.dump({"items": items, "next_cursor": cursor}))
+def run_results(run_id: int, query: dict[str, Any]) -> dict[str, Any]:
+    items, cursor = run_service.list_results(db_session(), run_id, status=query["status"], offer=query["offer"],
+                                             limit=query["limit"], cursor=query["cursor"])
+    return {"items": items, "next_cursor": cursor}
 
 
 @bp.get("/api/v1/offer-runs/<int:run_id>/results/<path:member_id>")
 @requires(Scope.RUNS_READ)
 @operation(summary="One member's result in a run", tag="offers", response=_result, errors=(404,))
-def run_result(run_id: int, member_id: str):
-    return jsonify(_result.dump(run_service.get_result(db_session(), run_id, member_id)))
+def run_result(run_id: int, member_id: str) -> Any:
+    return run_service.get_result(db_session(), run_id, member_id)
 
 
 @bp.get("/api/v1/offer-runs/<int:run_id>/export.csv")
@@ -295,7 +251,7 @@ def run_result(run_id: int, member_id: str):
            errors=(404,))
 def run_export(run_id: int):
     # A session of its own: it must outlive the view, until the last chunk is sent.
-    session = current_app.extensions["courier"].session()
+    session = runtime().session()
     try:
         chunks = run_service.export_csv(session, run_id)
     except Exception:

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, jsonify, request
+from flask import Blueprint, jsonify, request
 
 from blueprints.declare import JsonSchema, operation
 from services.errors import Unprocessable
 from services.offers.reference import formulas as reference_formulas
 
 bp = Blueprint("partner_reference", __name__)
-
-
-def init_app(app: Flask) -> None:
-    """The reference partner's endpoints, when enabled (stateless: nothing to keep on the app)."""
-    if app.config["REFERENCE_PARTNER_ENABLED"]:
-        app.register_blueprint(bp, url_prefix=app.config["REFERENCE_PARTNER_PREFIX"].rstrip("/"))
 
 
 def _features(names: tuple[str, ...] | list[str]) -> JsonSchema:

@@ -4,54 +4,19 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from typing import Any
 
-from flask import Blueprint, Flask, current_app, jsonify
+from flask import Blueprint, current_app
 from marshmallow import Schema, ValidationError, fields
 
 from blueprints.auth import requires
-from blueprints.common import load_query
 from blueprints.declare import operation
+from capabilities.pricing import pricing_capability
 from services.auth.api_keys import Scope
 from services.pricing.price import PriceQuery, price_order
-from services.pricing.venue_store import VenueStore
 
 bp = Blueprint("pricing", __name__)
-EXTENSION = "courier.pricing"
 
-
-@dataclass(frozen=True)
-class PricingCapability:
-    """What the pricing endpoint uses: the venue store (memory, database, venue API)."""
-
-    venues: VenueStore
-
-
-def pricing_capability() -> PricingCapability:
-    return current_app.extensions[EXTENSION]
-
-
-def init_app(app: Flask) -> PricingCapability:
-    """The venue API client and store, and the endpoint."""
-    from services.pricing.venue_api import VenueApiClient, venue_api_policy
-    from services.pricing.venue_store import VenueCachePolicy
-
-    runtime = app.extensions["courier"]
-    cfg = app.config
-    client = None
-    if cfg["VENUE_API_URL"]:
-        client = VenueApiClient(cfg["VENUE_API_URL"], venue_api_policy(
-            connect_timeout_s=cfg["VENUE_API_CONNECT_TIMEOUT_S"], read_timeout_s=cfg["VENUE_API_READ_TIMEOUT_S"],
-            retries=cfg["VENUE_API_RETRIES"], deadline_s=cfg["VENUE_API_DEADLINE_S"],
-            pool_maxsize=cfg["HTTP_POOL_MAXSIZE"]))
-    store = VenueStore(client, runtime.session_factory, VenueCachePolicy(
-        static_ttl_s=cfg["VENUE_STATIC_TTL_S"], dynamic_ttl_s=cfg["VENUE_DYNAMIC_TTL_S"],
-        max_stale_s=cfg["VENUE_MAX_STALE_S"], failure_backoff_s=cfg["VENUE_FAILURE_BACKOFF_S"],
-        enabled=cfg["VENUE_CACHE_ENABLED"], wait_s=cfg["VENUE_API_DEADLINE_S"] + 0.5))
-    runtime.closers.append(store.close)
-    capability = app.extensions[EXTENSION] = PricingCapability(venues=store)
-    app.register_blueprint(bp)
-    return capability
 
 SLUG_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_-]|\.(?!\.)){0,127}$")
 _INT_RE = re.compile(r"^[0-9]{1,18}$")
@@ -160,9 +125,8 @@ _price = DeliveryOrderPriceSchema()
            error_examples={400: INVALID_REQUEST_EXAMPLE},
            description="Money in the currency's smallest unit, distance in metres. 400 `delivery_not_available` "
                        "when the address is beyond the venue's last distance range.")
-def delivery_order_price():
-    args = load_query(_query)
-    quote = price_order(pricing_capability().venues, PriceQuery(**args))
-    return jsonify(_price.dump({"total_price": quote.total_price, "small_order_surcharge": quote.small_order_surcharge,
-                                "cart_value": quote.cart_value,
-                                "delivery": {"fee": quote.delivery_fee, "distance": quote.delivery_distance}}))
+def delivery_order_price(query: dict[str, Any]) -> dict[str, Any]:
+    quote = price_order(pricing_capability().venues, PriceQuery(**query))
+    return {"total_price": quote.total_price, "small_order_surcharge": quote.small_order_surcharge,
+            "cart_value": quote.cart_value,
+            "delivery": {"fee": quote.delivery_fee, "distance": quote.delivery_distance}}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, send_from_directory
+from typing import Any
+
+from flask import Blueprint, Response, current_app, send_from_directory
 from marshmallow import Schema, fields
 from swagger_ui_bundle import swagger_ui_path
 
@@ -10,23 +12,11 @@ from blueprints.auth import requires
 from blueprints.declare import operation
 from blueprints.errors import envelope
 from blueprints.openapi import openapi_document
+from capabilities.runtime import runtime
 from services.auth.api_keys import Scope
 
 bp = Blueprint("system", __name__)
 
-
-def init_app(app: Flask) -> None:
-    """Probes, metrics and docs, and the commands that serve every capability: `flask db`,
-    `flask api-keys`, `flask seed-venues` (preparation times and venue pricing data), `flask wait-for`
-    (a container's dependencies)."""
-    from cli.api_keys import api_keys_group
-    from cli.db import db_group
-    from cli.seed import seed_venues
-    from cli.wait import wait_for_command
-
-    app.register_blueprint(bp)
-    for command in (db_group, api_keys_group, seed_venues, wait_for_command):
-        app.cli.add_command(command)
 
 _DOCS_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Courier API</title>
@@ -56,16 +46,16 @@ _readiness = ReadinessSchema()
 def healthz():
     """The process is alive and serving; checks nothing else, so it stays cheap. Open to every caller
     (``auth.PUBLIC_ENDPOINTS``): probes carry no key."""
-    return jsonify(_liveness.dump({"status": "ok"}))
+    return {"status": "ok"}
 
 
 @bp.get("/readyz")
 @requires(Scope.OPS_READ)
 @operation(summary="Readiness: database migrated, model loaded, partner registry usable", tag="system",
            response=_readiness, errors=(503,))
-def readyz() -> Response:
+def readyz() -> Response | dict[str, Any]:
     """Ready to take traffic: every registered readiness check (database, migrations, model...) passes."""
-    checks = current_app.extensions["courier"].readiness_checks
+    checks = runtime().readiness_checks
     failures: dict[str, str] = {}
     for name, check in checks.items():
         try:
@@ -82,7 +72,7 @@ def readyz() -> Response:
         return envelope(503, "not_ready", "Not ready: " + "; ".join(f"{k}: {v}" for k, v in failures.items()),
                         details=failures, headers={"Retry-After": "5"})
     # Readiness only: the counters (venue cache, upstream failures...) are in /metrics, summed over workers.
-    return jsonify(_readiness.dump({"status": "ready", "checks": sorted(checks)}))
+    return {"status": "ready", "checks": sorted(checks)}
 
 
 @bp.get("/metrics")

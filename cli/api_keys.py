@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import click
-from flask import current_app
 from flask.cli import with_appcontext
 
+from capabilities.runtime import runtime
 from services.auth.api_keys import Scope, create_key, list_keys, revoke_key
 from services.errors import NotFound
 
@@ -13,7 +13,7 @@ _SCOPES = [s.value for s in Scope]
 
 
 def _session():
-    return current_app.extensions["courier"].session()
+    return runtime().session()
 
 
 @click.group("api-keys", help="API keys for the endpoints that need one (offer runs, real-time offers).")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import click
-from flask import current_app
 from flask.cli import with_appcontext
 
+from capabilities.runtime import runtime
 from services import migrations
 
 
@@ -18,7 +18,7 @@ def require_migrated(engine) -> None:
 
 
 def _engine():
-    return current_app.extensions["courier"].engine
+    return runtime().engine
 
 
 @click.group("db", help="Database schema migrations (Alembic).")

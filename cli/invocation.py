@@ -22,6 +22,7 @@ from flask.cli import ScriptInfo
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from capabilities.runtime import runtime
 from services.db import driver_reason
 from services.logs import request_id_var
 
@@ -59,7 +60,7 @@ def _explain(exc: OperationalError | InterfaceError) -> str:
     app = click.get_current_context().ensure_object(ScriptInfo).load_app()
     url = make_url(app.config["DATABASE_URL"]).render_as_string(hide_password=True)
     try:  # can we reach it at all? (a missing table is an OperationalError too)
-        with app.extensions["courier"].engine.connect():
+        with runtime(app).engine.connect():
             pass
     except (OperationalError, InterfaceError):
         return (f"cannot reach the database at {url} ({reason}): check COURIER_DATABASE_URL and that the "

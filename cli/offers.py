@@ -17,7 +17,8 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from blueprints.offers import offers_capability
+from capabilities.offers import offers_capability
+from capabilities.runtime import runtime
 from cli.db import require_migrated
 from services.errors import CourierError
 from services.offers.features.input import InputError
@@ -176,9 +177,9 @@ def _print_summary(report) -> None:
 @with_appcontext
 def run_offers_command(input_path, partner, as_of, output, concurrency, no_batch, max_consecutive_failures,
                        resume_run_id, distributed, chunk_size) -> None:
-    runtime = current_app.extensions["courier"]
-    _check_usage(runtime, distributed, chunk_size, output)
-    options, config = _run_options(runtime, input_path, partner, _as_of_date(as_of), concurrency, no_batch,
+    process = runtime()
+    _check_usage(process, distributed, chunk_size, output)
+    options, config = _run_options(process, input_path, partner, _as_of_date(as_of), concurrency, no_batch,
                                    max_consecutive_failures, resume_run_id)
     queue = _checked_queue() if distributed else None
     click.echo(_scoring_line(config, options, no_batch, distributed), err=True)
@@ -186,9 +187,9 @@ def run_offers_command(input_path, partner, as_of, output, concurrency, no_batch
     try:
         with _stop_on_signals() as stop:
             if queue is not None:
-                report = _run_distributed(runtime, queue, config, options, chunk_size, progress, stop)
+                report = _run_distributed(process, queue, config, options, chunk_size, progress, stop)
             else:
-                report = run_offers(runtime.session_factory, config, options, progress_start=progress.start,
+                report = run_offers(process.session_factory, config, options, progress_start=progress.start,
                                     progress=progress.advance, stop=stop, on_retry=_RetryReporter(progress))
     except (InputError, ResumeError, DistributedUnavailable) as exc:
         _usage_error(str(exc))
@@ -196,21 +197,21 @@ def run_offers_command(input_path, partner, as_of, output, concurrency, no_batch
         progress.close()
     _print_summary(report)
     if output:
-        with runtime.session() as session:
+        with process.session() as session:
             summary = write_output(session, report.run, output)
         click.echo(f"\nwrote {output} and {summary}")
     _print_hints(report, config, input_path, distributed)
     raise SystemExit(EXIT_CODES.get(report.run.status, 1))
 
 
-def _check_usage(runtime, distributed: bool, chunk_size: int | None, output: str | None) -> None:
+def _check_usage(process, distributed: bool, chunk_size: int | None, output: str | None) -> None:
     """Refusals before any work (exit 2)."""
-    if distributed and runtime.engine.dialect.name == "sqlite":
+    if distributed and process.engine.dialect.name == "sqlite":
         _usage_error("--distributed needs a database every worker shares: set COURIER_DATABASE_URL to "
                      "PostgreSQL (postgresql://user:password@host/db); SQLite is one machine's file")
     if chunk_size is not None and not distributed:
         _usage_error("--chunk-size applies to --distributed runs only")
-    require_migrated(runtime.engine)
+    require_migrated(process.engine)
     if output and Path(output).suffix.lower() not in OUTPUT_SUFFIXES:
         _usage_error(f"--output {output}: unsupported format {Path(output).suffix or '(no extension)'}; "
                      f"use one of {', '.join(OUTPUT_SUFFIXES)}")
@@ -225,7 +226,7 @@ def _as_of_date(as_of: str | None) -> date | None:
         _usage_error(f"--as-of {as_of!r}: expected YYYY-MM-DD")
 
 
-def _run_options(runtime, input_path: str, partner: str | None, as_of_date: date | None, concurrency: int | None,
+def _run_options(process, input_path: str, partner: str | None, as_of_date: date | None, concurrency: int | None,
                  no_batch: bool, max_consecutive_failures: int | None,
                  resume_run_id: int | None) -> tuple[RunOptions, PartnerConfig]:
     """The run's options and its partner, from the command line and the settings (a resume keeps the
@@ -235,7 +236,7 @@ def _run_options(runtime, input_path: str, partner: str | None, as_of_date: date
     run_date: date
     if resume_run_id is not None:
         try:
-            partner, run_date = resumed_partner_and_date(runtime.session_factory, resume_run_id, partner, as_of_date)
+            partner, run_date = resumed_partner_and_date(process.session_factory, resume_run_id, partner, as_of_date)
         except ResumeError as exc:
             _usage_error(f"--resume {resume_run_id}: {exc}")
     else:
@@ -308,13 +309,13 @@ def _print_hints(report, config: PartnerConfig, input_path: str, distributed: bo
                    err=True)
 
 
-def _run_distributed(runtime, queue, config, options, chunk_size, progress, stop):
+def _run_distributed(process, queue, config, options, chunk_size, progress, stop):
     from services.offers.runs.distributed.coordinator import DistributedSettings, run_distributed
 
     cfg = current_app.config
     settings = DistributedSettings(chunk_size=chunk_size or cfg["OFFERS_CHUNK_SIZE"],
                                    stall_s=cfg["OFFERS_DISTRIBUTED_STALL_S"], silent_s=cfg["OFFERS_CHUNK_SILENT_S"])
-    return run_distributed(runtime.session_factory, config, options, queue, settings, progress_start=progress.start,
+    return run_distributed(process.session_factory, config, options, queue, settings, progress_start=progress.start,
                            progress=progress.advance, stop=stop, note=progress.write)
 
 
@@ -360,11 +361,11 @@ def offers_report(run_id: int, out_path: str | None) -> None:
     from services.errors import NotFound
     from services.offers.reports.html import run_report_html
 
-    runtime = current_app.extensions["courier"]
-    require_migrated(runtime.engine)
+    process = runtime()
+    require_migrated(process.engine)
     path = Path(out_path or f"offer-run-{run_id}.html")
     try:
-        with runtime.session() as session:
+        with process.session() as session:
             page = run_report_html(session, run_id)
     except NotFound as exc:
         _usage_error(exc.message)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import click
-from flask import current_app
 from flask.cli import with_appcontext
 
-from blueprints.estimate import estimate_capability
-from blueprints.pricing import pricing_capability
+from capabilities.estimate import estimate_capability
+from capabilities.pricing import pricing_capability
+from capabilities.runtime import runtime
 from cli.db import require_migrated
 from config import DATA_DIR
 from services.errors import CourierError
@@ -43,9 +43,9 @@ def _refuse(summary: str, problems: list[str]) -> None:
 @with_appcontext
 def seed_venues(prep_times_path: str, venues_dir: str, overwrite: bool, from_api: bool,
                 slugs: tuple[str, ...]) -> None:
-    runtime = current_app.extensions["courier"]
+    process = runtime()
     store = pricing_capability().venues
-    require_migrated(runtime.engine)
+    require_migrated(process.engine)
     times: dict[str, float] | None = None
     if not from_api:
         try:
@@ -56,7 +56,7 @@ def seed_venues(prep_times_path: str, venues_dir: str, overwrite: bool, from_api
     if from_api:
         if store.client is None:
             raise click.UsageError("--from-api needs COURIER_VENUE_API_URL (it is empty: offline mode)")
-        with runtime.session() as session:
+        with process.session() as session:
             targets = list(slugs) or known_slugs(session)
         venues, failed = [], 0
         for slug in targets:
@@ -77,7 +77,7 @@ def seed_venues(prep_times_path: str, venues_dir: str, overwrite: bool, from_api
         failed = 0
         source = venues_dir
 
-    with runtime.session() as session, session.begin():
+    with process.session() as session, session.begin():
         counts = upsert_prep_times(session, times, overwrite=overwrite) if times is not None else None
         created = sum(upsert_venue(session, venue) for venue in venues)
     estimate_capability().prep_times.invalidate()

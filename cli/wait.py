@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import click
-from flask import current_app
 from flask.cli import with_appcontext
 
+from capabilities.runtime import runtime
 from services.db import ping
 from services.migrations import database_readiness
 from services.waiting import Check, wait_for
@@ -23,7 +23,7 @@ _SAY_EVERY_S = 5.0
 
 
 def _database() -> Check:
-    engine = current_app.extensions["courier"].engine
+    engine = runtime().engine
 
     def check() -> str | None:
         ping(engine)  # raises while the database cannot be reached
@@ -33,11 +33,11 @@ def _database() -> Check:
 
 
 def _migrated() -> Check:
-    return database_readiness(current_app.extensions["courier"].engine)
+    return database_readiness(runtime().engine)
 
 
 def _broker() -> Check:
-    from blueprints.offers import offers_capability
+    from capabilities.offers import offers_capability
     from services.offers.runs.distributed.coordinator import DistributedUnavailable
 
     queue = offers_capability().distributed.queue()

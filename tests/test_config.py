@@ -177,3 +177,21 @@ def test_only_settings_that_hold_secrets_read_files():
     assert load_settings({"COURIER_LOG_LEVEL_FILE": "/nonexistent"})["LOG_LEVEL"] == "INFO"
     secrets = {s.key for s in SETTINGS if s.secret}
     assert secrets == {"DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"}
+
+
+def test_every_config_key_the_code_reads_is_declared():
+    """A misspelt key fails here, not on the first request that reads it (app.config[...] raises
+    KeyError only then). Keys Flask itself defines pass."""
+    import re
+
+    from flask import Flask
+
+    root = Path(__file__).resolve().parent.parent
+    sources = [root / "app.py", root / "wsgi.py", root / "gunicorn.conf.py"]
+    for folder in ("blueprints", "capabilities", "cli", "services"):
+        sources += sorted((root / folder).rglob("*.py"))
+    read = re.compile(r"""(?:config|cfg)(?:\[|\.get\()["']([A-Z][A-Z0-9_]*)["']""")
+    keys = {(key, path.relative_to(root).as_posix()) for path in sources for key in read.findall(path.read_text())}
+    declared = {setting.key for setting in SETTINGS} | set(Flask.default_config)
+    assert len(keys) > 40  # the pattern does find the reads
+    assert sorted((key, where) for key, where in keys if key not in declared) == []

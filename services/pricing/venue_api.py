@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from services.http_client import HttpClient, HttpPolicy
+from services.http.policy import HttpPolicy
+from services.http.sync import HttpClient
 from services.pricing.venue_data import DynamicVenue, StaticVenue, VenueDataError, parse_dynamic, parse_static
 
 UPSTREAM = "venue-api"

@@ -8,7 +8,8 @@ from datetime import date
 import responses
 
 from config import DATA_DIR
-from services.http_client import HttpClient, HttpPolicy
+from services.http.policy import HttpPolicy
+from services.http.sync import HttpClient
 from services.logs import request_id_var
 from services.offers.runs.lifecycle import RunOptions
 from services.offers.runs.local import run_offers

@@ -8,8 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 from services.errors import UpstreamInvalid
-from services.http_async import AsyncHttpClient, RetryEvent
-from services.http_client import HttpClient, HttpPolicy
+from services.http.aio import AsyncHttpClient, RetryEvent
+from services.http.policy import HttpPolicy
+from services.http.sync import HttpClient
 from services.offers.partners.answers import batch_items, item_or_error, offer_of, prediction_of
 from services.offers.partners.config import PartnerConfig
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy.orm import sessionmaker
 
-from services.http_async import RetryEvent
+from services.http.aio import RetryEvent
 from services.offers.features.scan import FeatureScan
 from services.offers.partners.config import PartnerConfig
 from services.offers.runs.frame import Failure, RunContext, RunFailure, RunReport, Scored, run_frame

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.errors import CourierError
-from services.http_async import RetryEvent
+from services.http.aio import RetryEvent
 from services.offers.partners.client import AsyncPartnerClient
 from services.offers.partners.config import PartnerConfig
 from services.offers.runs.recording import MemberOutcome

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.http_async import RetryEvent
+from services.http.aio import RetryEvent
 
 # Histogram resolution: buckets 1% apart, so a percentile is within 1% of the exact value while
 # memory stays a few hundred integers whatever the number of members (a list of floats per call
