@@ -35,7 +35,7 @@ def init_app(app: Flask) -> PricingCapability:
         client = VenueApiClient(cfg["VENUE_API_URL"], venue_api_policy(
             connect_timeout_s=cfg["VENUE_API_CONNECT_TIMEOUT_S"], read_timeout_s=cfg["VENUE_API_READ_TIMEOUT_S"],
             retries=cfg["VENUE_API_RETRIES"], deadline_s=cfg["VENUE_API_DEADLINE_S"],
-            pool_maxsize=cfg["HTTP_POOL_MAXSIZE"]))
+            pool_maxsize=cfg["HTTP_POOL_MAXSIZE"], max_answer_bytes=cfg["VENUE_API_MAX_ANSWER_BYTES"]))
     store = VenueStore(client, built.session_factory, VenueCachePolicy(
         static_ttl_s=cfg["VENUE_STATIC_TTL_S"], dynamic_ttl_s=cfg["VENUE_DYNAMIC_TTL_S"],
         max_stale_s=cfg["VENUE_MAX_STALE_S"], failure_backoff_s=cfg["VENUE_FAILURE_BACKOFF_S"],

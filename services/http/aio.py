@@ -98,6 +98,7 @@ class AsyncHttpClient:
             self._transport = KeepAliveTransport(
                 self.base_url, connect_timeout_s=self.policy.connect_timeout_s,
                 read_timeout_s=self.policy.read_timeout_s, pool_maxsize=self.policy.pool_maxsize,
+                max_answer_bytes=self.policy.max_answer_bytes,
                 headers={**self.headers, "X-Request-ID": rid} if rid else self.headers)
         return self
 
@@ -122,6 +123,10 @@ class AsyncHttpClient:
         try:
             return await self._send(method, path, body)
         except TransportError as exc:
+            if exc.oversized:
+                raise _Failure("read", "oversized answer", UpstreamInvalid(
+                    f"{self.upstream} sent {exc}", upstream=self.upstream,
+                    details={"max_answer_bytes": self.policy.max_answer_bytes})) from exc
             if exc.timeout:
                 error: UpstreamError = UpstreamTimeout(f"{self.upstream} did not answer in time",
                                                        upstream=self.upstream)

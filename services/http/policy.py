@@ -43,6 +43,11 @@ class HttpPolicy:
     # The shortest attempt worth starting near the deadline: a loopback answer takes ~1 ms and the
     # venue API ~50-150 ms, so 0.1 s left is a real chance; less is a call that can only time out.
     min_attempt_s: float = 0.1
+    # The largest answer worth reading: more is one bad attempt (502 ``upstream_invalid`` if none
+    # succeeds) and the connection is dropped. Without a cap a 1 GiB venue answer grew two gunicorn
+    # workers by ~0.8-1.1 GB each, and they kept it. Venue documents are 4-12 KB; a partner's batch
+    # answer of 1,000 items ~40 KB.
+    max_answer_bytes: int = 4 * 1024 * 1024
 
     @property
     def timeout(self) -> tuple[float, float]:

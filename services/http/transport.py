@@ -46,16 +46,19 @@ class TransportError(Exception):
     have reached the server); ``timeout`` says whether a timeout ended it.
     """
 
-    def __init__(self, stage: str, timeout: bool, message: str) -> None:
+    def __init__(self, stage: str, timeout: bool, message: str, oversized: bool = False) -> None:
         super().__init__(message)
         self.stage = stage
         self.timeout = timeout
+        self.oversized = oversized  # the answer passed the transport's size cap
 
 
 class _Connection(asyncio.Protocol):
     """One socket; at most one request in flight on it."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit  # bytes of body at most; more fails the exchange and drops the connection
+        self.size = 0
         self.transport: asyncio.Transport | None = None
         self.sock: socket.socket | None = None
         self.parser = httptools.HttpResponseParser(self)
@@ -72,6 +75,8 @@ class _Connection(asyncio.Protocol):
         self.sock = transport.get_extra_info("socket")
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return  # what was still buffered when an oversized answer dropped the connection
         self.received = True
         try:
             self.parser.feed_data(data)
@@ -92,8 +97,23 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.decode("latin-1").title()] = value.decode("latin-1")
 
+    def on_headers_complete(self) -> None:
+        declared = self.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self.limit:
+            self._oversized(f"{int(declared):,} bytes")
+
     def on_body(self, body: bytes) -> None:
+        self.size += len(body)
+        if self.size > self.limit:
+            self._oversized(f"more than {self.limit:,} bytes")
+            return
         self.body.append(body)
+
+    def _oversized(self, size: str) -> None:
+        self._fail(TransportError("read", False, f"an answer of {size}, over the {self.limit:,}-byte cap",
+                                  oversized=True))
+        self.body = []
+        self.close()
 
     def on_message_complete(self) -> None:
         self.keep_alive = self.parser.should_keep_alive()
@@ -109,7 +129,7 @@ class _Connection(asyncio.Protocol):
 
     def send(self, data: bytes) -> asyncio.Future:
         self.waiter = asyncio.get_running_loop().create_future()
-        self.headers, self.body, self.received = {}, [], False
+        self.headers, self.body, self.received, self.size = {}, [], False, 0
         assert self.transport is not None, "send() before connection_made()"
         self.transport.write(data)
         return self.waiter
@@ -124,7 +144,7 @@ class KeepAliveTransport:
     """Pooled keep-alive connections to one origin (scheme, host, port)."""
 
     def __init__(self, base_url: str, *, connect_timeout_s: float, read_timeout_s: float, pool_maxsize: int,
-                 headers: dict[str, str]) -> None:
+                 headers: dict[str, str], max_answer_bytes: int = 4 * 1024 * 1024) -> None:
         parts = urlsplit(base_url)
         self.host = parts.hostname or "127.0.0.1"
         self.tls = parts.scheme == "https"
@@ -132,6 +152,7 @@ class KeepAliveTransport:
         self.base_path = parts.path.rstrip("/")
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
+        self.max_answer_bytes = max_answer_bytes
         host_header = parts.netloc.rsplit("@", 1)[-1]
         fixed = {"Host": host_header, **headers}
         self._fixed_headers = "".join(f"{k}: {v}\r\n" for k, v in fixed.items()).encode("latin-1")
@@ -150,7 +171,7 @@ class KeepAliveTransport:
         loop = asyncio.get_running_loop()
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(_Connection, self.host, self.port, ssl=self._ssl,
+                loop.create_connection(lambda: _Connection(self.max_answer_bytes), self.host, self.port, ssl=self._ssl,
                                        server_hostname=self.host if self.tls else None),
                 self.connect_timeout_s)
         except TimeoutError as exc:

@@ -12,7 +12,7 @@ UPSTREAM = "venue-api"
 
 
 def venue_api_policy(connect_timeout_s: float, read_timeout_s: float, retries: int, deadline_s: float,
-                     pool_maxsize: int) -> HttpPolicy:
+                     pool_maxsize: int, max_answer_bytes: int = 1024 * 1024) -> HttpPolicy:
     """Policy for an interactive price request.
 
     - retries (default 5): at 20% independent 429s, a half still failing after 6 attempts has
@@ -29,7 +29,8 @@ def venue_api_policy(connect_timeout_s: float, read_timeout_s: float, retries: i
     return HttpPolicy(connect_timeout_s=connect_timeout_s, read_timeout_s=read_timeout_s, retries=retries,
                       connect_retries=1,
                       backoff_factor_s=0.05, backoff_jitter_s=0.05, backoff_max_s=0.5, retry_after_max_s=0.2,
-                      deadline_s=deadline_s, retry_post=False, pool_maxsize=pool_maxsize)
+                      deadline_s=deadline_s, retry_post=False, pool_maxsize=pool_maxsize,
+                      max_answer_bytes=max_answer_bytes)
 
 
 class VenueApiClient:

@@ -1,6 +1,8 @@
 """Offers over REST: the real-time offer, browsing runs with stable pagination, streamed CSV export."""
 
 import csv
+import io
+import json
 import threading
 from datetime import UTC, date, datetime
 
@@ -318,3 +320,38 @@ def test_results_and_realtime_features_keep_the_features_a_registry_adds_beyond_
     assert OfferResultSchema().dump(result) == result
     features = {name: 1.5 for name in STANDARD_FEATURES} | {"DAYS_SINCE_LAST_TRANSACTION": 3, "DAYS_UNTIL_XMAS": 17}
     assert FeaturesSchema().dump(features) == features
+
+
+DANGEROUS_IDS = ["=cmd|' /C calc'!A0", "+SUM(1+1)", "-2+3", "@HYPERLINK(\"http://x\")", "\tTAB", "\rCR"]
+
+
+@pytest.fixture
+def run_with_formula_ids(app):
+    from services.offers.runs.recording import MemberOutcome, create_run, insert_outcomes
+
+    with app.extensions["courier"].session() as session, session.begin():
+        run = create_run(session, partner="reference", input_path="x.csv", input_sha256="0" * 64,
+                         as_of=date(2024, 1, 5), concurrency=1)
+        insert_outcomes(session, run.id, [MemberOutcome(member_id=m, status="scored", offer="=OFFER",
+                                                        ats_prediction=-1.5) for m in DANGEROUS_IDS])
+        return run.id
+
+
+def test_csv_exports_neutralise_cells_a_spreadsheet_would_run_as_formulas(client, app, run_with_formula_ids,
+                                                                            tmp_path):
+    from services.offers.runs.recording import write_output
+    from services.tables import OfferRun
+
+    rest = client.get(f"/api/v1/offer-runs/{run_with_formula_ids}/export.csv").get_data(as_text=True)
+    with app.extensions["courier"].session() as session:
+        write_output(session, session.get(OfferRun, run_with_formula_ids), tmp_path / "out.csv")
+        write_output(session, session.get(OfferRun, run_with_formula_ids), tmp_path / "out.jsonl")
+    with open(tmp_path / "out.csv", newline="", encoding="utf-8") as handle:
+        written = handle.read()
+    for text in (rest, written):
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        assert sorted(r["member_id"] for r in rows) == sorted("'" + m for m in DANGEROUS_IDS)
+        assert {r["offer"] for r in rows} == {"'=OFFER"}
+        assert {r["ats_prediction"] for r in rows} == {"-1.5"}  # a negative number stays a number
+    jsonl = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert sorted(r["member_id"] for r in jsonl) == sorted(DANGEROUS_IDS)  # JSON lines keep the raw value

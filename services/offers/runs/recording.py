@@ -196,22 +196,35 @@ def iter_results(session: Session, run_id: int, batch: int = 1000) -> Iterator[d
         yield result_record(result)
 
 
-def _csv_value(value: Any) -> Any:
+# OWASP's CSV injection guidance: a cell that starts with one of these is read by a spreadsheet as a
+# formula (`=cmd|' /C calc'!A0`, `+SUM(1+1)`, `-2+3`, `@HYPERLINK(...)`) or shifts the cell's start
+# (tab, carriage return); a leading single quote makes it text. Only text cells: numbers are written
+# by repr and a negative number is a number. JSON lines and Parquet keep the raw value.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A value as one CSV cell Courier writes: empty for None, exact floats, text neutralised."""
     if value is None:
         return ""
     if isinstance(value, float) and math.isfinite(value):
         return repr(value)
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
     return value
 
 
 def iter_csv(records: Iterator[dict[str, Any]]) -> Iterator[str]:
-    """CSV text chunk by chunk (header first) with exactly EXPORT_COLUMNS."""
+    """CSV text chunk by chunk (header first) with exactly EXPORT_COLUMNS; text cells that a
+    spreadsheet would run as a formula start with a single quote (``csv_cell``)."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    # CRLF, RFC 4180's line break: with "\n" the csv module left a value holding a bare CR unquoted,
+    # and every reader split that row in two.
+    writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(EXPORT_COLUMNS)
     count = 0
     for record in records:
-        writer.writerow([_csv_value(record.get(c)) for c in EXPORT_COLUMNS])
+        writer.writerow([csv_cell(record.get(c)) for c in EXPORT_COLUMNS])
         count += 1
         if count % 500 == 0:
             yield buffer.getvalue()

@@ -216,3 +216,53 @@ def test_live_keep_alive_server_reuses_connections(live_partner):
 
     assert asyncio.run(main()) == [{"prediction": reference_formulas.ats(features)}] * 200
     assert 1 <= len(live_partner.peers) <= 4  # at most pool_maxsize connections carried all 200 calls
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_an_answer_over_the_cap_is_a_502_and_the_connection_is_dropped(declared):
+    """Against a raw loopback server: one answer of 4 MiB, declared by Content-Length or not
+    (close-delimited bodies are a transport matter; here the server declares chunked)."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    attempts = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            attempts.append(1)
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(4096)
+                try:
+                    if declared:
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4194304\r\n\r\n" + b" " * 4194304)
+                    else:
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                        for _ in range(64):
+                            conn.sendall(b"10000\r\n" + b" " * 65536 + b"\r\n")
+                        conn.sendall(b"0\r\n\r\n")
+                except OSError:
+                    pass  # we hung up at the cap
+
+    threading.Thread(target=serve, daemon=True).start()
+    policy = HttpPolicy(retries=1, backoff_factor_s=0.0, backoff_jitter_s=0.0, retry_post=True,
+                        max_answer_bytes=1024 * 1024)
+
+    async def main():
+        async with AsyncHttpClient("partner", f"http://127.0.0.1:{server.getsockname()[1]}", policy) as client:
+            return await client.post_json("/x", b"{}")
+
+    try:
+        with pytest.raises(UpstreamInvalid, match="over the 1,048,576-byte cap") as info:
+            asyncio.run(main())
+    finally:
+        server.close()
+    assert info.value.status == 502 and len(attempts) == 2  # one bad attempt, retried once

@@ -238,7 +238,8 @@ def raw_server():
     """A loopback server playing one scripted behaviour per connection (the last repeats).
 
     Behaviours: ``ok`` (JSON, Connection: close), ``hang`` (reads the request, never answers),
-    ``malformed`` (200 with a body that is not JSON), ``trickle`` (headers, then one body byte every 0.2 s).
+    ``malformed`` (200 with a body that is not JSON), ``trickle`` (headers, then one body byte every 0.2 s),
+    ``endless`` (a body without Content-Length that never ends), ``declared-huge`` (Content-Length 1 GiB).
     """
     script: list[str] = []
     seen: list[str] = []
@@ -260,6 +261,18 @@ def raw_server():
             elif behaviour == "malformed":
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 7\r\n"
                              b"Connection: close\r\n\r\n" + b'{"ok": ')
+            elif behaviour == "endless":  # no Content-Length: a body that ends only when we hang up
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
+                chunk = b" " * 65536
+                try:
+                    while not stop.is_set():
+                        conn.sendall(chunk)
+                except OSError:
+                    pass  # the client hung up: what it should do
+            elif behaviour == "declared-huge":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1073741824\r\n"
+                             b"\r\n" + b" " * 1024)
+                stop.wait(2)
             elif behaviour == "trickle":
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n")
                 while not stop.wait(0.2):
@@ -401,3 +414,39 @@ def test_a_server_writing_headers_and_body_apart_costs_no_delayed_ack(keepalive_
         client.get_json("/x")
     # Waiting for Linux's delayed ACK (40 ms) each time: >= 0.8 s.  Acknowledging at once: ~1 ms each.
     assert time.monotonic() - started < 0.4
+
+
+def rss_kb() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
+def test_an_endless_answer_is_cut_at_the_cap_retried_then_502_and_memory_stays_flat(raw_server):
+    url, script, seen = raw_server
+    script.append("endless")
+    policy = HttpPolicy(read_timeout_s=5.0, retries=2, backoff_factor_s=0.0, backoff_jitter_s=0.0, deadline_s=20.0,
+                        max_answer_bytes=1024 * 1024)
+    before = rss_kb()
+    with pytest.raises(UpstreamInvalid, match="over the 1,048,576-byte cap") as info:
+        HttpClient("up", url, policy).get_json("/x")
+    assert info.value.status == 502 and len(seen) == 3  # a bad attempt each, retried like a bad body
+    assert rss_kb() - before < 32 * 1024  # without the cap: the whole answer, until memory ran out
+
+
+def test_an_answer_declared_over_the_cap_is_not_read(raw_server):
+    url, script, seen = raw_server
+    script.append("declared-huge")
+    policy = HttpPolicy(retries=0, deadline_s=5.0, max_answer_bytes=1024 * 1024)
+    started = time.monotonic()
+    with pytest.raises(UpstreamInvalid, match="1,073,741,824 bytes"):
+        HttpClient("up", url, policy).get_json("/x")
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_trickling_answer_is_one_bad_attempt_retried_within_the_deadline(raw_server):
+    url, script, seen = raw_server
+    script += ["trickle", "ok"]  # each read well within the read timeout; the answer as a whole is not
+    policy = HttpPolicy(connect_timeout_s=0.2, read_timeout_s=0.5, retries=3, backoff_factor_s=0.0,
+                        backoff_jitter_s=0.0, deadline_s=2.5)
+    assert HttpClient("up", url, policy).get_json("/x") == {"ok": 1}  # before: 504 after the whole 2.5 s
+    assert seen == ["trickle", "ok"]
