@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import PurePath
 
 from flask import Flask, current_app
 
@@ -34,11 +35,13 @@ def init_app(app: Flask) -> EstimateCapability:
 
     built = runtime(app)
     model, problem = None, None
+    path = str(app.config["MODEL_PATH"])
     try:
-        model = load_model(app.config["MODEL_PATH"])
+        model = load_model(path)
     except ModelLoadError as exc:
-        problem = str(exc)
-        logging.getLogger("courier.estimate").error("model not loaded", extra={"problem": problem})
+        logging.getLogger("courier.estimate").error("model not loaded", extra={"problem": str(exc)})
+        # /readyz answers anyone with ops:read: the file's name, not where it lives on the server.
+        problem = str(exc).replace(path, PurePath(path).name)
     if model is not None:
         metrics().model_info.labels(model.version).set(1)
     prep_times = PrepTimeCache(built.session_factory, app.config["PREP_TIMES_RELOAD_S"])

@@ -38,8 +38,8 @@ class Metrics:
                                           "retries included.", ["upstream"], buckets=LATENCY_BUCKETS, registry=r)
         self.venue_cache = Counter("courier_venue_cache_events_total", "Venue data lookups by what happened "
                                    "(hits, misses, refreshes_ahead, revalidations, stale_served, missing_hits, "
-                                   "backoff_skips, upstream_failures, db_loads, persist_failures).", ["event"],
-                                   registry=r)
+                                   "backoff_skips, upstream_failures, db_loads, db_read_failures, "
+                                   "persist_failures).", ["event"], registry=r)
         self.model_info = Gauge("courier_estimate_model_info", "The delivery-time model loaded (value 1).",
                                 ["version"], registry=r, multiprocess_mode="max")
         self.prep_times_version = Gauge("courier_prep_times_version", "Version of the preparation times in "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from pathlib import PurePath
 from typing import Any
 
 from services.offers.features.definitions import STANDARD_FEATURES
@@ -69,7 +70,9 @@ class RunField:
 RUN_FIELDS: tuple[RunField, ...] = (
     RunField("id", int),
     RunField("partner", str),
-    RunField("input_path", str),
+    RunField("input_file", str, derived=True,
+             description="the input's file name; its folder on the server is not shown (with input_sha256, "
+                         "what a client needs to tell inputs apart)"),
     RunField("input_sha256", str),
     RunField("as_of", date, description="the date DAYS_SINCE_LAST_TRANSACTION counts to"),
     RunField("status", str, description="succeeded, completed_with_failures, failed, interrupted, running; "
@@ -111,6 +114,8 @@ def run_values(run: Any, status: str, live: dict[str, Any] | None = None) -> dic
     for field in RUN_FIELDS:
         if field.name in live:
             value: Any = live[field.name]
+        elif field.name == "input_file":
+            value = PurePath(run.input_path).name
         elif field.derived:
             value = None
         else:

@@ -37,22 +37,31 @@ def load_venue(session: Session, slug: str) -> VenueData | None:
 
 
 def upsert_venue(session: Session, data: VenueData) -> bool:
-    """Insert or update; returns True when the venue was new."""
+    """Insert or update in one statement (``INSERT ... ON CONFLICT (slug) DO UPDATE``); returns True
+    when the venue was not stored before.
+
+    One statement, because two workers pricing the same new venue at once both found no row and
+    both inserted: the second write failed on the primary key and logged an ERROR although the
+    answer was fine.
+    """
     existing = session.get(Venue, data.slug)
-    created = existing is None
-    row = existing if existing is not None else Venue(slug=data.slug)
-    if created:
-        session.add(row)
-    row.latitude = data.static.latitude
-    row.longitude = data.static.longitude
-    row.static_fetched_at = data.static_fetched_at
-    row.order_minimum_no_surcharge = data.dynamic.order_minimum_no_surcharge
-    row.base_price = data.dynamic.base_price
-    row.distance_ranges = ranges_to_json(data.dynamic.distance_ranges)
-    row.dynamic_fetched_at = data.dynamic_fetched_at
-    row.updated_at = utcnow()
-    session.flush()
-    return created
+    values = {
+        "latitude": data.static.latitude, "longitude": data.static.longitude,
+        "static_fetched_at": data.static_fetched_at,
+        "order_minimum_no_surcharge": data.dynamic.order_minimum_no_surcharge,
+        "base_price": data.dynamic.base_price, "distance_ranges": ranges_to_json(data.dynamic.distance_ranges),
+        "dynamic_fetched_at": data.dynamic_fetched_at, "updated_at": utcnow(),
+    }
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]  # the other dialect we run on
+    session.execute(insert(Venue).values(slug=data.slug, **values)
+                    .on_conflict_do_update(index_elements=[Venue.slug], set_=values))
+    if existing is not None:
+        session.expire(existing)  # the row now holds what was just written
+    return existing is None
 
 
 def known_slugs(session: Session) -> list[str]:

@@ -112,6 +112,9 @@ class VenueStore:
         self._executor_pid = 0
         self.stats: Counter[str] = Counter()
         self._events = metrics().venue_cache
+        # Set while the database fails us: its first failure is logged, the rest only counted, until
+        # a read or write works again (a database outage must not write a traceback per price).
+        self._database_down = False
 
     # -- public ---------------------------------------------------------------------------------
     def get(self, slug: str) -> VenueData:
@@ -307,7 +310,7 @@ class VenueStore:
         now = self._clock()
         entry = self._mem.get(slug)
         if entry is None:
-            entry = self._load_stored(slug)
+            entry = self._load_stored_if_reachable(slug)
             if entry is not None and self.client is not None:
                 served = self._serve(slug, entry, now)
                 if served is not None:
@@ -416,10 +419,34 @@ class VenueStore:
         # setdefault: a refresh that finished meanwhile holds newer data than the database read
         return self._mem.setdefault(slug, self._entry(data))
 
+    def _load_stored_if_reachable(self, slug: str) -> _Entry | None:
+        """The stored venue; None when the database cannot be read but the venue API can answer, so a
+        cold price degrades like a warm one (it used to answer 503 although the upstream was up)."""
+        try:
+            entry = self._load_stored(slug)
+        except Exception as exc:
+            if self.client is None:
+                raise  # offline: the database is all there is
+            self._count("db_read_failures")
+            self._database_trouble("could not read stored venue data; asking the venue API", slug, exc)
+            return None
+        self._database_down = False
+        return entry
+
     def _persist(self, data: VenueData) -> None:
         try:
             with self._sessions() as session, session.begin():
                 upsert_venue(session, data)
-        except Exception:  # noqa: BLE001 - a failed write must not fail a price that we could compute
+        except Exception as exc:  # noqa: BLE001 - a failed write must not fail a price that we could compute
             self._count("persist_failures")
-            log.exception("could not persist venue data", extra={"venue_slug": data.slug})
+            self._database_trouble("could not persist venue data; serving it from memory", data.slug, exc)
+            return
+        self._database_down = False
+
+    def _database_trouble(self, message: str, slug: str, exc: BaseException) -> None:
+        if self._database_down:
+            return
+        self._database_down = True
+        log.warning(message + " (logged once until the database works again; counted in "
+                    "courier_venue_cache_events_total)", extra={"venue_slug": slug,
+                                                                "error": f"{type(exc).__name__}: {exc}"[:300]})

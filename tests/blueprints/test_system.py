@@ -209,3 +209,28 @@ def test_gunicorn_defaults_to_json_logs():
         os.environ.pop("COURIER_LOG_FORMAT", None)
         if saved is not None:
             os.environ["COURIER_LOG_FORMAT"] = saved
+
+
+def test_readyz_and_run_records_name_files_without_the_servers_folders(app_config, tmp_path):
+    """/readyz answers anyone with ops:read, run records anyone with runs:read: a file's name, not
+    where it lives on the server."""
+    from datetime import date
+
+    from services.offers.runs.recording import create_run
+
+    (tmp_path / "model.json").write_text("{}")
+    app = create_app({**app_config, "MODEL_PATH": str(tmp_path / "model.json"),
+                      "PARTNERS_FILE": str(tmp_path / "partners.toml")})
+    client = app.test_client()
+    details = client.get("/readyz").get_json()["details"]
+    assert "model.json" in details["model"] and "partners.toml" in details["partners"]
+    assert str(tmp_path) not in json.dumps(details)
+    with app.extensions["courier"].session() as session, session.begin():
+        run_id = create_run(session, partner="reference", input_path=str(tmp_path / "members.csv"),
+                            input_sha256="0" * 64, as_of=date(2024, 1, 5), concurrency=1).id
+    from services.offers.reports import queries
+
+    with app.extensions["courier"].session() as session:
+        record = queries.run_view(session, run_id)
+    assert record["input_file"] == "members.csv" and str(tmp_path) not in json.dumps(record, default=str)
+    app.extensions["courier"].close()

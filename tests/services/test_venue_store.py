@@ -485,3 +485,55 @@ def test_slugs_the_upstream_does_not_know_are_remembered_within_the_same_bound(c
         store.get(f"random-slug-{MAX_SLUG_RECORDS * 3 // 2 - 1:08d}")
     assert store.stats["missing_hits"] == 1
     store.close()
+
+
+def test_a_cold_price_with_the_database_down_is_served_from_the_upstream_and_logged_once(app, clock, mock, caplog):
+    """The upstream answered: the price is computed and served; storing is skipped (it used to be 503)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import sessionmaker
+
+    down = sessionmaker(create_engine("sqlite:////nonexistent-folder/x.db"))  # every use fails to connect
+    client = VenueApiClient(BASE, venue_api_policy(0.2, 0.5, 1, 2.0, 4))
+    store = VenueStore(client, down, POLICY, clock=clock)
+    register_venue(mock, BASE, "helsinki")
+    register_venue(mock, BASE, "stockholm")
+    with caplog.at_level("WARNING", logger="courier.pricing"):
+        assert store.get(SLUG).dynamic.base_price == 190
+        assert store.get("home-assignment-venue-stockholm").static is not None
+    assert store.stats["db_read_failures"] == 2 and store.stats["persist_failures"] == 2
+    assert len([r for r in caplog.records if r.name == "courier.pricing"]) == 1  # once, not per price
+
+
+def test_offline_with_the_database_down_still_says_so(app, clock):
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.orm import sessionmaker
+
+    store = VenueStore(None, sessionmaker(create_engine("sqlite:////nonexistent-folder/x.db")), POLICY, clock=clock)
+    with pytest.raises(OperationalError):
+        store.get(SLUG)  # nothing else to serve from: the database error (503) stands
+
+
+def test_two_workers_storing_the_same_new_venue_both_succeed(app):
+    """Both found no row, then both wrote: the second write was a UNIQUE violation logged as ERROR."""
+    from datetime import UTC, datetime
+
+    from services.pricing.venue_data import DynamicVenue, StaticVenue, VenueData
+    from services.pricing.venue_repo import load_venue, upsert_venue
+
+    sessions = app.extensions["courier"].session_factory
+    now = datetime.now(UTC)
+
+    def data(base_price):
+        return VenueData(slug="new-venue", static=StaticVenue(latitude=60.0, longitude=24.0), static_fetched_at=now,
+                         dynamic=DynamicVenue(order_minimum_no_surcharge=1000, base_price=base_price,
+                                              distance_ranges=()), dynamic_fetched_at=now)
+
+    with sessions() as second, second.begin():
+        assert upsert_venue(second, data(190)) is True  # worker 2 stores it...
+    with sessions() as first, first.begin():
+        # ...after worker 1 had looked and found nothing (the interleaving, made exact)
+        first.get = lambda *args, **kwargs: None  # type: ignore[method-assign]
+        assert upsert_venue(first, data(200)) is True  # its write updates instead of failing
+    with sessions() as session:
+        assert load_venue(session, "new-venue").dynamic.base_price == 200

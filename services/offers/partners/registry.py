@@ -64,6 +64,9 @@ def registry_readiness(path: str | Path, service_url: str | None, default_partne
     real-time offer failed 503; read on every probe so that a fixed file is seen without a restart
     (~1 ms: a probe every few seconds)."""
 
+    # The probe answers anyone with ops:read: the file's name, not where it lives on the server.
+    full, name = str(path), Path(path).name
+
     def check() -> str | None:
         try:
             registry = load_registry(path, service_url)
@@ -71,10 +74,10 @@ def registry_readiness(path: str | Path, service_url: str | None, default_partne
             for partner in registry.partners.values():
                 partner.headers()
         except PartnerConfigError as exc:
-            return f"partner registry unusable: {exc}"
+            return f"partner registry unusable: {exc}".replace(full, name)
         except NotFound:
             return (f"the default partner {default_partner!r} (COURIER_OFFERS_DEFAULT_PARTNER) is not in the "
-                    f"registry {path}")
+                    f"registry {name}")
         return None
 
     return check

@@ -211,7 +211,7 @@ dt { color: #555; } dd { margin: 0; word-break: break-all; }
 
 <h2>Run record</h2>
 <dl>
-<dt>input</dt><dd>{{ run.input_path }}</dd>
+<dt>input</dt><dd>{{ run.input_file }}</dd>
 <dt>input sha256</dt><dd>{{ run.input_sha256 }}</dd>
 <dt>concurrency</dt><dd>{{ run.concurrency }}</dd>
 <dt>mode</dt><dd id="mode">{{ mode }}</dd>

@@ -91,7 +91,7 @@ def test_the_page_stands_alone(sample_report):
 
 def test_run_controlled_text_is_escaped_and_never_parsed_as_math():
     hostile = '<img src=x onerror="alert(1)">$\\notacommand$'
-    run = {"id": 1, "partner": hostile, "input_path": hostile, "input_sha256": "0" * 64, "as_of": "2024-01-05",
+    run = {"id": 1, "partner": hostile, "input_file": hostile, "input_sha256": "0" * 64, "as_of": "2024-01-05",
            "status": "failed", "started_at": "2024-01-05T00:00:00+00:00", "finished_at": None, "concurrency": 1,
            "rows_read": 1, "rows_rejected": 1, "members_total": 1, "members_scored": 1, "members_skipped": 0,
            "members_failed": 0, "offers": {hostile: 1}, "rejected": {"total": 1, "by_reason": {hostile: 1}},
