@@ -37,7 +37,10 @@ def init_app(app: Flask) -> OffersCapability:
     cfg = app.config
     built.readiness_checks["partners"] = registry_readiness(cfg["PARTNERS_FILE"], cfg["SERVICE_URL"],
                                                               cfg["OFFERS_DEFAULT_PARTNER"])
-    realtime = RealtimeOffers(cfg["PARTNERS_FILE"], cfg["OFFERS_REALTIME_DEADLINE_S"], service_url=cfg["SERVICE_URL"])
+    own_reference = (cfg["SERVICE_URL"].rstrip("/") + cfg["REFERENCE_PARTNER_PREFIX"].rstrip("/")
+                     if cfg["REFERENCE_PARTNER_ENABLED"] else None)
+    realtime = RealtimeOffers(cfg["PARTNERS_FILE"], cfg["OFFERS_REALTIME_DEADLINE_S"], service_url=cfg["SERVICE_URL"],
+                              own_reference_url=own_reference)
     built.closers.append(realtime.close)
 
     def partner_config(name: str):

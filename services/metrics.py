@@ -45,7 +45,7 @@ class Metrics:
         self.prep_times_version = Gauge("courier_prep_times_version", "Version of the preparation times in "
                                         "memory.", registry=r, multiprocess_mode="max")
         self.realtime_offers = Counter("courier_realtime_offers_total", "Real-time offers by outcome (ok, "
-                                       "partner_error, no_transactions, invalid).", ["outcome"], registry=r)
+                                       "partner_error, not_scorable, invalid).", ["outcome"], registry=r)
         self.offer_runs = Counter("courier_offer_runs_total", "Offers runs finished, by final status.",
                                   ["status"], registry=r)
         self.offer_members = Counter("courier_offer_members_total", "Members of offers runs by outcome.",

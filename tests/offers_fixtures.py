@@ -165,3 +165,14 @@ def fresh_postgres(url: str) -> None:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     migrations.upgrade(engine)
     engine.dispose()
+
+
+def partner_over_http(app) -> None:
+    """Make ``app`` call its own reference partner over HTTP (answered through ``responses`` by
+    ``route_to_app``), as a partner that is another service is: tests of the HTTP client's behaviour.
+    Served by the app itself, it is otherwise answered in process."""
+    from capabilities.offers import EXTENSION
+
+    realtime = app.extensions[EXTENSION].realtime
+    realtime.own_reference_url = None
+    realtime.close()  # clients are built on first use: the next one follows the setting

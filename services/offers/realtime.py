@@ -18,6 +18,7 @@ from services.offers.features.aggregate import compute_features_frame
 from services.offers.features.input import transactions_frame
 from services.offers.partners.client import PartnerClient
 from services.offers.partners.config import PartnerConfigError, PartnerRegistry
+from services.offers.partners.in_process import InProcessReferencePartner, is_served_here
 from services.offers.partners.registry import load_registry
 
 
@@ -40,7 +41,8 @@ class PartnerStepError(Exception):
         self.error = error
 
 
-def score_features(client: PartnerClient, resp_pool: ThreadPoolExecutor, features: dict[str, Any]) -> Scores:
+def score_features(client: PartnerClient | InProcessReferencePartner, resp_pool: ThreadPoolExecutor,
+                   features: dict[str, Any]) -> Scores:
     """ATS and RESP in parallel (RESP on ``resp_pool``), then the offer, on the request path's client."""
 
     def timed(step: str, fn: Callable, *args):
@@ -85,12 +87,16 @@ class RealtimeOffers:
     Everything is built on first use in the process that uses it (after gunicorn's fork).
     """
 
-    def __init__(self, partners_file: str, deadline_s: float, service_url: str | None = None) -> None:
+    def __init__(self, partners_file: str, deadline_s: float, service_url: str | None = None,
+                 own_reference_url: str | None = None) -> None:
         self.partners_file = partners_file
         self.service_url = service_url
+        # Where this service serves the reference partner (None: it does not): a partner there is
+        # answered in process (see services.offers.partners.in_process).
+        self.own_reference_url = own_reference_url
         self.deadline_s = deadline_s
         self._registry: PartnerRegistry | None = None
-        self._clients: dict[str, PartnerClient] = {}
+        self._clients: dict[str, PartnerClient | InProcessReferencePartner] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._pid = 0
         self._lock = threading.Lock()
@@ -110,10 +116,12 @@ class RealtimeOffers:
         assert self._pool is not None  # made with the registry
         return self._registry, self._pool
 
-    def client(self, partner: str) -> PartnerClient:
+    def client(self, partner: str) -> PartnerClient | InProcessReferencePartner:
         registry, _ = self._state()
         config = registry.get(partner)  # 404 partner_not_found
         client = self._clients.get(partner)
+        if client is None and is_served_here(config, self.own_reference_url):
+            client = self._clients[partner] = InProcessReferencePartner(config)
         if client is None:
             # A client is waiting: bound the whole call (retries included) by the real-time deadline.
             # Timeouts sized so that a retry still fits in the deadline (an attempt may take connect + read).
@@ -176,3 +184,4 @@ class RealtimeOffers:
             if self._pool is not None:
                 self._pool.shutdown(wait=False)
         self._clients = {}
+        self._registry = self._pool = None  # built again on next use

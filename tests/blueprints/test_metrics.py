@@ -116,8 +116,9 @@ def test_offers_runs_and_real_time_offers_are_counted(client, app, live_partner)
     from config import DATA_DIR
     from services.offers.runs.lifecycle import RunOptions
     from services.offers.runs.local import run_offers
-    from tests.offers_fixtures import route_to_app
+    from tests.offers_fixtures import partner_over_http, route_to_app
 
+    partner_over_http(app)  # the partner's calls are counted too
     before = client.get("/metrics").get_data(as_text=True)
     run_offers(app.extensions["courier"].session_factory, live_partner.config(batch=True),
                RunOptions(str(DATA_DIR / "member_data.csv"), "reference", date(2024, 1, 5), 8))
@@ -197,3 +198,16 @@ def test_outside_gunicorn_metrics_describe_the_process_itself(client):
     text = client.get("/metrics").get_data(as_text=True)
     assert sample(text, "courier_process_resident_memory_bytes", role="main", pid=str(os.getpid())) > 10e6
     assert sample(text, "courier_http_requests_in_flight") == 1  # this scrape
+
+
+def test_the_real_time_offers_help_names_the_outcomes_the_code_counts():
+    import re
+    from pathlib import Path
+
+    from services.metrics import metrics
+
+    source = (Path(__file__).resolve().parents[2] / "services/offers/realtime.py").read_text()
+    counted = set(re.findall(r'labels\("([a-z_]+)"\)', source)) | set(re.findall(r'"([a-z_]+)" if exc', source)) \
+        | set(re.findall(r'else "([a-z_]+)"', source))
+    assert counted >= {"ok", "partner_error", "invalid", "not_scorable"}
+    assert all(outcome in metrics().realtime_offers._documentation for outcome in counted)

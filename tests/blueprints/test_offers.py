@@ -15,7 +15,7 @@ from config import DATA_DIR
 from services.offers.runs.lifecycle import RunOptions
 from services.offers.runs.local import run_offers
 from services.tables import OfferRun
-from tests.offers_fixtures import REFERENCE_BASE, route_to_app
+from tests.offers_fixtures import REFERENCE_BASE, partner_over_http, route_to_app
 
 SAMPLE = DATA_DIR / "member_data.csv"
 URL = "/api/v1/offers"
@@ -27,6 +27,12 @@ def sample_transactions(member_id):
                  "points": float(r["lastTransactionPointsBought"]),
                  "revenue_usd": float(r["lastTransactionRevenueUSD"])}
                 for r in csv.DictReader(handle) if r["memberId"] == member_id and r["lastTransactionType"]]
+
+
+@pytest.fixture(autouse=True)
+def over_http(app):
+    """These tests exercise the HTTP client's faults; the in-process path has its own test below."""
+    partner_over_http(app)
 
 
 @pytest.fixture
@@ -355,3 +361,22 @@ def test_csv_exports_neutralise_cells_a_spreadsheet_would_run_as_formulas(client
         assert {r["ats_prediction"] for r in rows} == {"-1.5"}  # a negative number stays a number
     jsonl = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert sorted(r["member_id"] for r in jsonl) == sorted(DANGEROUS_IDS)  # JSON lines keep the raw value
+
+
+def test_the_bundled_partner_served_here_is_answered_in_process_never_over_http(app, client, recorded_run):
+    """A worker must never wait on a call that only a worker of its own pool can answer (8 concurrent
+    offers on 5 sync workers were all 504 after 5 s): the same answers, no HTTP call at all."""
+    from capabilities.offers import EXTENSION
+
+    realtime = app.extensions[EXTENSION].realtime
+    realtime.own_reference_url = app.config["SERVICE_URL"].rstrip("/") + "/partners/reference"
+    realtime.close()
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as nothing_registered:
+        for member_id in ("F44DBBBC", "B9EF12A3"):
+            response = client.post(URL, json={"member_id": member_id, "as_of": "2024-01-05",
+                                              "transactions": sample_transactions(member_id)})
+            assert response.status_code == 200, response.get_json()
+            recorded = client.get(f"/api/v1/offer-runs/{recorded_run}/results/{member_id}").get_json()
+            assert response.get_json()["offer"] == recorded["offer"]
+            assert response.get_json()["ats_prediction"] == pytest.approx(recorded["ats_prediction"], rel=1e-12)
+        assert [c.request.url for c in nothing_registered.calls] == []  # no partner call left the process

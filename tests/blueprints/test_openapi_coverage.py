@@ -72,8 +72,9 @@ def test_a_settings_bound_is_documented_from_the_field_that_checks_it(app_config
 def test_every_request_body_has_an_example_the_service_accepts(client, app, seeded_prep_times):
     import responses
 
-    from tests.offers_fixtures import route_to_app
+    from tests.offers_fixtures import partner_over_http, route_to_app
 
+    partner_over_http(app)  # each example body also reaches the partner routes, over HTTP
     ops = operations(client.get("/openapi.json").get_json())
     bodies = {key: op["requestBody"]["content"]["application/json"] for key, op in ops.items() if "requestBody" in op}
     assert len(bodies) == 9  # estimate twice, the real-time offer, six reference partner routes
