@@ -6,6 +6,7 @@ gunicorn (sync workers) against the venue API stand-in with faults drawn per ups
 
   cold, 20% hangs        cache off (every request fetches both halves, as a cold cache does)
   cold, 20% malformed    same, 20% of bodies cut short (not JSON)
+  cold, 20% trickling    same, 20% of answers sent one byte every 3 ms (each read well within its timeout)
   cold, all hang         every upstream call hangs: how long until the 504
   warm past TTL, all hang  cache on, dynamic TTL 1 s, every refresh hangs: stale answers
   --slug-flood N         N requests for N distinct unknown slugs (offline, and upstream 404): the
@@ -94,11 +95,12 @@ def fault_rows(args) -> list[tuple[str, dict]]:
         base = {"COURIER_VENUE_API_URL": standin.url}
         with prepared_env({**base, "COURIER_VENUE_CACHE_ENABLED": "false"}) as env, \
                 gunicorn(env, args.workers) as url:
-            for label, share in (("cold, 20% hangs", "share_hang"), ("cold, 20% malformed", "share_malformed")):
-                knobs.share_hang = knobs.share_malformed = 0.0
+            for label, share in (("cold, 20% hangs", "share_hang"), ("cold, 20% malformed", "share_malformed"),
+                                 ("cold, 20% trickling", "share_trickle")):
+                knobs.share_hang = knobs.share_malformed = knobs.share_trickle = 0.0
                 setattr(knobs, share, 0.2)
                 rows.append((label, hammer(url, args.seconds, args.connections)))
-            knobs.share_malformed, knobs.share_hang = 0.0, 1.0
+            knobs.share_malformed, knobs.share_trickle, knobs.share_hang = 0.0, 0.0, 1.0
             rows.append(("cold, all hang", hammer(url, args.seconds, args.connections)))
             knobs.share_hang = 0.0
         with prepared_env({**base, "COURIER_VENUE_DYNAMIC_TTL_S": "1"}) as env, gunicorn(env, args.workers) as url:

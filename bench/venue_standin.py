@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.venue_standin [--port 8081] [--latency-ms 0] [--share-429 0.2]
         [--retry-after 1] [--share-5xx 0] [--share-hang 0] [--hang-s 10] [--share-malformed 0]
+        [--share-trickle 0] [--trickle-ms 3]
 
 Serves ``data/venues/<slug>.static.json`` and ``.dynamic.json`` at ``/venues/<slug>/static`` and
 ``/venues/<slug>/dynamic`` (unknown slug: 404), like the real API.  Faults are drawn per
@@ -40,6 +41,8 @@ class Knobs:
     share_hang: float = 0.0
     hang_s: float = 10.0
     share_malformed: float = 0.0
+    share_trickle: float = 0.0  # the document, one byte every trickle_ms (each read far within any read timeout)
+    trickle_ms: float = 3.0
     seed: int | None = None
 
 
@@ -100,8 +103,19 @@ class VenueStandIn:
         if doc is None:
             self.stats["404"] += 1
             return self._respond(start_response, "404 Not Found", b'{"detail": "venue not found"}')
+        edge += k.share_trickle
+        if draw < edge:
+            self.stats["trickle"] += 1
+            self._respond(start_response, "200 OK", doc)
+            return self._trickled(doc, k.trickle_ms / 1000)
         self.stats["200"] += 1
         return self._respond(start_response, "200 OK", doc)
+
+    @staticmethod
+    def _trickled(doc: bytes, gap_s: float):
+        for i in range(len(doc)):
+            time.sleep(gap_s)
+            yield doc[i:i + 1]
 
 
 class KeepAliveHandler(BaseHTTPRequestHandler):
@@ -124,13 +138,17 @@ class KeepAliveHandler(BaseHTTPRequestHandler):
         def start_response(status, headers, exc_info=None):
             captured["status"], captured["headers"] = status, headers
 
-        body = b"".join(self.app(environ, start_response))
+        pieces = self.app(environ, start_response)
         code, _, reason = captured["status"].partition(" ")
         self.send_response(int(code), reason)
         for key, value in captured["headers"]:
             self.send_header(key, value)
         self.end_headers()
-        self.wfile.write(body)
+        try:
+            for piece in pieces:  # one piece, in one write, unless the answer trickles
+                self.wfile.write(piece)
+        except OSError:
+            self.close_connection = True  # the client gave up on a trickle
 
     do_GET = do_POST = _serve
 
