@@ -29,6 +29,7 @@ lock:
 
 ## run: install, migrate, seed bundled data, serve on 127.0.0.1:8000 with gunicorn
 run: $(VENV)/.installed-run
+	$(BIN)/python config.py check
 	$(BIN)/flask db upgrade
 	$(BIN)/flask seed-venues
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -73,7 +74,7 @@ _FALSE = {"false", "0", "no", "off"}
 @dataclass(frozen=True)
 class Setting:
     """One key: ``kind`` names its class in ``KINDS`` (bool, int, float, str, "choice", "url", "path",
-    "database_url", "broker_url", "prefix"); bounds are inclusive."""
+    "database_url", "broker_url", "prefix", "bind"); bounds are inclusive."""
 
     key: str
     default: Any
@@ -258,10 +259,36 @@ class Prefix(Text):
         return text.rstrip("/") or "/"
 
 
+class Bind(Text):
+    """gunicorn's listening addresses. Checked here because gunicorn itself retried a bad one for
+    seconds, printing three JSON errors, before giving up."""
+
+    _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+|)$")
+
+    def accepted(self, setting: Setting) -> str:
+        return "host:port, [ipv6]:port, unix:/path or fd://N (several separated by commas)"
+
+    def checked(self, text: str) -> str:
+        for part in (p.strip() for p in text.split(",")):
+            if part.startswith("unix:") and len(part) > len("unix:"):
+                continue
+            if part.startswith("fd://") and part[len("fd://"):].isdigit():
+                continue
+            host, colon, port = part.rpartition(":")
+            if not colon:
+                host, port = part, "8000"  # gunicorn's default port
+            if not port.isdigit() or int(port) > 65535:
+                raise ValueError(f"{part!r} has no valid port")
+            if not self._HOST.match(host) or (not host and not colon):
+                raise ValueError(f"{part!r} has no valid host")
+        return text
+
+
 # A setting's ``kind`` names its class here (the declarations below stay one line each).
 KINDS: dict[Any, Text] = {
     str: Text(), bool: Bool(), int: Number(whole=True), float: Number(whole=False), "choice": Choice(),
     "url": Url(), "path": FilePath(), "database_url": DatabaseUrl(), "broker_url": BrokerUrl(), "prefix": Prefix(),
+    "bind": Bind(),
 }
 
 
@@ -395,7 +422,7 @@ DEFAULTS: dict[str, Any] = {s.key: s.default for s in SETTINGS}
 
 # gunicorn's own settings (read by gunicorn.conf.py), checked the same way.
 GUNICORN_SETTINGS: tuple[Setting, ...] = (
-    Setting("BIND", "127.0.0.1:8000", "Address gunicorn listens on (`host:port`, or `unix:/path`)."),
+    Setting("BIND", "127.0.0.1:8000", "Address gunicorn listens on (`host:port`, or `unix:/path`).", kind="bind"),
     Setting("WORKERS", None, "Sync worker processes. Default: 2 x cores + 1.", kind=int, minimum=1, maximum=256,
             optional=True),
     Setting("TIMEOUT", 30, "Seconds before a silent worker is killed and replaced.", kind=int, minimum=1,
@@ -473,5 +500,19 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python config.py: print the README's configuration table
-    print(markdown_table())
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Every COURIER_* setting of the app and of gunicorn, checked as start-up will check them."""
+    load_settings(environ)
+    load_gunicorn_settings(environ)
+
+
+if __name__ == "__main__":
+    # python config.py: print the README's configuration table; python config.py check: check the
+    # environment's settings before anything else runs (`make run` does, before migrating).
+    if sys.argv[1:] == ["check"]:
+        try:
+            check_environment()
+        except ConfigError as exc:
+            sys.exit(f"configuration error: {exc}")
+    else:
+        print(markdown_table())

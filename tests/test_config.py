@@ -195,3 +195,37 @@ def test_every_config_key_the_code_reads_is_declared():
     declared = {setting.key for setting in SETTINGS} | set(Flask.default_config)
     assert len(keys) > 40  # the pattern does find the reads
     assert sorted((key, where) for key, where in keys if key not in declared) == []
+
+
+@pytest.mark.parametrize("bind", ["127.0.0.1:abc", "::1:8000", "host:99999", "unix:"])
+def test_a_bad_bind_address_stops_start_up_in_one_line(bind):
+    from config import load_gunicorn_settings
+
+    with pytest.raises(ConfigError, match=r"COURIER_BIND=.*expected host:port, \[ipv6\]:port, unix:/path or fd://N"):
+        load_gunicorn_settings({"COURIER_BIND": bind})
+
+
+def test_good_bind_addresses_pass():
+    from config import load_gunicorn_settings
+
+    for bind in ("0.0.0.0:9000", "[::1]:8000", "unix:/run/courier.sock", "fd://3", "localhost", "a:1,b:2"):
+        assert load_gunicorn_settings({"COURIER_BIND": bind})["BIND"] == bind
+
+
+def test_make_run_checks_every_setting_before_it_migrates(tmp_path):
+    """`make run` runs `python config.py check` first: a bad gunicorn setting used to stop only
+    gunicorn, after the migrations and the seeding had written."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).parent.parent
+    recipe = (root / "Makefile").read_text().split("\nrun:", 1)[1].split("\n\n", 1)[0]
+    assert recipe.index("config.py check") < recipe.index("flask db upgrade")
+    result = subprocess.run([sys.executable, "config.py", "check"], cwd=root, capture_output=True, text=True,
+                            env={**os.environ, "COURIER_BIND": "127.0.0.1:abc"}, timeout=30)
+    assert result.returncode == 1 and result.stderr.strip().startswith("configuration error: COURIER_BIND=")
+    assert len(result.stderr.strip().splitlines()) == 1
+    ok = subprocess.run([sys.executable, "config.py", "check"], cwd=root, capture_output=True, text=True,
+                        env={k: v for k, v in os.environ.items() if not k.startswith("COURIER_")}, timeout=30)
+    assert ok.returncode == 0, ok.stderr
