@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from capabilities.runtime import runtime
-from services.db import driver_reason
+from services.db import driver_reason, is_locked
 from services.logs import request_id_var
 
 _WRAPPED = "courier_invocation_wrapped"
@@ -59,6 +59,10 @@ def _explain(exc: OperationalError | InterfaceError) -> str:
     reason = driver_reason(exc)
     app = click.get_current_context().ensure_object(ScriptInfo).load_app()
     url = make_url(app.config["DATABASE_URL"]).render_as_string(hide_password=True)
+    if is_locked(exc):  # it answered, so "is its schema migrated?" would send the operator the wrong way
+        return (f"the database at {url} is locked by another process ({reason}, after waiting "
+                f"COURIER_SQLITE_BUSY_TIMEOUT_MS={app.config['SQLITE_BUSY_TIMEOUT_MS']}): retry when it is done; "
+                "for concurrent writers use PostgreSQL")
     try:  # can we reach it at all? (a missing table is an OperationalError too)
         with runtime(app).engine.connect():
             pass

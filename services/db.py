@@ -66,6 +66,15 @@ def driver_reason(exc: BaseException) -> str:
     return (str(cause).strip().splitlines() or [""])[0]
 
 
+def is_locked(exc: BaseException) -> bool:
+    """A SQLite database another process holds (SQLITE_BUSY or SQLITE_LOCKED after the busy timeout),
+    told by the driver's error code, not its text."""
+    import sqlite3
+
+    cause = getattr(exc, "orig", None) or exc
+    return getattr(cause, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 def through_outage(work: Callable[[], T], budget_s: float, *, what: str,
                    sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> T:
     """``work()``, called again while the database cannot be reached, for up to ``budget_s`` seconds.

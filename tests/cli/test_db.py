@@ -65,3 +65,23 @@ def test_a_database_that_answers_but_is_not_migrated_says_to_migrate(tmp_path):
     result = app.test_cli_runner().invoke(args=["api-keys", "list"])
     assert result.exit_code == 1
     assert "no such table: api_keys" in result.output and "`flask db upgrade`" in result.output
+
+
+def test_a_database_another_process_holds_is_said_to_be_locked_not_unmigrated(tmp_path):
+    """SQLite answered "database is locked" and the command said "is its schema migrated?"."""
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'courier.db'}"
+    app = create_app({"DATABASE_URL": url, "ACCESS_LOG": False, "SQLITE_BUSY_TIMEOUT_MS": 100})
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["db", "upgrade"]).exit_code == 0
+    holder = sqlite3.connect(tmp_path / "courier.db")
+    holder.execute("BEGIN EXCLUSIVE")  # another process in the middle of a write
+    try:
+        result = runner.invoke(args=["api-keys", "create", "--name", "ci", "--scope", "runs:read"])
+    finally:
+        holder.rollback()
+        holder.close()
+    assert result.exit_code == 1
+    assert "is locked by another process" in result.output and "COURIER_SQLITE_BUSY_TIMEOUT_MS=100" in result.output
+    assert "migrated" not in result.output and len(result.output.splitlines()) == 1
