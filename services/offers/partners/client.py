@@ -49,11 +49,8 @@ class PartnerClient:
         )
         self.http = HttpClient(self.upstream, config.base_url, policy, headers=config.headers())
 
-    def payload(self, features: dict[str, Any]) -> dict[str, Any]:
-        return {json_name: features[name] for json_name, name in self.config.features.items()}
-
     def _prediction(self, path: str, features: dict[str, Any]) -> float:
-        return prediction_of(self.http.post_json(path, self.payload(features)), self.config.fields["prediction"],
+        return prediction_of(self.http.post_json(path, self.config.payload(features)), self.config.fields["prediction"],
                              self.upstream)
 
     def predict_ats(self, features: dict[str, Any]) -> float:

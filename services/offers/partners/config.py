@@ -4,6 +4,7 @@ them), and the URL helpers it needs. Loading the file is ``registry``; checking 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from config import FILE_SUFFIX, ConfigError, from_environment
 from services.errors import NotFound
@@ -56,6 +57,10 @@ class PartnerConfig:
     def display_url(self) -> str:
         """``base_url`` safe to print or store: any user:password in it is masked."""
         return redact_url(self.base_url)
+
+    def payload(self, features: dict[str, Any]) -> dict[str, Any]:
+        """What the partner receives for one member: its features under the partner's JSON names."""
+        return {json_name: features[name] for json_name, name in self.features.items()}
 
     def headers(self) -> dict[str, str]:
         """Header values from the environment (each variable, or a file named by ``<variable>_FILE``:

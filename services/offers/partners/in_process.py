@@ -27,9 +27,6 @@ class InProcessReferencePartner:
         self.config = config
         self.upstream = f"partner:{config.name}"
 
-    def payload(self, features: dict[str, Any]) -> dict[str, Any]:
-        return {json_name: features[name] for json_name, name in self.config.features.items()}
-
     def _answer(self, formula: Any, body: dict[str, Any]) -> Any:
         try:
             return formula(body)
@@ -37,13 +34,15 @@ class InProcessReferencePartner:
             raise UpstreamInvalid(f"{self.upstream} rejected the request with status 422", upstream=self.upstream,
                                   details={"upstream_status": 422, "problems": exc.details}) from exc
 
+    def _prediction(self, formula: Any, features: dict[str, Any]) -> float:
+        return prediction_of({"prediction": self._answer(formula, self.config.payload(features))}, "prediction",
+                             self.upstream)
+
     def predict_ats(self, features: dict[str, Any]) -> float:
-        answer = {"prediction": self._answer(formulas.predict_ats, self.payload(features))}
-        return prediction_of(answer, "prediction", self.upstream)
+        return self._prediction(formulas.predict_ats, features)
 
     def predict_resp(self, features: dict[str, Any]) -> float:
-        answer = {"prediction": self._answer(formulas.predict_resp, self.payload(features))}
-        return prediction_of(answer, "prediction", self.upstream)
+        return self._prediction(formulas.predict_resp, features)
 
     def assign_offer(self, ats: float, resp: float) -> str:
         answer = {"offer": self._answer(formulas.offer_for, {"ats_prediction": ats, "resp_prediction": resp})}

@@ -42,7 +42,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from services.db import through_outage
 from services.offers.features.scan import FeatureScan
@@ -237,19 +237,15 @@ class DistributedExecutor:
                 if chunk_no in existing and chunk_no not in redo:
                     continue
 
-                def store_and_send(chunk_no: int = chunk_no, members: pl.DataFrame = members) -> None:
-                    task_id = new_task_id()
-                    # One transaction per chunk: its inputs and the id of the task about to carry it
-                    # (what an interruption revokes). A send that fails after it is a task the broker
-                    # never held: the lost-queue check queues it again.
-                    with sessions() as session, session.begin():
-                        if chunk_no in existing:  # sent again by a resume: its inputs were dropped at the end
-                            restore_inputs(session, run_id, chunk_no, members)
-                        # Stored by an attempt whose commit the outage hid from us: not again.
-                        elif not chunk_stored(session, run_id, chunk_no):
-                            store_chunk(session, run_id, chunk_no, members)
-                        mark_queued(session, run_id, chunk_no, task_id)
-                    self.queue.enqueue(ChunkJob(run_id=run_id, chunk_no=chunk_no, **job), task_id)
+                def store(session: Session, chunk_no: int = chunk_no, members: pl.DataFrame = members) -> None:
+                    if chunk_no in existing:  # sent again by a resume: its inputs were dropped at the end
+                        restore_inputs(session, run_id, chunk_no, members)
+                    # Stored by an attempt whose commit the outage hid from us: not again.
+                    elif not chunk_stored(session, run_id, chunk_no):
+                        store_chunk(session, run_id, chunk_no, members)
+
+                def store_and_send(chunk_no: int = chunk_no, store: Callable[[Session], None] = store) -> None:
+                    _send(sessions, self.queue, run_id, chunk_no, job, first=store)
 
                 through_outage(store_and_send, options.database_outage_s, what="storing and queueing chunks")
                 queued += 1
@@ -321,10 +317,15 @@ def new_task_id() -> str:
     return str(uuid.uuid4())  # Celery's own form
 
 
-def _send(sessions: sessionmaker, queue: ChunkQueue, run_id: int, chunk_no: int, job: dict[str, Any]) -> None:
-    """Queue a stored chunk's task again under a new id, recorded first (what an interruption revokes)."""
+def _send(sessions: sessionmaker, queue: ChunkQueue, run_id: int, chunk_no: int, job: dict[str, Any],
+          first: Callable[[Session], None] | None = None) -> None:
+    """Queue a chunk's task under a new id, recorded first (what an interruption revokes), in one
+    transaction with ``first`` (storing the chunk's inputs). A send that fails after that commit is
+    a task the broker never held: the lost-queue check queues it again."""
     task_id = new_task_id()
     with sessions() as session, session.begin():
+        if first is not None:
+            first(session)
         mark_queued(session, run_id, chunk_no, task_id)
     queue.enqueue(ChunkJob(run_id=run_id, chunk_no=chunk_no, **job), task_id)
 
