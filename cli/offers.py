@@ -21,6 +21,7 @@ from capabilities.offers import offers_capability
 from capabilities.runtime import runtime
 from cli.db import require_migrated
 from services.errors import CourierError
+from services.http.transport import ProxyNotSupported, check_proxy
 from services.offers.features.input import InputError
 from services.offers.partners.client import PartnerClient
 from services.offers.partners.config import PartnerConfig, PartnerConfigError
@@ -245,9 +246,10 @@ def _run_options(process, input_path: str, partner: str | None, as_of_date: date
     try:
         config = registry.get(partner)
         config.headers()  # a missing secret is a usage error, before any work
+        check_proxy(config.base_url)
     except CourierError as exc:
         _usage_error(f"{exc.message} Known partners: {', '.join(sorted(registry.partners))}")
-    except PartnerConfigError as exc:
+    except (PartnerConfigError, ProxyNotSupported) as exc:
         _usage_error(str(exc))
     if max_consecutive_failures is None:
         max_consecutive_failures = cfg["OFFERS_MAX_CONSECUTIVE_FAILURES"]

@@ -9,14 +9,29 @@ uvicorn uses: Content-Length, chunked and keep-alive rules handled there, not he
 timeout and a read timeout that bounds the whole response (a server trickling bytes cannot hold a
 call past it).  TLS works through asyncio's own ``ssl`` support.  Retries, deadlines and error
 mapping stay in :class:`services.http.aio.AsyncHttpClient`.
+
+What HTTP/1.1 asks of a client, and where this transport does it (RFC 9112, RFC 9110):
+- a body ended by the connection closing (neither Content-Length nor chunked, §6.3 rule 8) is the
+  whole answer: :meth:`_Connection.connection_lost`;
+- interim 1xx answers (``100 Continue``, ``103 Early Hints``) are read past, the final answer is
+  returned (RFC 9110 §15.2): :meth:`_Connection.on_message_complete`;
+- a header field sent more than once is one value joined with ", " (RFC 9110 §5.3);
+- ``HTTP_PROXY``/``NO_PROXY`` are honoured for ``http://`` origins (absolute-form request target,
+  RFC 9112 §3.2.2), as requests and aiohttp (``trust_env``) do.  An ``https://`` origin behind a
+  proxy would need a CONNECT tunnel, which this transport does not build: it refuses to start
+  (:class:`ProxyNotSupported`) rather than bypass the proxy the operator configured.
+``tests/services/http/test_transport_conformance.py`` runs the same raw servers against this
+transport and aiohttp and expects the same outcome from both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import socket
 import ssl
-from urllib.parse import urlsplit
+import urllib.request
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
@@ -53,6 +68,41 @@ class TransportError(Exception):
         self.oversized = oversized  # the answer passed the transport's size cap
 
 
+class ProxyNotSupported(ValueError):
+    """An ``https://`` origin is configured to be reached through a proxy (``HTTPS_PROXY``)."""
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy URL the environment sets for ``url`` (``HTTP_PROXY``/``HTTPS_PROXY``, minus
+    ``NO_PROXY``), read the way requests and aiohttp read it (urllib's own functions)."""
+    parts = urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if not proxy or urllib.request.proxy_bypass(parts.netloc.rsplit("@", 1)[-1]):
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
+def check_proxy(url: str) -> str | None:
+    """The proxy to reach ``url`` through, or :class:`ProxyNotSupported` for an ``https://`` origin
+    behind one (commands call it before any work, so the refusal is a usage error)."""
+    proxy = proxy_for(url)
+    if proxy and urlsplit(url).scheme == "https":
+        raise ProxyNotSupported(
+            f"{urlsplit(url).netloc.rsplit('@', 1)[-1]} is to be reached through the proxy {_redacted(proxy)} "
+            "(HTTPS_PROXY), and the offers transport does not tunnel TLS through a proxy: add the host to "
+            "NO_PROXY if it is reachable directly")
+    return proxy
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port}" if parts.port else f"{parts.scheme}://{parts.hostname}"
+
+
+def _no_body_expected(status: int) -> bool:
+    return 100 <= status < 200 or status in (204, 304)
+
+
 class _Connection(asyncio.Protocol):
     """One socket; at most one request in flight on it."""
 
@@ -66,6 +116,7 @@ class _Connection(asyncio.Protocol):
         self.headers: dict[str, str] = {}
         self.body: list[bytes] = []
         self.received = False  # any byte of the current response
+        self.headers_done = False  # the current (final or interim) answer's header section is in
         self.closed = False
         self.keep_alive = True
 
@@ -91,13 +142,26 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if exc is None and self.headers_done and self._delimited_by_close():
+            # RFC 9112 §6.3: without Content-Length or chunked coding, the close ends the body.
+            self.keep_alive = False
+            self._complete()
+            return
         self._fail(TransportError("read", False, "connection closed before the response ended"))
+
+    def _delimited_by_close(self) -> bool:
+        status = self.parser.get_status_code()
+        return ("Content-Length" not in self.headers and "chunked" not in self.headers.get("Transfer-Encoding", "")
+                and not _no_body_expected(status))
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers[name.decode("latin-1").title()] = value.decode("latin-1")
+        field, text = name.decode("latin-1").title(), value.decode("latin-1")
+        known = self.headers.get(field)
+        self.headers[field] = text if known is None else f"{known}, {text}"  # RFC 9110 §5.3
 
     def on_headers_complete(self) -> None:
+        self.headers_done = True
         declared = self.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self.limit:
             self._oversized(f"{int(declared):,} bytes")
@@ -116,7 +180,15 @@ class _Connection(asyncio.Protocol):
         self.close()
 
     def on_message_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # An interim answer (RFC 9110 §15.2): the final one follows on the same connection.
+            self.headers, self.body, self.size, self.headers_done = {}, [], 0, False
+            return
         self.keep_alive = self.parser.should_keep_alive()
+        self._complete()
+
+    def _complete(self) -> None:
         waiter, self.waiter = self.waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result((self.parser.get_status_code(), self.headers, b"".join(self.body)))
@@ -129,7 +201,7 @@ class _Connection(asyncio.Protocol):
 
     def send(self, data: bytes) -> asyncio.Future:
         self.waiter = asyncio.get_running_loop().create_future()
-        self.headers, self.body, self.received, self.size = {}, [], False, 0
+        self.headers, self.body, self.received, self.size, self.headers_done = {}, [], False, 0, False
         assert self.transport is not None, "send() before connection_made()"
         self.transport.write(data)
         return self.waiter
@@ -146,15 +218,25 @@ class KeepAliveTransport:
     def __init__(self, base_url: str, *, connect_timeout_s: float, read_timeout_s: float, pool_maxsize: int,
                  headers: dict[str, str], max_answer_bytes: int = 4 * 1024 * 1024) -> None:
         parts = urlsplit(base_url)
-        self.host = parts.hostname or "127.0.0.1"
         self.tls = parts.scheme == "https"
+        self.host = parts.hostname or "127.0.0.1"  # where we connect: the origin, or its proxy
         self.port = parts.port or (443 if self.tls else 80)
         self.base_path = parts.path.rstrip("/")
+        self.proxy = check_proxy(base_url)
+        proxy_headers = {}
+        if self.proxy:
+            # Absolute-form request target (RFC 9112 §3.2.2) to the proxy; Host stays the origin's.
+            proxy_parts = urlsplit(self.proxy)
+            self.host, self.port = proxy_parts.hostname or "127.0.0.1", proxy_parts.port or 80
+            self.base_path = f"http://{parts.netloc.rsplit('@', 1)[-1]}{self.base_path}"
+            if proxy_parts.username is not None:
+                token = f"{unquote(proxy_parts.username)}:{unquote(proxy_parts.password or '')}"
+                proxy_headers["Proxy-Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self.max_answer_bytes = max_answer_bytes
         host_header = parts.netloc.rsplit("@", 1)[-1]
-        fixed = {"Host": host_header, **headers}
+        fixed = {"Host": host_header, **proxy_headers, **headers}
         self._fixed_headers = "".join(f"{k}: {v}\r\n" for k, v in fixed.items()).encode("latin-1")
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(pool_maxsize)
@@ -223,4 +305,4 @@ class KeepAliveTransport:
         self._idle.clear()
 
 
-__all__ = ["KeepAliveTransport", "TransportError", "acknowledge_now"]
+__all__ = ["KeepAliveTransport", "ProxyNotSupported", "TransportError", "acknowledge_now", "check_proxy", "proxy_for"]

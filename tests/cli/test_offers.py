@@ -202,6 +202,20 @@ def test_a_password_in_the_partner_url_is_not_printed_or_recorded(app_config, tm
     assert "s3cret" not in (tmp_path / "out.csv.summary.json").read_text()
 
 
+def test_an_https_partner_behind_a_proxy_is_a_usage_error_before_any_work(app_config, tmp_path, monkeypatch):
+    from app import create_app
+
+    registry = tmp_path / "partners.toml"
+    registry.write_text((DATA_DIR / "partners.toml").read_text().replace(
+        '"{service}/partners/reference"', '"https://partner.example/partners/reference"'))
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    result = create_app({**app_config, "PARTNERS_FILE": str(registry)}).test_cli_runner().invoke(args=ARGS)
+    assert result.exit_code == 2 and "does not tunnel TLS through a proxy" in result.output
+    assert "scoring" not in result.output
+
+
 def test_a_sparse_gigabyte_input_is_refused_at_once_naming_the_line(app, tmp_path):
     path = tmp_path / "sparse.csv"
     with open(path, "wb") as handle:

@@ -2,72 +2,12 @@
 
 import asyncio
 import socket
-import threading
 import time
 
 import pytest
 
 from services.http.transport import KeepAliveTransport, TransportError
-
-
-class RawServer:
-    """A TCP server whose reply to each request is chosen by the test: ``answer(n) -> list of
-    (bytes, pause_s)`` chunks; ``close_after`` True closes the connection after answering."""
-
-    def __init__(self, answer, close_after=False):
-        self.answer = answer
-        self.close_after = close_after
-        self.requests = 0
-        self.connections = 0
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.stop = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        self.sock.settimeout(0.2)
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.connections += 1
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn):
-        buffer = b""
-        with conn:
-            while not self.stop.is_set():
-                try:
-                    data = conn.recv(65536)
-                except OSError:
-                    return
-                if not data:
-                    return
-                buffer += data
-                while b"\r\n\r\n" in buffer:
-                    head, _, rest = buffer.partition(b"\r\n\r\n")
-                    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                                   if line.lower().startswith(b"content-length")), 0)
-                    if len(rest) < length:
-                        break
-                    buffer = rest[length:]
-                    self.requests += 1
-                    for chunk, pause in self.answer(self.requests):
-                        time.sleep(pause)
-                        try:
-                            conn.sendall(chunk)
-                        except OSError:
-                            return
-                    if self.close_after:
-                        return
-
-    def close(self):
-        self.stop.set()
-        self.sock.close()
+from tests.services.http.raw_server import RawServer
 
 
 def ok(body=b'{"prediction": 1.5}', extra=b""):
@@ -186,3 +126,45 @@ def test_the_pool_bounds_connections_under_concurrency(serve):
 
     results, opened = asyncio.run(main())
     assert [r[0] for r in results] == [200] * 30 and opened == 3
+
+
+def test_an_http_proxy_from_the_environment_gets_the_absolute_form_and_its_credentials(serve, monkeypatch):
+    proxy = serve(lambda n: ok())
+    monkeypatch.setenv("HTTP_PROXY", f"http://bob:pa%40ss@127.0.0.1:{proxy.port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+
+    async def main():
+        transport = KeepAliveTransport("http://partner.example:8080/api", connect_timeout_s=1.0, read_timeout_s=1.0,
+                                       pool_maxsize=1, headers={})
+        try:
+            return await transport.request("POST", "/ml/ats", b"{}")
+        finally:
+            await transport.close()
+
+    assert asyncio.run(main())[0] == 200
+    request_line, *fields = proxy.heads[0].split(b"\r\n")
+    assert request_line == b"POST http://partner.example:8080/api/ml/ats HTTP/1.1"
+    assert b"Host: partner.example:8080" in fields
+    assert b"Proxy-Authorization: Basic Ym9iOnBhQHNz" in fields  # bob:pa@ss
+
+
+def test_no_proxy_sends_the_origin_form_straight_to_the_origin(serve, monkeypatch):
+    origin = serve(lambda n: ok())
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    (result,), _ = exchange(origin)
+    assert result[0] == 200 and origin.heads[0].startswith(b"POST /api/ml/ats HTTP/1.1")
+
+
+def test_an_https_origin_behind_a_proxy_is_refused_not_bypassed(monkeypatch):
+    from services.http.transport import ProxyNotSupported
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://user:secret@proxy.internal:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with pytest.raises(ProxyNotSupported) as info:
+        KeepAliveTransport("https://partner.example/api", connect_timeout_s=1.0, read_timeout_s=1.0,
+                           pool_maxsize=1, headers={})
+    assert "proxy.internal:3128" in str(info.value) and "NO_PROXY" in str(info.value)
+    assert "secret" not in str(info.value)
