@@ -52,6 +52,10 @@ class Operation:
     errors: tuple[int, ...] = ()
     error_schema: type[Schema] | None = None  # None: the shared envelope (blueprints.openapi.ErrorSchema)
     error_examples: Mapping[int, Any] = field(default_factory=dict)
+    # Error codes a well-formed request may still be answered with, by status: the business rules'
+    # refusals (a price beyond the venue's delivery area). Published as ``x-refusals`` on that
+    # response, with an example each; the published-contract test accepts them for valid input.
+    refusals: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
     invalid_message: str = ""  # the 400's message for a bad input ("" : the loader's own)
     # Run on the raw JSON body before it is loaded: a check that must not wait for the whole load
     # (the real-time offer's cap on transactions).

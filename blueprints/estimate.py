@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import re
-from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, current_app
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+from marshmallow import EXCLUDE, Schema, ValidationError, fields
 from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from blueprints.auth import requires
+from blueprints.common import TIMESTAMP_PATTERN, parsed_timestamp
 from blueprints.declare import Operation, operation
 from blueprints.errors import (
     courier_error_response,
@@ -29,30 +28,22 @@ from services.estimate.prep_times import MAX_VENUE_ID_LENGTH
 bp = Blueprint("estimate", __name__)
 
 
-# "YYYY-MM-DD HH:MM:SS[.ffffff]" or ISO 8601 with "T", optionally with "Z" or an offset.
-_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:?\d{2})?$")
-
-
 class TimeReceived(fields.Field):
     """A timestamp whose hour is used as written: an offset is accepted but not applied."""
 
     def json_schema(self) -> dict:
-        return {"type": "string", "pattern": _TIME_RE.pattern}
+        return {"type": "string", "pattern": TIMESTAMP_PATTERN}
 
     def _deserialize(self, value, attr, data, **kwargs):
-        if not isinstance(value, str) or not _TIME_RE.match(value.strip()):
-            raise ValidationError("must be 'YYYY-MM-DD HH:MM:SS[.ffffff]' or ISO 8601 with 'T', optional offset")
-        try:
-            return datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise ValidationError(f"not a valid date and time: {exc}") from exc
+        return parsed_timestamp(value, "must be 'YYYY-MM-DD HH:MM:SS[.ffffff]' or ISO 8601 with 'T', optional offset")
 
 
 class RetailFlag(fields.Field):
-    """JSON true/false; 0 and 1 are accepted too, as the original service's clients send them."""
+    """JSON true/false; 0 and 1 are accepted too, as the original service's clients send them
+    (the training data's column is 0/1), and the document says so."""
 
     def json_schema(self) -> dict:
-        return {"type": "boolean"}
+        return {"oneOf": [{"type": "boolean"}, {"type": "integer", "enum": [0, 1]}]}
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, bool):
@@ -62,22 +53,44 @@ class RetailFlag(fields.Field):
         raise ValidationError("must be a boolean (true/false; 0/1 accepted)")
 
 
+# Spaces, tabs and line breaks around a venue id are trimmed (a pasted id); what is left is 1 to
+# MAX_VENUE_ID_LENGTH characters.  The published pattern says exactly that, so a schema-valid id is
+# never refused for its length after trimming.
+_PADDING = " \t\r\n"
+VENUE_ID_PATTERN = (rf"^[{_PADDING}]*[^{_PADDING}](?:[\s\S]{{0,{MAX_VENUE_ID_LENGTH - 2}}}[^{_PADDING}])?"
+                    rf"[{_PADDING}]*$").replace("\t", "\\t").replace("\r", "\\r").replace("\n", "\\n")
+
+
+def trimmed_venue_id(value: Any) -> str | None:
+    """The venue id without its padding, if 1 to MAX_VENUE_ID_LENGTH characters remain; else None."""
+    if type(value) is not str:
+        return None
+    venue_id = value.strip(_PADDING)
+    return venue_id if 1 <= len(venue_id) <= MAX_VENUE_ID_LENGTH else None
+
+
+class VenueId(fields.Field):
+    def json_schema(self) -> dict:
+        return {"type": "string", "pattern": VENUE_ID_PATTERN}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        venue_id = trimmed_venue_id(value)
+        if venue_id is None:
+            raise ValidationError(f"must be a string of 1 to {MAX_VENUE_ID_LENGTH} characters besides the spaces, "
+                                  "tabs and line breaks around it")
+        return venue_id
+
+
 class EstimateRequestSchema(Schema):
     class Meta:
         unknown = EXCLUDE  # clients of the original service may send more keys
 
-    venue_id = fields.String(required=True, validate=validate.Length(min=1, max=MAX_VENUE_ID_LENGTH),
-                             metadata={"example": "8a61b8c"})
+    venue_id = VenueId(required=True, metadata={"example": "8a61b8c"})
     time_received = TimeReceived(required=True, metadata={
         "example": "2017-01-25 03:16:07.938113",
         "description": "Order time. The model uses the hour as written: no timezone conversion."})
     is_retail = RetailFlag(required=True, metadata={
         "example": True, "description": "0 and 1 are accepted too (original service's clients)."})
-
-    def load(self, data, *args, **kwargs):  # trim venue_id before validating its length
-        if isinstance(data, dict) and isinstance(data.get("venue_id"), str):
-            data = {**data, "venue_id": data["venue_id"].strip()}
-        return super().load(data, *args, **kwargs)
 
     def quick_load(self, data) -> dict | None:
         """What ``load`` returns for a well-formed body, without marshmallow's generic machinery
@@ -85,16 +98,14 @@ class EstimateRequestSchema(Schema):
         Every check is the field's own: same expression, same bounds, same parsing."""
         if type(data) is not dict:
             return None
-        venue_id, stamp, retail = data.get("venue_id"), data.get("time_received"), data.get("is_retail")
-        if type(venue_id) is not str or type(stamp) is not str or not (
+        venue_id, stamp, retail = trimmed_venue_id(data.get("venue_id")), data.get("time_received"), data.get(
+            "is_retail")
+        if venue_id is None or type(stamp) is not str or not (
                 retail is True or retail is False or (type(retail) is int and retail in (0, 1))):
             return None
-        venue_id, stamp = venue_id.strip(), stamp.strip()
-        if not 1 <= len(venue_id) <= MAX_VENUE_ID_LENGTH or not _TIME_RE.match(stamp):
-            return None
         try:
-            received = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-        except ValueError:
+            received = parsed_timestamp(stamp, "")
+        except ValidationError:
             return None
         return {"venue_id": venue_id, "time_received": received, "is_retail": bool(retail)}
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-import re
 from datetime import UTC, date, datetime
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request, stream_with_context
-from marshmallow import Schema, ValidationError, fields, post_dump, pre_load, validate
+from marshmallow import Schema, ValidationError, fields, post_dump, validate
 
 from blueprints.auth import requires
+from blueprints.common import TIMESTAMP_PATTERN, parsed_timestamp
 from blueprints.declare import operation
 from blueprints.hooks import db_session
 from capabilities.offers import offers_capability
@@ -26,50 +26,57 @@ from services.offers.statuses import MemberStatus, RunStatus
 bp = Blueprint("offers", __name__)
 
 
-_TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-](\d{2}):?(\d{2}))?$")
-
-
 class Timestamp(fields.String):
     def json_schema(self) -> dict:
-        return {"type": "string", "pattern": _TS_RE.pattern}
+        return {"type": "string", "pattern": TIMESTAMP_PATTERN}
 
     def _deserialize(self, value, attr, data, **kwargs):
-        text = super()._deserialize(value, attr, data, **kwargs).strip()
-        match = _TS_RE.match(text)
-        if not match:
-            raise ValidationError("must be 'YYYY-MM-DD HH:MM:SS[.ffffff]' (UTC unless it ends in an offset such as "
-                                  "'Z' or '+02:00'; 'T' also accepted)")
-        if match.group(3) is not None and (int(match.group(3)) > 23 or int(match.group(4)) > 59):
-            raise ValidationError("not a valid UTC offset")
-        try:
-            datetime.fromisoformat(text if match.group(2) is None else text[:match.start(2)])
-        except ValueError as exc:
-            raise ValidationError(f"not a valid date and time: {exc}") from exc
+        text = super()._deserialize(value, attr, data, **kwargs)
+        parsed_timestamp(text, "must be 'YYYY-MM-DD HH:MM:SS[.ffffff]' (UTC unless it ends in an offset such as "
+                               "'Z' or '+02:00'; 'T' also accepted)")
         return text
 
 
-class FiniteNumber(fields.Field):
+# Largest magnitude of a transaction's points or revenue.  Real ones are in the tens of thousands;
+# the bound keeps every feature (averages of these) well inside what a partner's models take
+# (the reference partner's FEATURE_BOUND, 1e15), so a valid request cannot become a partner's 422
+# and our 502.  Published as the fields' minimum and maximum.
+TRANSACTION_AMOUNT_BOUND = 1e9
+
+
+class BoundedNumber(fields.Field):
+    """A finite JSON number within +-TRANSACTION_AMOUNT_BOUND (booleans are not numbers)."""
+
     def json_schema(self) -> dict:
-        return {"type": "number"}
+        return {"type": "number", "minimum": -TRANSACTION_AMOUNT_BOUND, "maximum": TRANSACTION_AMOUNT_BOUND}
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValidationError("must be a finite number")
+        if abs(value) > TRANSACTION_AMOUNT_BOUND:
+            raise ValidationError(f"must be between {-TRANSACTION_AMOUNT_BOUND:g} and {TRANSACTION_AMOUNT_BOUND:g}")
         return value
+
+
+class TransactionType(fields.Field):
+    """buy, gift or redeem in any letter case, as the CSV input takes them; loaded in lower case."""
+
+    PATTERN = "^(?:" + "|".join("".join(f"[{c.upper()}{c}]" for c in kind) for kind in TRANSACTION_TYPES) + ")$"
+
+    def json_schema(self) -> dict:
+        return {"type": "string", "pattern": self.PATTERN}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str) or value.lower() not in TRANSACTION_TYPES:
+            raise ValidationError(f"must be one of {', '.join(TRANSACTION_TYPES)} (any letter case)")
+        return value.lower()
 
 
 class TransactionSchema(Schema):
     ts = Timestamp(required=True, metadata={"example": "2023-12-10 11:24:18"})
-    type = fields.String(required=True, validate=validate.OneOf(TRANSACTION_TYPES),
-                         metadata={"example": "gift"})
-    points = FiniteNumber(required=True, metadata={"example": 9600})
-    revenue_usd = FiniteNumber(required=True, metadata={"example": 32.0})
-
-    @pre_load
-    def _type_in_any_case(self, data, **kwargs):  # like the CSV input
-        if isinstance(data, dict) and isinstance(data.get("type"), str):
-            data = {**data, "type": data["type"].strip().lower()}
-        return data
+    type = TransactionType(required=True, metadata={"example": "gift"})
+    points = BoundedNumber(required=True, metadata={"example": 9600})
+    revenue_usd = BoundedNumber(required=True, metadata={"example": 32.0})
 
 
 class OfferRequestSchema(Schema):
@@ -170,6 +177,22 @@ class OfferResultPageSchema(Schema):
     next_cursor = fields.String(allow_none=True)
 
 
+# Well-formed requests the business rules refuse, as the service answers them (tests check each).
+_OFFER_REFUSALS = {
+    "last_transaction_after_as_of": {
+        "error": "Member 'F44DBBBC' cannot be scored: last_transaction_after_as_of.",
+        "code": "last_transaction_after_as_of", "details": {"member_id": "F44DBBBC", "as_of": "2023-12-01"}},
+    # A timestamp whose offset puts it before year 1 in UTC ("0001-01-01 00:00:00+05:00"), among
+    # usable ones; and as the member's only transaction.
+    "invalid_transactions": {"error": "Some transactions are not usable.", "code": "invalid_transactions",
+                             "details": {"transactions": {"0": ["invalid timestamp"]}}},
+    "no_valid_transactions": {
+        "error": "Member 'F44DBBBC' cannot be scored: no_valid_transactions.",
+        "code": "no_valid_transactions", "details": {"member_id": "F44DBBBC", "as_of": "2024-01-05"}},
+}
+_CURSOR_REFUSAL = {400: {run_service.INVALID_CURSOR: {"error": "Invalid cursor.", "code": run_service.INVALID_CURSOR,
+                                                      "details": {"cursor": ["not a cursor this API issued"]}}}}
+
 _offer_schema = OfferRequestSchema()
 _offer = OfferResponseSchema()
 _list_schema = ListQuerySchema()
@@ -191,6 +214,7 @@ def _at_most_the_transactions_cap(body: Any) -> None:
 @requires(Scope.OFFERS_SCORE)
 @operation(summary="Real-time offer for one member", tag="offers", body=_offer_schema, response=_offer,
            errors=(400, 404, 413, 422, 502, 503, 504), invalid_message="Invalid offer request.",
+           refusals={422: _OFFER_REFUSALS},
            before_load=_at_most_the_transactions_cap,
            body_example={"member_id": "F44DBBBC", "partner": "reference", "as_of": "2024-01-05", "transactions": [
                {"ts": "2023-12-10 11:24:18", "type": "gift", "points": 9600, "revenue_usd": 32.0}]},
@@ -214,7 +238,7 @@ def realtime_offer(body: dict[str, Any]) -> Any:
 @bp.get("/api/v1/offer-runs")
 @requires(Scope.RUNS_READ)
 @operation(summary="Recorded offer runs, newest first", tag="offers", query=_list_schema, response=_run_page,
-           errors=(400,))
+           errors=(400,), refusals=_CURSOR_REFUSAL)
 def list_runs(query: dict[str, Any]) -> dict[str, Any]:
     items, cursor = run_service.list_runs(db_session(), query["limit"], query["cursor"])
     return {"items": items, "next_cursor": cursor}
@@ -230,7 +254,7 @@ def run_detail(run_id: int) -> Any:
 @bp.get("/api/v1/offer-runs/<int:run_id>/results")
 @requires(Scope.RUNS_READ)
 @operation(summary="A run's per-member results, in member order", tag="offers", query=_results_schema,
-           response=_result_page, errors=(400, 404))
+           response=_result_page, errors=(400, 404), refusals=_CURSOR_REFUSAL)
 def run_results(run_id: int, query: dict[str, Any]) -> dict[str, Any]:
     items, cursor = run_service.list_results(db_session(), run_id, status=query["status"], offer=query["offer"],
                                              limit=query["limit"], cursor=query["cursor"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from apispec import APISpec
@@ -31,8 +31,13 @@ class ErrorSchema(Schema):
     details = fields.Dict(required=True, metadata={"description": "Per-field problems or context."})
 
 
-def error_responses(*statuses: int, schema: str | dict = "Error", examples: dict[int, dict] | None = None) -> dict:
-    """Response objects for ``statuses``, all using the shared error envelope (or ``schema``)."""
+def error_responses(*statuses: int, schema: str | dict = "Error", examples: dict[int, dict] | None = None,
+                    refusals: Mapping[int, Mapping[str, Any]] | None = None) -> dict:
+    """Response objects for ``statuses``, all using the shared error envelope (or ``schema``).
+
+    ``refusals`` (status -> code -> example) are the codes a well-formed request can still get at
+    that status; they are listed as ``x-refusals`` and shown as named examples.
+    """
     reasons = {
         400: "Invalid request (details name each bad field)",
         401: "No API key, or an invalid or revoked one (see WWW-Authenticate)",
@@ -45,12 +50,23 @@ def error_responses(*statuses: int, schema: str | dict = "Error", examples: dict
         503: "Upstream unavailable (see Retry-After)",
         504: "Upstream timed out",
     }
-    examples = examples or {}
-    return {
-        str(s): {"description": reasons.get(s, "Error"), "content": {"application/json": {
-            "schema": schema, **({"example": examples[s]} if s in examples else {})}}}
-        for s in statuses
-    }
+    examples, refusals = examples or {}, refusals or {}
+    responses: dict[str, Any] = {}
+    for status in statuses:
+        media: dict[str, Any] = {"schema": schema}
+        description = reasons.get(status, "Error")
+        response: dict[str, Any] = {"content": {"application/json": media}}
+        if status in refusals:
+            named = {"invalid": examples[status]} if status in examples else {}
+            media["examples"] = {**{key: {"value": value} for key, value in named.items()},
+                                 **{code: {"value": value} for code, value in refusals[status].items()}}
+            response["x-refusals"] = sorted(refusals[status])
+            description += "; or a well-formed request refused: " + ", ".join(
+                f"`{code}`" for code in sorted(refusals[status]))
+        elif status in examples:
+            media["example"] = examples[status]
+        responses[str(status)] = {"description": description, **response}
+    return responses
 
 
 # The document's sections, in the order the docs page shows them; a view's tag must be one of these.
@@ -119,7 +135,8 @@ def _operation(contract: Operation, rule: str) -> dict[str, Any]:
         "tags": [contract.tag],
         "parameters": _path_parameters(rule) + ([{"in": "query", "schema": contract.query}] if contract.query else []),
         "responses": {"200": {"description": contract.response_description},
-                      **error_responses(*contract.errors, schema=error_schema, examples=dict(contract.error_examples))},
+                      **error_responses(*contract.errors, schema=error_schema, examples=dict(contract.error_examples),
+                                       refusals=contract.refusals)},
     }
     if contract.description:
         operation["description"] = contract.description

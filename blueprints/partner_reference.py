@@ -14,8 +14,12 @@ bp = Blueprint("partner_reference", __name__)
 def _features(names: tuple[str, ...] | list[str]) -> JsonSchema:
     # Only the inputs of that model are read (and required); other keys are ignored.
     return {"type": "object", "additionalProperties": True, "required": list(names),
-            "properties": {name: {"type": "number", "minimum": 0} if name == "DAYS_SINCE_LAST_TRANSACTION"
-                           else {"type": "number"} for name in names}}
+            "properties": {name: _number(0 if name == "DAYS_SINCE_LAST_TRANSACTION" else None) for name in names}}
+
+
+def _number(minimum: float | None = None) -> JsonSchema:
+    bound = reference_formulas.FEATURE_BOUND
+    return {"type": "number", "minimum": -bound if minimum is None else minimum, "maximum": bound}
 
 
 def _batch_of(item: JsonSchema, description: str) -> JsonSchema:
@@ -26,7 +30,7 @@ def _batch_of(item: JsonSchema, description: str) -> JsonSchema:
 # The reference formulas check their own input (per-item 422 messages) and the endpoints answer
 # with plain JSON: their contract is written as JSON schemas here, next to the views.
 _PREDICTIONS = {"type": "object", "required": ["ats_prediction", "resp_prediction"],
-                "properties": {"ats_prediction": {"type": "number"}, "resp_prediction": {"type": "number"}}}
+                "properties": {"ats_prediction": _number(), "resp_prediction": _number()}}
 _PREDICTION = {"type": "object", "properties": {"prediction": {"type": "number"}}}
 _OFFER = {"type": "object", "properties": {"offer": {"type": "string", "enum": ["OFFER_1", "OFFER_2"]}}}
 _BATCH_NOTE = (f"Batch of at most {reference_formulas.MAX_BATCH} items; answers in the same order. "

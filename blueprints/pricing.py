@@ -114,6 +114,11 @@ class DeliveryOrderPriceSchema(Schema):
 INVALID_REQUEST_EXAMPLE = {"error": "Invalid query parameters.", "code": "invalid_request",
                            "details": {"cart_value": ["must be a non-negative whole number (smallest currency unit)"]}}
 
+# What a well-formed request beyond the venue's delivery area answers (the test below checks it).
+NOT_AVAILABLE_EXAMPLE = {"error": "Delivery is not available: the venue delivers up to 2000 m, the address is "
+                                  "6538 m away.", "code": "delivery_not_available",
+                         "details": {"distance": 6538, "max_distance": 2000}}
+
 _query = PriceQuerySchema()
 _price = DeliveryOrderPriceSchema()
 
@@ -123,6 +128,7 @@ _price = DeliveryOrderPriceSchema()
 @operation(summary="Price a delivery order", tag="pricing", query=_query, response=_price,
            response_description="Price", errors=(400, 404, 502, 503, 504),
            error_examples={400: INVALID_REQUEST_EXAMPLE},
+           refusals={400: {"delivery_not_available": NOT_AVAILABLE_EXAMPLE}},
            description="Money in the currency's smallest unit, distance in metres. 400 `delivery_not_available` "
                        "when the address is beyond the venue's last distance range.")
 def delivery_order_price(query: dict[str, Any]) -> dict[str, Any]:

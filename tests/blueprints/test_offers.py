@@ -113,6 +113,30 @@ def test_transactions_after_as_of_are_422(client, app, mock):
     assert response.status_code == 422 and response.get_json()["code"] == "last_transaction_after_as_of"
 
 
+BEFORE_YEAR_ONE = {"ts": "0001-01-01 00:00:00+05:00", "type": "buy", "points": 1, "revenue_usd": 1.0}
+GIFT = {"ts": "2023-12-10 11:24:18", "type": "gift", "points": 100, "revenue_usd": 1.0}
+
+
+@pytest.mark.parametrize(("code", "transactions", "as_of"), [
+    ("last_transaction_after_as_of", [GIFT], "2023-12-01"),
+    ("invalid_transactions", [BEFORE_YEAR_ONE, GIFT], "2024-01-05"),
+    ("no_valid_transactions", [BEFORE_YEAR_ONE], "2024-01-05"),
+])
+def test_each_documented_refusal_of_a_well_formed_offer_request_is_what_the_service_answers(
+        client, code, transactions, as_of):
+    response = client.post(URL, json={"member_id": "F44DBBBC", "as_of": as_of, "transactions": transactions})
+    declared = client.get("/openapi.json").get_json()["paths"]["/api/v1/offers"]["post"]["responses"]["422"]
+    assert code in declared["x-refusals"]
+    assert response.get_json() == declared["content"]["application/json"]["examples"][code]["value"]
+
+
+def test_points_and_revenue_beyond_the_published_bound_are_400_naming_the_transaction(client):
+    too_big = {"ts": "2023-12-10 11:24:18", "type": "buy", "points": 1.9e68, "revenue_usd": -2e9}
+    response = client.post(URL, json={"member_id": "A", "transactions": [too_big]})
+    assert response.status_code == 400
+    assert set(response.get_json()["details"]["transactions"]["0"]) == {"points", "revenue_usd"}
+
+
 def test_too_many_transactions_is_400(client, app):
     app.config["OFFERS_MAX_TRANSACTIONS"] = 3
     tx = {"ts": "2023-12-10 11:24:18", "type": "gift", "points": 100, "revenue_usd": 1.0}
@@ -207,11 +231,15 @@ def test_results_pages_cover_every_member_once_with_filters(client, recorded_run
     assert len(seen) == len(set(seen)) == run["offers"]["OFFER_2"] and seen == sorted(seen)
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=501", "limit=x", "cursor=%%%", "status=great", "limit=1&limit=2"])
-def test_bad_list_parameters_are_400(client, app, query):
+@pytest.mark.parametrize(("query", "code"), [
+    ("limit=0", "invalid_request"), ("limit=501", "invalid_request"), ("limit=x", "invalid_request"),
+    ("status=great", "invalid_request"), ("limit=1&limit=2", "invalid_request"), ("offer=", "invalid_request"),
+    ("cursor=%%%", "invalid_cursor"), ("cursor=eyJhIjogMX0", "invalid_cursor"),  # {"a": 1}: well-formed, not ours
+])
+def test_bad_list_parameters_are_400(client, app, query, code):
     _add_runs(app, 1)
     response = client.get(f"/api/v1/offer-runs/1/results?{query}")
-    assert response.status_code == 400 and response.get_json()["code"] == "invalid_request"
+    assert response.status_code == 400 and response.get_json()["code"] == code
 
 
 def test_export_csv_is_streamed_and_complete(client, recorded_run):
@@ -298,10 +326,12 @@ def test_openapi_documents_every_offers_route(client):
     assert "OfferRequest" in spec["components"]["schemas"]
 
 
-def test_empty_optional_query_values_mean_not_given(client, app):
+def test_empty_query_values_are_checked_as_the_document_says(client, app):
     _add_runs(app, 1)
-    response = client.get("/api/v1/offer-runs/1/results?offer=&cursor=&status=")
-    assert response.status_code == 200 and response.get_json() == {"items": [], "next_cursor": None}
+    refused = client.get("/api/v1/offer-runs/1/results?offer=&cursor=&status=")
+    assert refused.status_code == 400 and set(refused.get_json()["details"]) == {"offer", "status"}
+    first_page = client.get("/api/v1/offer-runs/1/results?cursor=")  # any string is a cursor's form
+    assert first_page.status_code == 200 and first_page.get_json() == {"items": [], "next_cursor": None}
 
 
 def test_timestamps_with_a_utc_offset_are_accepted_and_converted(client, app, mock):

@@ -47,13 +47,13 @@ def test_try_it_out_starts_filled_with_the_readme_examples(client, seeded_prep_t
     example = ops[("/api/v1/delivery-estimate", "post")]["requestBody"]["content"]["application/json"]["example"]
     assert client.post("/api/v1/delivery-estimate", json=example).status_code == 200
     error = ops[("/api/v1/delivery-order-price", "get")]["responses"]["400"]["content"]["application/json"]
-    assert error["example"]["code"] == "invalid_request"
+    assert error["examples"]["invalid"]["value"]["code"] == "invalid_request"
     run_result = ops[("/api/v1/offer-runs/{run_id}/results/{member_id}", "get")]["parameters"]
     assert {p["name"]: p["example"] for p in run_result} == {"run_id": 1, "member_id": "F44DBBBC"}
     # the documented error example is what the service really answers
     real = client.get("/api/v1/delivery-order-price?venue_slug=home-assignment-venue-helsinki&cart_value=x"
                       "&user_lat=60.17094&user_lon=24.93087").get_json()
-    assert real == error["example"]
+    assert real == error["examples"]["invalid"]["value"]
 
 
 def test_a_settings_bound_is_documented_from_the_field_that_checks_it(app_config):
@@ -100,3 +100,20 @@ def test_sections_come_in_the_declared_order_each_with_its_main_route_first(clie
     assert [t["name"] for t in spec["tags"]] == list(TAGS) and all(t["description"] for t in spec["tags"])
     estimate = [path for path, item in spec["paths"].items() if item.get("post", {}).get("tags") == ["estimate"]]
     assert estimate == ["/api/v1/delivery-estimate", "/"]  # the original service's path after the real one
+
+
+def test_the_documented_refusal_of_a_valid_price_request_is_what_the_service_answers(client, seeded_prep_times):
+    import responses
+
+    from tests.conftest import VENUE_API
+    from tests.pricing_fixtures import register_venue
+
+    ops = operations(client.get("/openapi.json").get_json())
+    response = ops[("/api/v1/delivery-order-price", "get")]["responses"]["400"]
+    assert response["x-refusals"] == ["delivery_not_available"]
+    documented = response["content"]["application/json"]["examples"]["delivery_not_available"]["value"]
+    with responses.RequestsMock() as mock:
+        register_venue(mock, VENUE_API, "helsinki")
+        real = client.get("/api/v1/delivery-order-price?venue_slug=home-assignment-venue-helsinki&cart_value=1000"
+                          "&user_lat=60.2288&user_lon=24.9281").get_json()  # 6.5 km north of the venue
+    assert real == documented

@@ -1,5 +1,7 @@
 """The reference partner's endpoints: the public formulas and 422s naming the field."""
 
+import math
+
 import pytest
 
 from app import create_app
@@ -92,15 +94,27 @@ def test_prefix_is_configurable_and_can_be_switched_off(app_config):
     assert off.get(PREFIX + "/").status_code == 404
 
 
-def test_overflowing_features_are_422_not_infinity(client):
+def test_features_beyond_the_published_bound_are_422_naming_them_and_at_the_bound_finite(client):
+    from services.offers.reference.formulas import FEATURE_BOUND
+
     huge = {**FEATURES, "AVG_POINTS_BOUGHT": 1e308, "LAST_3_TRANSACTIONS_AVG_POINTS_BOUGHT": 1e308,
             "PCT_BUY_TRANSACTIONS": 1e308}
     response = client.post(PREFIX + "/ml/ats/predict", json=huge)
     assert response.status_code == 422 and "Infinity" not in response.get_data(as_text=True)
+    assert set(response.get_json()["details"]) == {"AVG_POINTS_BOUGHT", "LAST_3_TRANSACTIONS_AVG_POINTS_BOUGHT",
+                                                   "PCT_BUY_TRANSACTIONS"}
     resp = client.post(PREFIX + "/ml/resp/predict", json={**FEATURES, "PCT_BUY_TRANSACTIONS": -1e308,
                                                           "AVG_REVENUE_USD": 1e308,
                                                           "LAST_3_TRANSACTIONS_AVG_REVENUE_USD": 1e308})
     assert resp.status_code == 422
+    extreme = {name: FEATURE_BOUND for name in FEATURES}
+    extreme["PCT_REDEEM_TRANSACTIONS"] = -FEATURE_BOUND
+    for path in ("/ml/ats/predict", "/ml/resp/predict"):
+        at_bound = client.post(PREFIX + path, json=extreme)
+        assert at_bound.status_code == 200 and math.isfinite(at_bound.get_json()["prediction"])
+    schema = client.get("/openapi.json").get_json()["paths"]["/partners/reference/ml/ats/predict"]["post"]
+    bounds = schema["requestBody"]["content"]["application/json"]["schema"]["properties"]["AVG_POINTS_BOUGHT"]
+    assert (bounds["minimum"], bounds["maximum"]) == (-FEATURE_BOUND, FEATURE_BOUND)
 
 
 def generated_members(count, seed=1):

@@ -19,6 +19,11 @@ OFFER_THRESHOLD = 200.0
 # Largest batch the reference partner's batch endpoints accept (a bigger one is 413-like 422):
 # 1,000 members of 8 features are ~250 KB of JSON, well under the 1 MiB body limit.
 MAX_BATCH = 1000
+# Largest magnitude of any number the models take.  Real features are far smaller (points in the
+# tens of thousands, shares in [0, 1]); the bound keeps every formula finite (ATS at most
+# 1e15 * 3e15 = 3e30; 1.8e308 * 1.8e308 would be infinity, which JSON cannot carry) and is
+# published in the endpoints' schemas, so a client's validator and these checks agree.
+FEATURE_BOUND = 1e15
 
 
 def validated_numbers(body: Any, names: tuple[str, ...], non_negative: tuple[str, ...] = ()) -> dict[str, float]:
@@ -35,8 +40,8 @@ def validated_numbers(body: Any, names: tuple[str, ...], non_negative: tuple[str
             problems[name] = ["must not be null"]
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
             problems[name] = [f"must be a number, got {type(value).__name__}"]
-        elif not math.isfinite(value):
-            problems[name] = ["must be finite"]
+        elif not math.isfinite(value) or abs(value) > FEATURE_BOUND:
+            problems[name] = [f"must be between {-FEATURE_BOUND:g} and {FEATURE_BOUND:g}"]
         elif name in non_negative and value < 0:
             problems[name] = ["must not be negative"]
         else:
@@ -61,21 +66,12 @@ def assign_offer(ats_prediction: float, resp_prediction: float) -> str:
     return "OFFER_2" if ats_prediction * resp_prediction >= OFFER_THRESHOLD else "OFFER_1"
 
 
-def _finite(value: float, names: tuple[str, ...]) -> float:
-    # Finite inputs can still overflow (1e300 * 1e300); JSON has no infinity, so say so instead.
-    if not math.isfinite(value):
-        raise Unprocessable("The features are too large: the prediction is not a finite number.",
-                            details={name: ["too large for this model"] for name in names})
-    return value
-
-
 def predict_ats(body: Any) -> float:
-    return _finite(ats(validated_numbers(body, ATS_INPUTS)), ATS_INPUTS)
+    return ats(validated_numbers(body, ATS_INPUTS))
 
 
 def predict_resp(body: Any) -> float:
-    return _finite(resp(validated_numbers(body, RESP_INPUTS, non_negative=("DAYS_SINCE_LAST_TRANSACTION",))),
-                   RESP_INPUTS)
+    return resp(validated_numbers(body, RESP_INPUTS, non_negative=("DAYS_SINCE_LAST_TRANSACTION",)))
 
 
 def offer_for(body: Any) -> str:

@@ -23,6 +23,11 @@ from services.offers.runs.recording import (
 from services.offers.statuses import MemberStatus, RunStatus
 from services.tables import OfferResult, OfferRun
 
+# A cursor is opaque text to a client (any string is well-formed); one this API did not issue is
+# refused with its own code, which the document lists among the list operations' refusals.
+INVALID_CURSOR = "invalid_cursor"
+_NOT_OURS = "not a cursor this API issued"
+
 
 def encode_cursor(value: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
@@ -34,11 +39,11 @@ def decode_cursor(cursor: str | None, kind: type) -> Any:
     try:
         value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (ValueError, RecursionError) as exc:
-        raise InvalidRequest("Invalid cursor.", details={"cursor": ["not a cursor this API issued"]}) from exc
+        raise InvalidRequest("Invalid cursor.", code=INVALID_CURSOR, details={"cursor": [_NOT_OURS]}) from exc
     # An id cursor beyond what a database column holds would overflow the driver (a 500 before).
     if not isinstance(value, kind) or isinstance(value, bool) or (
             isinstance(value, int) and not 0 <= value <= MAX_ID + 1):
-        raise InvalidRequest("Invalid cursor.", details={"cursor": ["not a cursor this API issued"]})
+        raise InvalidRequest("Invalid cursor.", code=INVALID_CURSOR, details={"cursor": [_NOT_OURS]})
     return value
 
 
