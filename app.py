@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Mapping
@@ -12,7 +13,7 @@ from typing import Any
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
-from config import ConfigError, load_settings
+from config import ConfigError, load_settings, warn_unknown_variables
 
 
 class _JsonProvider(DefaultJSONProvider):
@@ -97,6 +98,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from services.logs import configure_logging
 
     configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
+    if config is None:  # settings from the environment (not a test's mapping): say what it ignores
+        warn_unknown_variables(os.environ, app.config["PARTNERS_FILE"], logging.getLogger("courier.config").warning)
     # Each capability builds its state (typed, on app.extensions) from the settings; then the
     # blueprints and commands that use it are registered.
     runtime.init_app(app)

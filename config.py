@@ -500,10 +500,72 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
+# COURIER_* variables read by tools around the app rather than by its settings: the Makefile and
+# compose.yaml (PORT, IMAGE, BASE_IMAGE, WORKER_CONCURRENCY), the container's entrypoint (WAIT_FOR,
+# WAIT_TIMEOUT_S, SECRETS_DIR), the stack test (STACK_TOOLS, STACK_WORKERS, REFERENCE_PARTNER_URL),
+# the test suite (TEST_*) and the benchmarks (BENCH_*).  Known, so never warned about.
+TOOLING_VARIABLES = frozenset({
+    "COURIER_PORT", "COURIER_IMAGE", "COURIER_BASE_IMAGE", "COURIER_WORKER_CONCURRENCY", "COURIER_WAIT_FOR",
+    "COURIER_WAIT_TIMEOUT_S", "COURIER_SECRETS_DIR", "COURIER_STACK_TOOLS", "COURIER_STACK_WORKERS",
+    "COURIER_REFERENCE_PARTNER_URL", "COURIER_TEST_POSTGRES_URL", "COURIER_TEST_PARTNER_TOKEN",
+    "COURIER_BENCH_PYTHON_LOAD",
+})
+
+
+def _partner_header_variables(partners_file: str) -> set[str]:
+    """The environment variables the partner registry names for its headers' values (they may be
+    COURIER_*); none if the file cannot be read, which the registry itself reports when used."""
+    import tomllib
+
+    try:
+        with open(partners_file, "rb") as handle:
+            partners = tomllib.load(handle).get("partners", {})
+    except (OSError, ValueError):
+        return set()
+    return {str(variable) for partner in partners.values() if isinstance(partner, dict)
+            for variable in (partner.get("headers") or {}).values()}
+
+
+def unknown_variables(environ: Mapping[str, str], partners_file: str) -> list[str]:
+    """One message per ``COURIER_*`` variable no setting, tool or partner header reads (a typo such
+    as ``COURIER_WORKER`` would otherwise be ignored in silence), naming the closest known one."""
+    import difflib
+
+    settings = {s.variable for s in (*SETTINGS, *GUNICORN_SETTINGS)}
+    known = (settings | {s.variable + FILE_SUFFIX for s in SETTINGS if s.secret} | TOOLING_VARIABLES
+             | _partner_header_variables(partners_file))
+    messages = []
+    suffixes = {name.removeprefix("COURIER_"): name for name in known}
+    for name in sorted(n for n in environ if n.startswith("COURIER_") and n not in known):
+        # Compared without the common prefix, which would make every pair look alike.
+        closest = difflib.get_close_matches(name.removeprefix("COURIER_"), sorted(suffixes), n=1, cutoff=0.75)
+        messages.append(f"{name} is not a Courier setting and is ignored"
+                        + (f"; did you mean {suffixes[closest[0]]}?" if closest else " (the README lists them all)"))
+    return messages
+
+
+_warned_unknown = False
+
+
+def warn_unknown_variables(environ: Mapping[str, str], partners_file: str, warn: Any) -> None:
+    """Call ``warn(message)`` for each unknown ``COURIER_*`` variable, once per process tree:
+    gunicorn's master warns and its forked workers inherit the flag, so five workers do not repeat it."""
+    global _warned_unknown
+    if _warned_unknown:
+        return
+    _warned_unknown = True
+    for message in unknown_variables(environ, partners_file):
+        warn(message)
+
+
 def check_environment(environ: Mapping[str, str] | None = None) -> None:
-    """Every COURIER_* setting of the app and of gunicorn, checked as start-up will check them."""
-    load_settings(environ)
+    """Every COURIER_* setting of the app and of gunicorn, checked as start-up will check them;
+    unknown COURIER_* variables are printed as warnings."""
+    environ = os.environ if environ is None else environ
+    settings = load_settings(environ)
     load_gunicorn_settings(environ)
+    for message in unknown_variables(environ, settings["PARTNERS_FILE"]):
+        print(f"warning: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

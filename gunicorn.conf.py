@@ -14,13 +14,14 @@ last: slow clients can hold every worker.  Run Courier behind a buffering revers
 """
 
 import gc
+import json
 import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
 
-from config import ConfigError, load_gunicorn_settings, load_settings
+from config import ConfigError, load_gunicorn_settings, load_settings, warn_unknown_variables
 
 # Under gunicorn, logs go to a collector: JSON lines unless the operator asks for text.
 os.environ.setdefault("COURIER_LOG_FORMAT", "json")
@@ -32,6 +33,13 @@ try:
     _app_settings = load_settings()
 except ConfigError as exc:
     sys.exit(f"configuration error: {exc}")
+
+
+def _warn(message: str) -> None:  # before logging is set up: a JSON line like the app's own
+    print(json.dumps({"level": "WARNING", "logger": "courier.config", "msg": message}), file=sys.stderr, flush=True)
+
+
+warn_unknown_variables(os.environ, _app_settings["PARTNERS_FILE"], _warn)  # once; forked workers inherit
 
 # Prometheus multiprocess mode: every worker writes its metrics to files in one folder, /metrics
 # sums them.  It must be in the environment before a worker imports prometheus_client, and start

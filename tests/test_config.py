@@ -229,3 +229,50 @@ def test_make_run_checks_every_setting_before_it_migrates(tmp_path):
     ok = subprocess.run([sys.executable, "config.py", "check"], cwd=root, capture_output=True, text=True,
                         env={k: v for k, v in os.environ.items() if not k.startswith("COURIER_")}, timeout=30)
     assert ok.returncode == 0, ok.stderr
+
+
+def test_an_unknown_courier_variable_is_named_with_the_closest_setting(tmp_path):
+    from config import unknown_variables
+
+    partners = tmp_path / "partners.toml"
+    partners.write_text('[partners.acme]\nbase_url = "https://acme.test"\n'
+                        '[partners.acme.headers]\nAuthorization = "COURIER_ACME_TOKEN"\n')
+    environ = {"COURIER_WORKER": "3", "COURIER_DATABSE_URL": "x", "COURIER_FROBNICATE": "1",
+               "COURIER_WORKERS": "3", "COURIER_DATABASE_URL_FILE": "/run/secrets/db", "COURIER_PORT": "8080",
+               "COURIER_TEST_POSTGRES_URL": "x", "COURIER_ACME_TOKEN": "secret", "PATH": "/bin"}
+    assert unknown_variables(environ, str(partners)) == [
+        "COURIER_DATABSE_URL is not a Courier setting and is ignored; did you mean COURIER_DATABASE_URL?",
+        "COURIER_FROBNICATE is not a Courier setting and is ignored (the README lists them all)",
+        "COURIER_WORKER is not a Courier setting and is ignored; did you mean COURIER_WORKERS?",
+    ]
+    assert unknown_variables(environ, str(tmp_path / "missing.toml"))[0].startswith("COURIER_ACME_TOKEN")
+
+
+def test_gunicorn_warns_once_for_all_its_workers_and_a_command_warns_too(db_url, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.live_servers import free_port, http_get, wait_until_up
+
+    root = Path(__file__).parent.parent
+    port = free_port()
+    env = {**os.environ, "COURIER_WORKER": "3", "COURIER_WORKERS": "3", "COURIER_BIND": f"127.0.0.1:{port}",
+           "COURIER_DATABASE_URL": db_url, "COURIER_CONTROL_SOCKET": str(tmp_path / "g.ctl")}
+    with open(tmp_path / "stderr", "w+") as stderr:
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py",
+                                 "wsgi:app"], env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            wait_until_up(port, proc)
+            # every worker has loaded the app (and would have warned) once each counts itself in
+            while "\ncourier_workers 3.0" not in http_get(port, "/metrics", 5)[1]:
+                assert proc.poll() is None
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        stderr.seek(0)
+        log = stderr.read()
+    assert log.count("did you mean COURIER_WORKERS?") == 1, log
+    command = subprocess.run([str(Path(sys.executable).with_name("flask")), "--app", "wsgi", "db", "current"],
+                             env=env, cwd=root, capture_output=True, text=True, timeout=60)
+    assert command.returncode == 0 and command.stderr.count("did you mean COURIER_WORKERS?") == 1
