@@ -65,7 +65,9 @@ def seed_venues(prep_times_path: str, venues_dir: str, overwrite: bool, from_api
                 click.echo(f"  {slug}: fetched")
             except CourierError as exc:
                 failed += 1
-                click.echo(f"  {slug}: failed ({exc.code}: {exc.message})", err=True)
+                attempts = getattr(exc, "attempts", None)
+                tries = f" after {attempts} attempts" if attempts and attempts > 1 else ""
+                click.echo(f"  {slug}: failed{tries} ({exc.code}: {exc.message})", err=True)
         source = f"venue API {store.client.base_url}"
     else:
         if slugs:

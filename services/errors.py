@@ -60,6 +60,7 @@ class UpstreamError(CourierError):
         details = {"upstream": upstream, **(kwargs.pop("details", None) or {})}
         super().__init__(message, details=details, **kwargs)
         self.upstream = upstream
+        self.attempts: int | None = None  # attempts made, when the client counted them
 
 
 class UpstreamInvalid(UpstreamError):

@@ -89,6 +89,17 @@ def configure_logging(level: str = "INFO", log_format: str = "auto") -> None:
     root.addHandler(courier_handler(sys.stderr, TextFormatter(colour=sys.stderr.isatty()) if text else JsonFormatter()))
     # Alembic narrates every step at INFO; keep admins' terminals to what matters.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # urllib3 logs a WARNING per retry (two per failed venue fetch, 400 characters each); our
+    # clients count retries (courier_upstream_retries_total) and the caller logs one line with the
+    # outcome and the attempts.  Its other warnings (a full pool, say) still pass.
+    urllib3_pool = logging.getLogger("urllib3.connectionpool")
+    if not any(isinstance(f, _NoRetryNarration) for f in urllib3_pool.filters):
+        urllib3_pool.addFilter(_NoRetryNarration())
+
+
+class _NoRetryNarration(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith("Retrying ("))
 
 
 def courier_handler(stream, formatter: logging.Formatter) -> logging.StreamHandler:

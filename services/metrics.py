@@ -31,9 +31,12 @@ class Metrics:
                                 "method and status.", ["route", "method", "status"], registry=r)
         self.request_seconds = Histogram("courier_http_request_duration_seconds", "Time to answer a request.",
                                          ["route", "method"], buckets=LATENCY_BUCKETS, registry=r)
-        self.upstream_calls = Counter("courier_upstream_calls_total", "Outbound calls by upstream and outcome "
-                                      "(ok, retried, 4xx, 5xx, timeout, unreachable, invalid).",
-                                      ["upstream", "outcome"], registry=r)
+        self.upstream_calls = Counter("courier_upstream_calls_total", "Outbound calls by upstream and final "
+                                      "outcome (ok, 4xx, 5xx, timeout, unreachable, invalid): one per call, its "
+                                      "retries included, so sum() is calls.", ["upstream", "outcome"], registry=r)
+        self.upstream_retries = Counter("courier_upstream_retries_total", "Attempts sent again within a call, "
+                                        "by upstream (a failed status, connection, timeout or unusable answer).",
+                                        ["upstream"], registry=r)
         self.upstream_seconds = Histogram("courier_upstream_call_duration_seconds", "Time of one outbound call, "
                                           "retries included.", ["upstream"], buckets=LATENCY_BUCKETS, registry=r)
         self.venue_cache = Counter("courier_venue_cache_events_total", "Venue data lookups by what happened "

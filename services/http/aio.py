@@ -177,7 +177,7 @@ class AsyncHttpClient:
     def _notify(self, reason: str, wait: float) -> None:
         if self.on_retry is not None:
             self.on_retry(RetryEvent(self.upstream, reason, wait))
-        metrics().upstream_calls.labels(self.upstream, "retried").inc()
+        metrics().upstream_retries.labels(self.upstream).inc()
 
     # -- results -----------------------------------------------------------------------------------
     def json_of(self, payload: bytes) -> Any:

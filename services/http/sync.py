@@ -51,6 +51,16 @@ T = TypeVar("T")
 # in the calling thread, so a context variable is how a per-call budget reaches a Retry object
 # that is shared by every call on the session.
 _DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("courier_http_deadline", default=None)
+# Attempts of the call in progress on this thread ([n]: urllib3's retries and ours add to it), so a
+# failure can say how many were made.
+_ATTEMPTS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("courier_http_attempts", default=None)
+
+
+def _count_retry(upstream: str) -> None:
+    attempts = _ATTEMPTS.get()
+    if attempts is not None:
+        attempts[0] += 1
+    metrics().upstream_retries.labels(upstream).inc()
 
 
 class DeadlineTimeout(Timeout):
@@ -100,7 +110,7 @@ class DeadlineRetry(Retry):
         # then cut to the time left, so the call never outlives its deadline.
         next_wait(new_retry, url=url, response=response, error=error, deadline=deadline,
                   attempt_s=self.min_attempt_s)
-        metrics().upstream_calls.labels(self.upstream, "retried").inc()
+        _count_retry(self.upstream)
         return new_retry
 
 
@@ -301,11 +311,16 @@ class HttpClient:
         venue API bodies cut short, not retrying them failed 36% of cold price requests.
         """
         started = time.perf_counter()
+        attempts = [1]
+        token = _ATTEMPTS.set(attempts)
         try:
             result = self._call_json(method, path, json=json, params=params, parse=parse)
         except UpstreamError as exc:
+            exc.attempts = attempts[0]  # for the caller's one line ("failed after 3 attempts")
             metrics().upstream_call(self.upstream, outcome_of(exc), time.perf_counter() - started)
             raise
+        finally:
+            _ATTEMPTS.reset(token)
         metrics().upstream_call(self.upstream, "ok", time.perf_counter() - started)
         return result
 
@@ -333,7 +348,7 @@ class HttpClient:
                 if attempts_left <= 0 or not time_left:
                     raise exc.error from exc.__cause__
                 attempts_left -= 1
-                log.info("retrying a bad answer", extra={"upstream": self.upstream, "problem": exc.error.message})
+                _count_retry(self.upstream)
                 time.sleep(self.policy.backoff_factor_s)
 
     def get_json(self, path: str, *, params: Any = None, parse: Callable[[Any], T] | None = None) -> T | Any:

@@ -346,7 +346,7 @@ class VenueStore:
         until = now + self.policy.failure_backoff_s * min(2 ** (consecutive - 1), MAX_BACKOFF_FACTOR)
         self._remember(self._failures, slug, _Failure(until, exc, consecutive))
         log.warning("venue refresh failed", extra={"venue_slug": slug, "code": exc.code, "problem": exc.message,
-                                                   "has_stale": has_stale})
+                                                   "attempts": exc.attempts, "has_stale": has_stale})
         return until
 
     def _remember_missing(self, slug: str, now: float) -> None:

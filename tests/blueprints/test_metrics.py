@@ -8,7 +8,7 @@ import responses
 
 from tests.conftest import VENUE_API
 from tests.live_servers import gunicorn_process, http_get
-from tests.pricing_fixtures import register_venue
+from tests.pricing_fixtures import doc, register_venue
 
 PRICE = ("/api/v1/delivery-order-price?venue_slug=home-assignment-venue-helsinki&cart_value=1000"
          "&user_lat=60.17094&user_lon=24.93087")
@@ -59,6 +59,26 @@ def test_upstream_failures_are_counted_by_outcome(client):
     text = client.get("/metrics").get_data(as_text=True)
     assert sample(text, "courier_upstream_calls_total", upstream="venue-api", outcome="4xx") - sample(
         before, "courier_upstream_calls_total", upstream="venue-api", outcome="4xx") == 2
+
+
+def test_retries_have_their_own_counter_so_calls_sum_to_calls(client):
+    before = client.get("/metrics").get_data(as_text=True)
+    with responses.RequestsMock() as mock:
+        for half in ("static", "dynamic"):  # each half fails once with a 503, then answers
+            url = f"{VENUE_API}/venues/home-assignment-venue-helsinki/{half}"
+            mock.get(url, status=503)
+            mock.get(url, json=doc("helsinki", half))
+        assert client.get(PRICE).status_code == 200
+    text = client.get("/metrics").get_data(as_text=True)
+
+    def delta(name, **labels):
+        return sample(text, name, **labels) - sample(before, name, **labels)
+
+    assert delta("courier_upstream_retries_total", upstream="venue-api") == 2
+    assert delta("courier_upstream_calls_total", upstream="venue-api", outcome="ok") == 2
+    assert 'outcome="retried"' not in text
+    assert sum(delta("courier_upstream_calls_total", upstream="venue-api", outcome=o)
+               for o in ("ok", "4xx", "5xx", "timeout", "unreachable", "invalid")) == 2  # two calls
 
 
 def test_metrics_are_summed_over_two_gunicorn_workers(db_url, tmp_path):

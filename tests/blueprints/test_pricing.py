@@ -274,3 +274,25 @@ def test_past_the_ttl_a_hanging_upstream_does_not_delay_the_answer(app_config, s
     assert store.stats["stale_served"] == 1 and store.stats["revalidations"] == 1
     store.wait_for_refreshes(timeout=10)  # the one background refresh did meet the hanging upstream
     assert standin.app.stats["hang"] > hung_before
+
+
+def test_a_failed_price_logs_one_line_with_the_outcome_and_attempts_not_urllib3s(app_config, caplog):
+    import logging
+    import socket
+
+    from app import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    app = create_app({**app_config, "VENUE_API_URL": f"http://127.0.0.1:{closed_port}/v1", "VENUE_API_RETRIES": 2})
+    with caplog.at_level(logging.INFO):
+        response = app.test_client().get(
+            "/api/v1/delivery-order-price?venue_slug=home-assignment-venue-helsinki&cart_value=1000"
+            "&user_lat=60.17094&user_lon=24.93087")
+    assert response.status_code == 503
+    assert not [r for r in caplog.records if r.name.startswith("urllib3")]  # 2 x 400 characters before
+    [refresh] = [r for r in caplog.records if r.name == "courier.pricing"]
+    # refused connections are retried once (the policy's connect retries), whatever VENUE_API_RETRIES says
+    assert (refresh.getMessage(), refresh.code, refresh.attempts) == ("venue refresh failed", "upstream_unavailable", 2)
+    app.extensions["courier"].close()

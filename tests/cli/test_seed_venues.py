@@ -148,3 +148,26 @@ def test_from_api_touches_venue_pricing_data_only(runner, db_session):
     assert "prep times" not in result.output and "0 inserted, 1 updated" in result.output
     db_session.expire_all()
     assert read_snapshot(db_session).times["8a61b8c"] == 42.0
+
+
+def test_offline_from_api_says_one_line_per_venue_with_its_attempts_and_no_retry_noise(runner, db_url):
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    assert runner.invoke(args=["seed-venues"]).exit_code == 0  # the five bundled venues are stored
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]  # nothing listens once the socket is closed
+    env = {**os.environ, "COURIER_DATABASE_URL": db_url, "COURIER_VENUE_API_URL": f"http://127.0.0.1:{closed_port}/v1"}
+    result = subprocess.run([str(Path(sys.executable).with_name("flask")), "--app", "wsgi", "seed-venues",
+                             "--from-api"], env=env, cwd=Path(__file__).parents[2], capture_output=True, text=True,
+                            timeout=60)
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert result.returncode == 1
+    assert len(lines) == 6 and "urllib3" not in result.stderr and "Retrying" not in result.stderr, lines
+    assert sum("failed after 2 attempts (upstream_unavailable: venue-api is unreachable)" in line
+               for line in lines) == 5
+    assert result.stdout.strip().endswith("0 inserted, 0 updated, 5 failed")
