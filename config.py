@@ -284,11 +284,30 @@ class Bind(Text):
         return text
 
 
+class Networks(Text):
+    """IP addresses or CIDR networks, separated by spaces or commas: a tuple of ``ip_network``s."""
+
+    def accepted(self, setting: Setting) -> str:
+        return "IP addresses or networks (10.0.0.0/8), separated by spaces or commas" + _or_empty(setting)
+
+    def parse(self, setting: Setting, value: Any) -> Any:
+        import ipaddress
+
+        networks = []
+        for part in re.split(r"[\s,]+", str(value).strip()):
+            if part:
+                try:
+                    networks.append(ipaddress.ip_network(part, strict=False))
+                except ValueError:
+                    raise ValueError(f"{part!r} is not an IP address or network") from None
+        return tuple(networks)
+
+
 # A setting's ``kind`` names its class here (the declarations below stay one line each).
 KINDS: dict[Any, Text] = {
     str: Text(), bool: Bool(), int: Number(whole=True), float: Number(whole=False), "choice": Choice(),
     "url": Url(), "path": FilePath(), "database_url": DatabaseUrl(), "broker_url": BrokerUrl(), "prefix": Prefix(),
-    "bind": Bind(),
+    "bind": Bind(), "networks": Networks(),
 }
 
 
@@ -309,8 +328,13 @@ SETTINGS: tuple[Setting, ...] = (
             "`json`: one JSON object per line (default under gunicorn, set by gunicorn.conf.py); `text`: short "
             "readable lines with coloured levels; `auto`: text when stderr is a terminal, else JSON.",
             kind="choice", choices=("auto", "json", "text")),
-    Setting("ACCESS_LOG", True, "Emit one JSON log line per request (method, path, status, duration, request id).",
-            kind=bool),
+    Setting("ACCESS_LOG", True, "Emit one JSON log line per request (method, path, status, duration, response "
+            "bytes, client address, user agent, request id).", kind=bool),
+    Setting("TRUSTED_PROXIES", "127.0.0.1 ::1",
+            "Proxies whose `X-Forwarded-For` is believed: a request from one of them is logged with the client "
+            "address the proxy saw (the nearest untrusted address in the header); from anyone else, with the "
+            "connection's own address. The compose file trusts its private network (only nginx reaches the "
+            "web service there).", kind="networks", optional=True),
     Setting("METRICS_ENABLED", True,
             "Count and time requests for `/metrics` (Prometheus; summed over gunicorn's workers).", kind=bool),
     Setting("METRICS_DIR", None, "Folder for gunicorn's workers' metric files (emptied when gunicorn starts). "

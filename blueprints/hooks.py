@@ -9,7 +9,7 @@ from flask import Flask, g, request
 from sqlalchemy.orm import Session
 
 from capabilities.runtime import runtime
-from services.logs import AccessLog, new_request_id, request_id_var
+from services.logs import AccessLog, new_request_id, request_id_var, silence_dev_server_request_lines
 
 # An incoming id is echoed into logs and headers: accept only a bounded, printable token.
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -22,6 +22,42 @@ def db_session() -> Session:
         session = runtime().session()
         g._db_session = session
     return session
+
+
+class ClientAddress:
+    """The address to log for a request: the connection's peer, or, when the peer is a trusted
+    proxy (``TRUSTED_PROXIES``), the nearest address in ``X-Forwarded-For`` that is not one: the
+    header's other entries are whatever the client wrote, so only what trusted hops appended counts.
+    Trust is decided once per peer address (a proxy is one or a few addresses)."""
+
+    def __init__(self, trusted: tuple | None) -> None:
+        self.trusted = trusted or ()
+        self._peers: dict[str, bool] = {}
+
+    def _is_trusted(self, address: str) -> bool:
+        known = self._peers.get(address)
+        if known is None:
+            import ipaddress
+
+            try:
+                ip = ipaddress.ip_address(address)
+                known = any(ip in network for network in self.trusted)
+            except ValueError:
+                known = False
+            if len(self._peers) < 1024:  # bounded: only the peers seen (proxies, clients without one)
+                self._peers[address] = known
+        return known
+
+    def __call__(self, environ: dict) -> str | None:
+        peer = environ.get("REMOTE_ADDR")
+        forwarded = environ.get("HTTP_X_FORWARDED_FOR")
+        if not peer or not forwarded or not self.trusted or not self._is_trusted(peer):
+            return peer
+        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+        for hop in reversed(hops):
+            if not self._is_trusted(hop):
+                return hop[:64]
+        return hops[0][:64] if hops else peer
 
 
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -56,6 +92,9 @@ class _RequestMetrics:
 
 def register_request_hooks(app: Flask) -> None:
     access_log = AccessLog() if app.config["ACCESS_LOG"] else None
+    if access_log is not None:
+        silence_dev_server_request_lines()
+    client_address = ClientAddress(app.config["TRUSTED_PROXIES"])
     valid_id = _VALID_REQUEST_ID.match
     observe = _RequestMetrics() if app.config["METRICS_ENABLED"] else None
     in_flight = observe.in_flight if observe is not None else None
@@ -87,7 +126,9 @@ def register_request_hooks(app: Flask) -> None:
                         response.status_code, elapsed)
             if access_log is not None:
                 access_log.write(environ["REQUEST_METHOD"], request.path, response.status_code,
-                                 round(elapsed * 1000, 3), rid)
+                                 round(elapsed * 1000, 3), rid, None if response.is_streamed else
+                                 response.calculate_content_length(), client_address(environ),
+                                 environ.get("HTTP_USER_AGENT"))
         return response
 
     @app.teardown_request

@@ -59,8 +59,8 @@ class TextFormatter(logging.Formatter):
             level = f"{_LEVEL_COLOURS.get(level, '')}{level:<7}\033[0m"
         else:
             level = f"{level:<7}"
-        fields = " ".join(f"{k}={v}" for k, v in record.__dict__.items()
-                          if k not in _RESERVED and not k.startswith("_") and k != "request_id")
+        fields = " ".join(f"{k}={v}" for k, v in record.__dict__.items()  # None: nothing to say
+                          if k not in _RESERVED and not k.startswith("_") and k != "request_id" and v is not None)
         rid = getattr(record, "request_id", None)
         line = (f"{time.strftime('%H:%M:%S', time.localtime(record.created))}.{int(record.msecs):03d} {level} "
                 f"{record.name}: {record.getMessage()}" + (f"  {fields}" if fields else "")
@@ -95,6 +95,23 @@ def configure_logging(level: str = "INFO", log_format: str = "auto") -> None:
     urllib3_pool = logging.getLogger("urllib3.connectionpool")
     if not any(isinstance(f, _NoRetryNarration) for f in urllib3_pool.filters):
         urllib3_pool.addFilter(_NoRetryNarration())
+
+
+class _NoDevServerRequestLines(logging.Filter):
+    """Werkzeug's development server (``flask run``) logs a line per request besides ours: drop its
+    request lines (``<addr> - - [date] "GET ..." 200 -``); its other lines (the "Running on" banner,
+    errors) pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.INFO and isinstance(record.msg, str)
+                    and record.msg.rstrip().endswith('] "%s" %s %s'))
+
+
+def silence_dev_server_request_lines() -> None:
+    """Called when Courier writes its own access line: one line per request under ``flask run``."""
+    werkzeug = logging.getLogger("werkzeug")
+    if not any(isinstance(f, _NoDevServerRequestLines) for f in werkzeug.filters):
+        werkzeug.addFilter(_NoDevServerRequestLines())
 
 
 class _NoRetryNarration(logging.Filter):
@@ -159,11 +176,17 @@ class AccessLog:
             return None
         return handlers[0]  # type: ignore[return-value]
 
-    def write(self, method: str, path: str, status: int, duration_ms: float, request_id: str) -> None:
+    def write(self, method: str, path: str, status: int, duration_ms: float, request_id: str,
+              size: int | None = None, client: str | None = None, user_agent: str | None = None) -> None:
+        """``size``: the body's bytes (None when streamed); ``client``: the caller's address (through
+        a trusted proxy, the one it saw); ``user_agent`` as sent, cut to 256 characters."""
+        if user_agent is not None and len(user_agent) > 256:
+            user_agent = user_agent[:256]
         handler = self._direct_handler()
         if handler is None:
             self.logger.info("request", extra={"method": method, "path": path, "status": status,
-                                               "duration_ms": duration_ms, "request_id": request_id})
+                                               "duration_ms": duration_ms, "bytes": size, "client": client,
+                                               "user_agent": user_agent, "request_id": request_id})
             return
         now = time.time()
         second = int(now)
@@ -173,6 +196,9 @@ class AccessLog:
         line = (f'{{"ts": "{self._stamp}.{int((now - second) * 1000):03d}Z", "level": "INFO", '
                 f'"logger": "courier.access", "msg": "request", "method": {encode_basestring_ascii(method)}, '
                 f'"path": {encode_basestring_ascii(path)}, "status": {status}, "duration_ms": {duration_ms!r}, '
+                f'"bytes": {"null" if size is None else size}, '
+                f'"client": {"null" if client is None else encode_basestring_ascii(client)}, '
+                f'"user_agent": {"null" if user_agent is None else encode_basestring_ascii(user_agent)}, '
                 f'"request_id": {encode_basestring_ascii(request_id)}}}\n')
         with handler.lock:  # type: ignore[union-attr]
             try:

@@ -3,6 +3,7 @@
 import json
 import logging
 
+import pytest
 from openapi_spec_validator import validate
 
 from app import create_app
@@ -121,11 +122,16 @@ def test_the_direct_access_line_is_what_the_json_formatter_writes(monkeypatch):
     monkeypatch.setattr(root, "handlers", [handler])
     monkeypatch.setattr(root, "level", logging.INFO)
     access = AccessLog()
-    access.write("GET", '/api/v1/x?q="é\\', 200, 0.125, "rid-1")
+    access.write("GET", '/api/v1/x?q="é\\', 200, 0.125, "rid-1", 512, "203.0.113.7", 'curl/8 "x"')
+    access.write("GET", "/stream", 200, 1.5, "rid-2")  # streamed, no client known: nulls
     assert access._direct_handler() is handler  # the direct path was the one taken
     access.logger.info("request", extra={"method": "GET", "path": '/api/v1/x?q="é\\', "status": 200,
-                                         "duration_ms": 0.125, "request_id": "rid-1"})
-    direct, via_logging = stream.getvalue().splitlines()
+                                         "duration_ms": 0.125, "bytes": 512, "client": "203.0.113.7",
+                                         "user_agent": 'curl/8 "x"', "request_id": "rid-1"})
+    access.logger.info("request", extra={"method": "GET", "path": "/stream", "status": 200, "duration_ms": 1.5,
+                                         "bytes": None, "client": None, "user_agent": None, "request_id": "rid-2"})
+    direct, direct_nulls, via_logging, via_logging_nulls = stream.getvalue().splitlines()
+    assert direct_nulls.split('"level"')[1] == via_logging_nulls.split('"level"')[1]
     assert list(json.loads(direct)) == list(json.loads(via_logging))  # same keys, same order
     assert {**json.loads(direct), "ts": None} == {**json.loads(via_logging), "ts": None}
     assert direct.split('"level"')[1] == via_logging.split('"level"')[1]  # byte for byte after the time
@@ -234,3 +240,43 @@ def test_readyz_and_run_records_name_files_without_the_servers_folders(app_confi
         record = queries.run_view(session, run_id)
     assert record["input_file"] == "members.csv" and str(tmp_path) not in json.dumps(record, default=str)
     app.extensions["courier"].close()
+
+
+@pytest.mark.parametrize(("peer", "forwarded", "client"), [
+    ("127.0.0.1", "203.0.113.7", "203.0.113.7"),  # nginx on this host appended the caller
+    ("127.0.0.1", "6.6.6.6, 203.0.113.7", "203.0.113.7"),  # the caller's own claim (6.6.6.6) is not believed
+    ("127.0.0.1", "203.0.113.7, 10.1.2.3", "203.0.113.7"),  # two trusted hops: the nearest untrusted one
+    ("198.51.100.9", "203.0.113.7", "198.51.100.9"),  # no proxy in between: the header is the caller's
+    ("127.0.0.1", None, "127.0.0.1"),
+])
+def test_the_access_line_names_the_client_size_and_user_agent(app_config, caplog, peer, forwarded, client):
+    from app import create_app
+
+    app = create_app({**app_config, "ACCESS_LOG": True, "TRUSTED_PROXIES": "127.0.0.1 10.0.0.0/8"})
+    headers = {"User-Agent": "probe/1.0", **({"X-Forwarded-For": forwarded} if forwarded else {})}
+    with caplog.at_level(logging.INFO, logger="courier.access"):
+        response = app.test_client().get("/healthz", headers=headers, environ_base={"REMOTE_ADDR": peer})
+    [line] = [r for r in caplog.records if r.name == "courier.access"]
+    assert (line.client, line.user_agent, line.bytes) == (client, "probe/1.0", len(response.get_data()))
+    app.extensions["courier"].close()
+
+
+def test_under_the_development_server_each_request_is_logged_once(app_config, caplog):
+    import threading
+    import urllib.request
+
+    from werkzeug.serving import make_server
+
+    app = create_app({**app_config, "ACCESS_LOG": True})
+    server = make_server("127.0.0.1", 0, app)  # what `flask run` serves with
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with caplog.at_level(logging.INFO):
+            urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/healthz", timeout=5).read()
+            server.shutdown()  # returns once the request's handler has finished (and logged)
+    finally:
+        thread.join(5)
+        app.extensions["courier"].close()
+    lines = [r for r in caplog.records if r.name in ("werkzeug", "courier.access")]
+    assert [r.name for r in lines] == ["courier.access"], [r.getMessage() for r in lines]
