@@ -32,6 +32,7 @@ from services.offers.runs.frame import RunFailure
 from services.offers.runs.lifecycle import ResumeError, RunOptions, resumed_partner_and_date
 from services.offers.runs.local import run_offers
 from services.offers.runs.recording import OUTPUT_SUFFIXES, write_output
+from services.offers.runs.stats import rate_text
 from services.offers.statuses import EXIT_CODES, RunStatus
 
 
@@ -137,7 +138,7 @@ def _print_summary(report) -> None:
     for name, s in run.step_metrics.items():
         if name == "retries":
             continue
-        rate = f"{s['items_per_s']:.1f}" if s.get("items_per_s") else "-"
+        rate = rate_text(s.get("items_per_s"))
         pcts = [f"{s[k]:.2f}" if k in s else "-" for k in ("p50_ms", "p95_ms", "p99_ms")]
         echo(f"  {name:<9} {s['items']:>8} {s['seconds']:>9.3f} {rate:>10} {pcts[0]:>8} {pcts[1]:>8} {pcts[2]:>8}")
     if run.rows_rejected:

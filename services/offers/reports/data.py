@@ -50,6 +50,7 @@ class RunReportData:
     failures: dict[str, int]  # "step: code" -> failed members
     features_by_offer: dict[str, dict[str, Histogram]] = field(default_factory=dict)  # feature -> offer -> hist
     mode: str = "local"  # "local", or "distributed (chunks of N)"
+    timeline_recorded: bool = True  # False: a run from before migration 0008, which kept no timeline
 
 
 def failure_reason(error: str | None) -> str:
@@ -63,7 +64,10 @@ def _log_edges(low: float | None, high: float | None) -> np.ndarray | None:
     if low is None or high is None:
         return None
     low = max(float(low), 1e-3)  # a 0 ms call (clock resolution) lands in the first bin
-    high = max(float(high), low * 1.01)
+    high = max(float(high), low)
+    if high < low * 1.5:  # (nearly) all equal: a spike in a 1.5x window, not one bar filling the chart
+        centre = math.sqrt(low * high)
+        low, high = centre / 1.25, centre * 1.25
     return np.geomspace(low, high * 1.0001, HISTOGRAM_BINS + 1)
 
 
@@ -131,6 +135,7 @@ def collect_report(session: Session, run_id: int) -> RunReportData:
         run=run_record(run),
         mode=run.mode if run.mode != "distributed" else f"distributed (chunks of {run.chunk_size:,})",
         timeline=list(run.timeline or []),
+        timeline_recorded=run.timeline is not None,
         call_latency_ms={call: Histogram(call_edges[call].tolist(), counts.tolist())
                          for call, counts in call_counts.items()},
         failures=dict(failures.most_common()),

@@ -18,6 +18,7 @@ from markupsafe import Markup
 from sqlalchemy.orm import Session
 
 from services.offers.reports.data import PARTNER_CALLS, Histogram, RunReportData, collect_report
+from services.offers.runs.stats import rate_text
 
 # Text kept as text (escaped by the SVG backend), ids stable between renders. Labels that come
 # from the run (offer names, failure reasons) go through _label, which escapes mathtext's "$";
@@ -102,16 +103,24 @@ def _step_latency_chart(steps: dict[str, dict]) -> Markup | None:
 
 def _log_axis(axis) -> None:
     """Log scale ticked at 1-2-5 with plain numbers: the default labels every minor tick as 10^x
-    and they overlap when the data spans less than a decade (partner calls usually do)."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    and they overlap when the data spans less than a decade (partner calls usually do).  Below a
+    decade a 1-2-5 locator finds at most one tick and matplotlib falls back to a dense linear one
+    (5, 5.01, 5.02, ... run into one string when every call took 5 ms): four ticks at most there."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
     axis.axes.set_xscale("log") if axis is axis.axes.xaxis else axis.axes.set_yscale("log")
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    low, high = axis.get_view_interval()
+    if low > 0 and high / low < 10:
+        axis.set_major_locator(MaxNLocator(nbins=4))
+    else:
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
     axis.set_minor_formatter(NullFormatter())
 
 
 def _call_latency_chart(histograms: dict[str, Histogram]) -> Markup | None:
+    """Each member's latency of each partner call.  A batch call answers many members (each counted
+    with its batch's latency), so the titles count members: "890 calls" was wrong for batch runs."""
     calls = [call for call in PARTNER_CALLS if call in histograms and histograms[call].total]
     if not calls:
         return None
@@ -121,7 +130,7 @@ def _call_latency_chart(histograms: dict[str, Histogram]) -> Markup | None:
         hist = histograms[call]
         ax.stairs(hist.counts, hist.edges, fill=True, color=color, alpha=0.8)
         _log_axis(ax.xaxis)
-        ax.set_title(f"{call} ({hist.total:,} calls)")
+        ax.set_title(f"{call} ({hist.total:,} members)")
         ax.set_xlabel("ms (log)")
     axes[0].set_ylabel("members")
     return _svg(figure)
@@ -156,7 +165,9 @@ def _features_chart(features: dict[str, dict[str, Histogram]]) -> Markup | None:
 def _template():
     from jinja2 import Environment
 
-    return Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True).from_string(_TEMPLATE)
+    environment = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    environment.filters["rate"] = rate_text
+    return environment.from_string(_TEMPLATE)
 
 
 def run_report_html(session: Session, run_id: int) -> str:
@@ -180,7 +191,8 @@ def render_report(data: RunReportData) -> str:
             "features": _features_chart(data.features_by_offer),
         }
     steps = {name: s for name, s in run["step_metrics"].items() if name != "retries"}
-    return _template().render(run=run, mode=data.mode, charts=charts, steps=steps, failures=data.failures,
+    return _template().render(run=run, mode=data.mode, timeline_recorded=data.timeline_recorded, charts=charts,
+                              steps=steps, failures=data.failures,
                               retries=run["step_metrics"].get("retries"))
 
 
@@ -224,8 +236,13 @@ run.members_failed, retries.total if retries else 0) %}<td>{{ value }}</td>{% en
 </table>
 
 <h2>Members completed over time</h2>
-{{ charts.timeline or
-   '<p class="muted">No timeline recorded for this run (recorded from migration 0008 on).</p>'|safe }}
+{% if charts.timeline %}{{ charts.timeline }}
+{% elif not run.members_total %}<p class="muted" id="no-timeline">No members were recorded: the run ended before
+scoring{% if run.error %} ({{ run.error }}){% endif %}.</p>
+{% elif not timeline_recorded %}<p class="muted" id="no-timeline">No timeline recorded for this run (runs recorded
+before migration 0008 have none).</p>
+{% else %}<p class="muted" id="no-timeline">Too few progress points to draw a timeline.</p>
+{% endif %}
 
 <h2>Offer split</h2>
 <table id="offers">
@@ -242,7 +259,7 @@ run.members_failed, retries.total if retries else 0) %}<td>{{ value }}</td>{% en
 <tr><th>step</th><th>items</th><th>seconds</th><th>items/s</th><th>p50 ms</th><th>p95 ms</th><th>p99 ms</th></tr>
 {% for name, s in steps.items() %}
 <tr><td>{{ name }}</td><td>{{ s['items'] }}</td><td>{{ '%.3f'|format(s['seconds']) }}</td>
-<td>{{ '%.1f'|format(s['items_per_s']) if s.get('items_per_s') else '-' }}</td>
+<td>{{ s.get('items_per_s')|rate }}</td>
 {% for key in ('p50_ms', 'p95_ms', 'p99_ms') %}<td>{{ '%.2f'|format(s[key]) if key in s else '-' }}</td>{% endfor %}
 </tr>
 {% endfor %}

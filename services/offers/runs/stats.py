@@ -126,3 +126,12 @@ class Timeline:
         if self._last is not None and points[-1] is not self._last:
             points.append(self._last)
         return points
+
+
+def rate_text(items_per_s: float | None) -> str:
+    """A throughput to three significant digits with thousands separators ("14,400,000", "12.3"):
+    a step timed over microseconds (skipped members, say) otherwise prints 14378204.8."""
+    if not items_per_s:
+        return "-"
+    rounded = float(f"{items_per_s:.3g}")
+    return f"{rounded:,.0f}" if rounded >= 100 else f"{rounded:g}"

@@ -98,10 +98,51 @@ def test_run_controlled_text_is_escaped_and_never_parsed_as_math():
            "step_metrics": {}, "error": hostile, "heartbeat_at": None}
     edges = [0.0, 1.0, 2.0]
     data = RunReportData(run=run, timeline=[], call_latency_ms={}, failures={hostile: 1},
-                         features_by_offer={"AVG_POINTS_BOUGHT": {hostile: Histogram(edges, [1, 0])}})
+                         features_by_offer={"AVG_POINTS_BOUGHT": {hostile: Histogram(edges, [1, 0])}},
+                         timeline_recorded=False)
     page = render_report(data)
     assert "<img" not in page and "&lt;img src=x" in page
     assert "No timeline recorded" in page
+
+
+def _run(**fields):
+    return {"id": 1, "partner": "reference", "input_file": "in.csv", "input_sha256": "0" * 64, "as_of": "2024-01-05",
+            "status": "succeeded", "started_at": "2024-01-05T00:00:00+00:00", "finished_at": None, "concurrency": 1,
+            "rows_read": 890, "rows_rejected": 0, "members_total": 890, "members_scored": 890, "members_skipped": 0,
+            "members_failed": 0, "offers": {"OFFER_1": 890}, "rejected": {"total": 0, "by_reason": {}},
+            "step_metrics": {}, "error": None, "heartbeat_at": None, **fields}
+
+
+def test_a_run_that_failed_before_scoring_says_so_instead_of_blaming_a_migration():
+    run = _run(status="failed", rows_read=0, members_total=0, members_scored=0, offers={},
+               error="partner 'reference' did not answer its ping (upstream_unavailable)")
+    page = render_report(RunReportData(run=run, timeline=[], call_latency_ms={}, failures={}))
+    assert "migration" not in page
+    assert "No members were recorded: the run ended before\nscoring (partner &#39;reference&#39; did not answer its " \
+           "ping (upstream_unavailable))." in page
+
+
+def test_equal_latencies_get_a_few_readable_ticks_and_titles_count_members():
+    from services.offers.reports.data import HISTOGRAM_BINS, _log_edges
+    from services.offers.reports.html import _call_latency_chart
+
+    edges = _log_edges(5.0, 5.0).tolist()  # every call took 5 ms
+    assert edges[0] < 5.0 < edges[-1] and edges[-1] / edges[0] >= 1.5
+    counts = [0] * HISTOGRAM_BINS
+    counts[HISTOGRAM_BINS // 2] = 890
+    svg = str(_call_latency_chart({"ats": Histogram(edges, counts)}))
+    x_axis = svg.split('id="calls-matplotlib.axis_1"')[1].split('id="calls-matplotlib.axis_2"')[0]
+    labels = [text for text in re.findall(r"<!-- (.*?) -->", x_axis) if text != "ms (log)"]
+    assert 2 <= len(labels) <= 5 and all(len(label) <= 3 for label in labels), labels  # "4", "4.8", "5.6"
+    assert "ats (890 members)" in svg
+
+
+@pytest.mark.parametrize(("rate", "text"), [(14378204.8, "14,400,000"), (1234.5, "1,230"), (123.4, "123"),
+                                             (12.34, "12.3"), (0.1234, "0.123"), (None, "-"), (0, "-")])
+def test_throughputs_print_three_significant_digits(rate, text):
+    from services.offers.runs.stats import rate_text
+
+    assert rate_text(rate) == text
 
 
 def test_failure_reasons_are_step_and_code_only():
