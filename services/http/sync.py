@@ -104,12 +104,11 @@ class DeadlineRetry(Retry):
     def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
         new_retry = super().increment(method, url, response, error, _pool, _stacktrace)
         deadline = _DEADLINE.get()
-        if deadline is None:
-            return new_retry
-        # Retry only if the wait plus a useful attempt still fits; the attempt's own timeouts are
-        # then cut to the time left, so the call never outlives its deadline.
-        next_wait(new_retry, url=url, response=response, error=error, deadline=deadline,
-                  attempt_s=self.min_attempt_s)
+        if deadline is not None:
+            # Retry only if the wait plus a useful attempt still fits; the attempt's own timeouts are
+            # then cut to the time left, so the call never outlives its deadline.
+            next_wait(new_retry, url=url, response=response, error=error, deadline=deadline,
+                      attempt_s=self.min_attempt_s)
         _count_retry(self.upstream)
         return new_retry
 

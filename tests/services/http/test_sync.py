@@ -135,7 +135,7 @@ def test_429_retry_after_is_honoured_and_capped(scripted_server):
     policy = HttpPolicy(retries=2, retry_after_max_s=0.3, backoff_factor_s=0.0, backoff_jitter_s=0.0)
     assert HttpClient("up", url, policy).get_json("/thing") == {"ok": 1}
     assert len(seen) == 2
-    assert 0.28 <= seen[1] - seen[0] < 1.0  # waited for Retry-After, capped at 0.3 s instead of 30 s
+    assert 0.28 <= seen[1] - seen[0] < 10  # waited for Retry-After, capped at 0.3 s instead of 30 s
 
 
 def test_backoff_grows_between_retries(scripted_server):
@@ -152,13 +152,13 @@ def test_backoff_grows_between_retries(scripted_server):
 def test_deadline_stops_retrying_a_fast_failing_upstream(scripted_server):
     url, script, seen = scripted_server
     script.append((503, {"Retry-After": "1"}, b""))
-    policy = HttpPolicy(connect_timeout_s=0.05, read_timeout_s=0.1, retries=10, retry_after_max_s=0.2,
+    policy = HttpPolicy(connect_timeout_s=0.05, read_timeout_s=0.1, retries=20, retry_after_max_s=0.2,
                         deadline_s=0.5)
     started = time.monotonic()
     with pytest.raises(UpstreamUnavailable):
         HttpClient("up", url, policy).get_json("/thing")
-    assert time.monotonic() - started < 0.7
-    assert 2 <= len(seen) <= 4
+    assert 2 <= len(seen) <= 4  # the deadline's count, not the 21 attempts retries=20 allows
+    assert time.monotonic() - started < 3.0  # generous: without the deadline, 20 waits of 0.2 s = 4 s
 
 
 @pytest.fixture
@@ -192,11 +192,13 @@ def test_hanging_upstream_is_a_504_within_the_deadline(hanging_server):
     policy = HttpPolicy(connect_timeout_s=0.1, read_timeout_s=0.3, retries=5, backoff_factor_s=0.01,
                         backoff_jitter_s=0.0, deadline_s=1.0)
     started = time.monotonic()
-    with pytest.raises(UpstreamTimeout):
+    with pytest.raises(UpstreamTimeout) as info:
         HttpClient("up", hanging_server, policy).get_json("/thing")
     elapsed = time.monotonic() - started
-    # Without the deadline, 6 attempts x 0.3 s = 1.8 s; with it, no attempt starts that could end past 1.0 s.
-    assert 0.55 <= elapsed <= 1.05  # two 0.3 s attempts, and no third that could end past 1.0 s
+    # Without the deadline, 6 attempts x 0.3 s = 1.8 s; with it, no attempt starts that could not end by
+    # 1.0 s: 0.3 + 0.3 + 0.3 (the last cut to what is left), counted, not timed.
+    assert info.value.attempts in (3, 4) and elapsed >= 0.55
+    assert elapsed < 1.0 + 1.0  # generous: a loaded machine adds scheduling delay, never attempts
 
 
 def test_session_is_built_once_and_reused(mock):
@@ -227,10 +229,9 @@ def test_refused_connection_is_retried_only_connect_retries_times():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: connections to it are refused
     policy = HttpPolicy(retries=5, connect_retries=1, backoff_factor_s=0.2, backoff_jitter_s=0.0)
-    started = time.monotonic()
-    with pytest.raises(UpstreamUnavailable):
+    with pytest.raises(UpstreamUnavailable) as info:
         HttpClient("up", f"http://127.0.0.1:{port}", policy).get_json("/x")
-    assert time.monotonic() - started < 0.5  # one backoff (0 s, then 0.2 s would be the third try)
+    assert info.value.attempts == 2  # the first and one retry: not the six retries=5 allows
 
 
 @pytest.fixture
@@ -318,8 +319,8 @@ def test_every_attempt_is_cut_to_the_deadline_when_all_hang(raw_server):
     started = time.monotonic()
     with pytest.raises(UpstreamTimeout):
         HttpClient("up", url, policy).get_json("/x")
-    assert time.monotonic() - started < 0.8 + 0.15
     assert len(seen) == 2  # 0.5 s, then the 0.3 s left; no attempt with less than min_attempt_s (0.1 s)
+    assert time.monotonic() - started < 0.8 + 1.0  # generous; 6 attempts of 0.5 s would be 3 s
 
 
 def test_a_malformed_body_is_retried_like_a_failed_status(raw_server):
@@ -359,7 +360,7 @@ def test_a_trickling_body_is_bounded_by_the_deadline_not_each_read(raw_server):
     started = time.monotonic()
     with pytest.raises(UpstreamTimeout, match="did not finish its answer in time"):
         HttpClient("up", url, policy).get_json("/x")
-    assert time.monotonic() - started < 0.7 + 0.15  # without the bound: 200 bytes x 0.2 s = 40 s
+    assert time.monotonic() - started < 0.7 + 2.0  # generous; without the bound: 200 bytes x 0.2 s = 40 s
 
 
 @pytest.fixture
@@ -410,10 +411,10 @@ def test_a_server_writing_headers_and_body_apart_costs_no_delayed_ack(keepalive_
     client = HttpClient("up", url, HttpPolicy(deadline_s=2.0))
     client.get_json("/x")
     started = time.monotonic()
-    for _ in range(20):
+    for _ in range(100):
         client.get_json("/x")
-    # Waiting for Linux's delayed ACK (40 ms) each time: >= 0.8 s.  Acknowledging at once: ~1 ms each.
-    assert time.monotonic() - started < 0.4
+    # Waiting for Linux's delayed ACK (40 ms) each time: >= 4 s.  Acknowledging at once: ~1 ms each.
+    assert time.monotonic() - started < 2.0
 
 
 def rss_kb() -> int:
@@ -440,7 +441,7 @@ def test_an_answer_declared_over_the_cap_is_not_read(raw_server):
     started = time.monotonic()
     with pytest.raises(UpstreamInvalid, match="1,073,741,824 bytes"):
         HttpClient("up", url, policy).get_json("/x")
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 3.0  # generous; reading the gigabyte takes far longer
 
 
 def test_a_trickling_answer_is_one_bad_attempt_retried_within_the_deadline(raw_server):

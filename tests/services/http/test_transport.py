@@ -51,9 +51,10 @@ def test_a_server_writing_headers_and_body_apart_costs_no_delayed_ack(serve):
     head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\n"
     server = serve(lambda n: [(head, 0), (b'{"ok": 1}', 0)])  # two writes, Nagle on: like http.server
     started = time.monotonic()
-    results, _ = exchange(server, calls=20)
-    # Waiting for Linux's delayed ACK (40 ms) each time: >= 0.8 s.  Acknowledging at once: ~1 ms each.
-    assert time.monotonic() - started < 0.4 and {r[2] for r in results} == {b'{"ok": 1}'}
+    results, _ = exchange(server, calls=100)
+    # Waiting for Linux's delayed ACK (40 ms) each time: >= 4 s.  Acknowledging at once: ~1 ms each, so
+    # even a loaded machine stays far under the bound.
+    assert time.monotonic() - started < 2.0 and {r[2] for r in results} == {b'{"ok": 1}'}
 
 
 def test_chunked_bodies_are_reassembled(serve):
@@ -89,7 +90,7 @@ def test_a_trickling_body_is_bounded_by_the_read_timeout(serve):
     with pytest.raises(TransportError) as info:
         exchange(server, read_timeout=0.5)
     assert info.value.stage == "read" and info.value.timeout
-    assert time.monotonic() - started < 2  # not 10 s of trickle
+    assert time.monotonic() - started < 5  # not 10 s of trickle (the read timeout is 0.5 s)
 
 
 def test_a_malformed_response_is_a_read_error(serve):
