@@ -13,7 +13,7 @@ from typing import Any
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
-from config import ConfigError, load_settings, warn_unknown_variables
+from config import ConfigError, default_database_folder, load_settings, warn_unknown_variables
 
 
 class _JsonProvider(DefaultJSONProvider):
@@ -72,8 +72,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(load_settings(os.environ, config))  # typed and checked once; ConfigError names the culprit
     _write_metrics_where_the_server_reads_them(app.config["METRICS_DIR"])
     if not app.config["DATABASE_URL"]:
-        os.makedirs(app.instance_path, exist_ok=True)
-        app.config["DATABASE_URL"] = "sqlite:///" + os.path.join(app.instance_path, "courier.db")
+        folder = default_database_folder()
+        os.makedirs(folder, exist_ok=True)
+        app.config["DATABASE_URL"] = "sqlite:///" + str(folder / "courier.db")
     if not app.config["SERVICE_URL"]:
         from services.offers.partners.config import service_url_from_bind
 

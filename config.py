@@ -36,6 +36,20 @@ PROJECT_ROOT = _project_root()
 DATA_DIR = PROJECT_ROOT / "data"
 
 
+def default_database_folder() -> Path:
+    """Where the SQLite database goes when no ``COURIER_DATABASE_URL`` is set.
+
+    In a checkout (or an editable install): ``instance/`` beside the code, as Flask has it.
+    Installed with ``pip install .``: the user's data folder, ``$XDG_DATA_HOME/courier`` (else
+    ``~/.local/share/courier``), because Flask's instance folder for an installed app is
+    ``<venv>/var/app-instance``: rebuilding the virtualenv would delete the data.
+    """
+    here = Path(__file__).resolve().parent
+    if (here / "migrations").is_dir():
+        return here / "instance"
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "courier"
+
+
 class ConfigError(Exception):
     """A setting's value cannot be used; the message names the variable, the value and what is accepted."""
 
@@ -314,7 +328,8 @@ KINDS: dict[Any, Text] = {
 SETTINGS: tuple[Setting, ...] = (
     # --- core -------------------------------------------------------------------------
     Setting("DATABASE_URL", None,
-            "SQLAlchemy URL. Default: SQLite file `courier.db` in Flask's instance folder. "
+            "SQLAlchemy URL. Default: SQLite file `courier.db` in `instance/` of a checkout; installed with "
+            "`pip install .`, in `$XDG_DATA_HOME/courier/` (else `~/.local/share/courier/`), outside the virtualenv. "
             "PostgreSQL: `postgresql+psycopg://user:pass@host/db` (install the `postgres` extra).",
             kind="database_url", optional=True, secret=True),
     Setting("SQLITE_BUSY_TIMEOUT_MS", 5000,
@@ -504,7 +519,7 @@ def load_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[s
 
 def _default_text(setting: Setting) -> str:
     if setting.default is None:
-        return {"DATABASE_URL": "(instance/courier.db)", "SERVICE_URL": "(from COURIER_BIND)",
+        return {"DATABASE_URL": "(instance/courier.db; installed: ~/.local/share/courier/courier.db)", "SERVICE_URL": "(from COURIER_BIND)",
                 "WORKERS": "(2 x cores + 1)", "METRICS_DIR": "(a temporary folder)",
                 "CONTROL_SOCKET": "(~/.gunicorn/courier-<bind>.ctl)"}.get(setting.key, "")
     if isinstance(setting.default, bool):

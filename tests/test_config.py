@@ -36,10 +36,11 @@ def test_database_url_from_environment(tmp_path, monkeypatch):
     assert str(app.extensions["courier"].engine.url) == url
 
 
-def test_default_database_is_sqlite_in_instance_folder(monkeypatch):
+def test_default_database_is_sqlite_in_the_checkouts_instance_folder(monkeypatch):
     monkeypatch.delenv("COURIER_DATABASE_URL", raising=False)
     app = create_app()
-    assert app.config["DATABASE_URL"] == "sqlite:///" + str(Path(app.instance_path) / "courier.db")
+    root = Path(__file__).parent.parent
+    assert app.config["DATABASE_URL"] == "sqlite:///" + str(root / "instance" / "courier.db")
 
 
 def test_the_readme_table_is_the_one_generated_from_the_declarations():

@@ -88,3 +88,20 @@ def test_installed_outside_the_checkout_it_migrates_seeds_and_serves(installed, 
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_installed_without_a_database_url_the_data_lives_outside_the_virtualenv(installed, tmp_path):
+    """Flask's instance folder of an installed app is <venv>/var/app-instance: rebuilding the
+    virtualenv deleted the database. The default is the user's data folder instead."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("COURIER_", "PYTHONPATH", "XDG_DATA_HOME"))}
+    env.update(HOME=str(home), COURIER_LOG_LEVEL="WARNING")
+    upgrade = run(installed, tmp_path, env, "-m", "flask", "--app", "wsgi", "db", "upgrade")
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert (home / ".local" / "share" / "courier" / "courier.db").is_file()
+    assert not (installed / "var").exists()
+    moved = run(installed, tmp_path, {**env, "XDG_DATA_HOME": str(tmp_path / "xdg")}, "-c",
+                "import wsgi; print(wsgi.app.config['DATABASE_URL'])")
+    assert moved.stdout.strip() == f"sqlite:///{tmp_path / 'xdg' / 'courier' / 'courier.db'}"
