@@ -61,3 +61,33 @@ def check() -> None:
             click.echo(f"drift: {diff}", err=True)
         raise SystemExit(1)
     click.echo("models and migrations agree")
+
+
+@db_group.command("revision", help="Write a new migration, migrations/versions/<NNNN>_<slug>.py. With "
+                  "--autogenerate (the default) Alembic fills it with what the models (services/tables.py) "
+                  "add or change against this database, which must be at head. Read it before committing.")
+@click.option("-m", "--message", required=True, help="What the migration does (its file name and docstring).")
+@click.option("--autogenerate/--empty", default=True, help="Compare the models with the database (default), "
+              "or write an empty migration to fill in by hand (data migrations).")
+@with_appcontext
+def revision(message: str, autogenerate: bool) -> None:
+    try:
+        path = migrations.new_revision(_engine(), message, autogenerate=autogenerate)
+    except migrations.NotAtHead as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {path}")
+
+
+@db_group.command("history", help="List the migrations, newest first.")
+def history() -> None:
+    for line in migrations.history():
+        click.echo(line)
+
+
+@db_group.command("stamp", help="Record REVISION (e.g. head) as the database's without running any migration: "
+                  "for a schema created another way. Nothing else changes.")
+@click.argument("revision")
+@with_appcontext
+def stamp(revision: str) -> None:
+    migrations.stamp(_engine(), revision)
+    click.echo(f"database stamped at revision {migrations.schema_status(_engine()).current}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -51,6 +52,38 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 def downgrade(engine: Engine, revision: str) -> None:
     command.downgrade(alembic_config(engine), revision)
+
+
+class NotAtHead(Exception):
+    """A new revision is written only against a database at head (it would repeat what is pending)."""
+
+
+def new_revision(engine: Engine, message: str, autogenerate: bool = True) -> Path:
+    """Write ``migrations/versions/<NNNN>_<slug>.py``, the next number after the head, and return
+    its path. With ``autogenerate`` Alembic fills it with the differences between the models
+    (``services/tables.py``) and this database, which must be at head."""
+    if autogenerate:
+        status = schema_status(engine)
+        if not status.at_head:
+            raise NotAtHead(f"the database is at {status.current or 'no revision'}, not at head {status.head}: "
+                            "run `flask db upgrade` first")
+    head = head_revision()
+    number = f"{int(head) + 1:04d}" if head and head.isdigit() else "0001"
+    script = command.revision(alembic_config(engine), message=message, autogenerate=autogenerate, rev_id=number)
+    head_revision.cache_clear()
+    return Path(script.path)  # type: ignore[union-attr]
+
+
+def history() -> list[str]:
+    """Every migration, newest first: ``<rev> <- <down_rev>: <first line of its docstring>``."""
+    scripts = ScriptDirectory.from_config(Config(str(PROJECT_ROOT / "alembic.ini")))
+    return [f"{s.revision} <- {s.down_revision or 'base'}: {(s.doc or '').splitlines()[0] if s.doc else ''}"
+            for s in scripts.walk_revisions()]
+
+
+def stamp(engine: Engine, revision: str) -> None:
+    """Record ``revision`` as the database's without running migrations (a schema made by hand)."""
+    command.stamp(alembic_config(engine), revision)
 
 
 def schema_drift(engine: Engine) -> list:

@@ -85,3 +85,58 @@ def test_a_database_another_process_holds_is_said_to_be_locked_not_unmigrated(tm
     assert result.exit_code == 1
     assert "is locked by another process" in result.output and "COURIER_SQLITE_BUSY_TIMEOUT_MS=100" in result.output
     assert "migrated" not in result.output and len(result.output.splitlines()) == 1
+
+
+@pytest.fixture
+def project_copy(tmp_path, monkeypatch):
+    """alembic.ini and migrations/ copied, so a test can write revisions without touching the checkout."""
+    import shutil
+
+    from config import PROJECT_ROOT
+    from services import migrations
+
+    root = tmp_path / "project"
+    shutil.copytree(PROJECT_ROOT / "migrations", root / "migrations", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(PROJECT_ROOT / "alembic.ini", root / "alembic.ini")
+    monkeypatch.setattr(migrations, "PROJECT_ROOT", root)
+    migrations.head_revision.cache_clear()
+    yield root
+    migrations.head_revision.cache_clear()
+
+
+def test_revision_autogenerates_the_next_numbered_migration_from_the_models(runner, project_copy):
+    from sqlalchemy import text
+
+    with runner.app.extensions["courier"].engine.begin() as connection:  # the models have it; the database not
+        connection.execute(text("DROP INDEX ix_offer_runs_status"))
+    result = runner.invoke(args=["db", "revision", "-m", "status index"])
+    assert result.exit_code == 0, result.output
+    [written] = (project_copy / "migrations" / "versions").glob("0013_*.py")
+    source = written.read_text()
+    assert written.name == "0013_status_index.py" and "down_revision = '0012'" in source
+    upgrade = source.split("def upgrade()")[1].split("def downgrade()")[0]
+    assert "create_index(batch_op.f('ix_offer_runs_status')" in upgrade  # SQLite: batch mode (env.py)
+    history = runner.invoke(args=["db", "history"])
+    assert history.output.splitlines()[0] == "0013 <- 0012: status index"
+
+
+def test_revision_refuses_a_database_behind_head(runner, project_copy):
+    assert runner.invoke(args=["db", "downgrade", "-1"]).exit_code == 0
+    result = runner.invoke(args=["db", "revision", "-m", "too early"])
+    assert result.exit_code == 1 and "run `flask db upgrade` first" in result.output
+    assert not list((project_copy / "migrations" / "versions").glob("0013_*.py"))
+
+
+def test_stamp_records_a_revision_without_running_migrations(tmp_path):
+    from sqlalchemy import inspect
+
+    app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'made-by-hand.db'}", "ACCESS_LOG": False})
+    result = app.test_cli_runner().invoke(args=["db", "stamp", "0012"])
+    assert result.exit_code == 0 and "stamped at revision 0012" in result.output
+    assert inspect(app.extensions["courier"].engine).get_table_names() == ["alembic_version"]  # nothing ran
+
+
+def test_history_lists_every_migration_newest_first(runner):
+    lines = runner.invoke(args=["db", "history"]).output.splitlines()
+    assert [line.split(" ")[0] for line in lines] == [f"{n:04d}" for n in range(12, 0, -1)]
+    assert lines[-1].startswith("0001 <- base: ")
