@@ -519,7 +519,8 @@ def load_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[s
 
 def _default_text(setting: Setting) -> str:
     if setting.default is None:
-        return {"DATABASE_URL": "(instance/courier.db; installed: ~/.local/share/courier/courier.db)", "SERVICE_URL": "(from COURIER_BIND)",
+        return {"DATABASE_URL": "(instance/courier.db; installed: ~/.local/share/courier/courier.db)",
+                "SERVICE_URL": "(from COURIER_BIND)",
                 "WORKERS": "(2 x cores + 1)", "METRICS_DIR": "(a temporary folder)",
                 "CONTROL_SOCKET": "(~/.gunicorn/courier-<bind>.ctl)"}.get(setting.key, "")
     if isinstance(setting.default, bool):

@@ -26,7 +26,7 @@ def batch_policy(config: PartnerConfig, concurrency: int) -> HttpPolicy:
         # Scoring is pure: the partner's POSTs are idempotent and safe to retry.
         retry_post=True,
         # ATS and RESP of one member (or batch) are in flight together: two connections per slot.
-        pool_maxsize=2 * concurrency,
+        pool_maxsize=2 * concurrency, max_answer_bytes=config.max_answer_bytes,
     )
 
 
@@ -46,6 +46,7 @@ class PartnerClient:
             deadline_s=deadline_s or (config.connect_timeout_s + config.read_timeout_s) * (config.retries + 1),
             # ATS and RESP of one member are in flight together: two connections per member slot.
             retry_post=True, pool_maxsize=2 * (pool_maxsize or config.max_concurrency),
+            max_answer_bytes=config.max_answer_bytes,
         )
         self.http = HttpClient(self.upstream, config.base_url, policy, headers=config.headers())
 

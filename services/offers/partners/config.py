@@ -52,6 +52,9 @@ class PartnerConfig:
     retries: int = 3
     max_concurrency: int = 16
     batch: BatchEndpoints | None = None
+    # The largest answer read from this partner; more is one bad attempt. 4 MiB holds a 1,000-item
+    # batch answer (~40 KB) a hundred times over; a partner with bigger batches raises it.
+    max_answer_bytes: int = 4 * 1024 * 1024
 
     @property
     def display_url(self) -> str:

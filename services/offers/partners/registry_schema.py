@@ -50,6 +50,13 @@ class _Retries(fields.Field):
         return value
 
 
+class _AnswerCap(fields.Field):
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1024 <= value <= 1 << 30:
+            raise ValidationError(f"must be a whole number of bytes from 1024 to {1 << 30}, got {value!r}")
+        return value
+
+
 class BatchSchema(Schema):
     class Meta:
         unknown = RAISE
@@ -83,6 +90,7 @@ class PartnerSchema(Schema):
     read_timeout_s = _Positive(load_default=5.0)
     retries = _Retries(load_default=3)
     max_concurrency = _Positive(integer=True, load_default=16)
+    max_answer_bytes = _AnswerCap(load_default=4 * 1024 * 1024)
     batch = fields.Nested(BatchSchema, load_default=None, allow_none=False)
 
     @validates("features")

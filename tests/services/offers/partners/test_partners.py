@@ -177,3 +177,21 @@ def test_the_registry_schema_names_partner_key_and_problem_for_everything_wrong_
         "partners.beta.offer_path: is required",
         "partners.beta.features: is required",
     ])
+
+
+def test_each_partner_has_its_own_answer_cap_on_both_clients(tmp_path, monkeypatch):
+    from services.offers.partners.client import batch_policy
+
+    monkeypatch.setenv("ACME_TOKEN", "t")
+    registry = load_registry(write(tmp_path, SECOND.replace("max_concurrency = 4", "max_concurrency = 4\n"
+                                                                                   "max_answer_bytes = 2048")))
+    acme = registry.get("acme")
+    assert acme.max_answer_bytes == 2048 and batch_policy(acme, 4).max_answer_bytes == 2048
+    assert load_registry(DATA_DIR / "partners.toml").get("reference").max_answer_bytes == 4 * 1024 * 1024
+    with responses.RequestsMock() as mock:
+        mock.post("https://acme.test/api/v2/ats", json={"score": 1.0, "pad": "x" * 3000})
+        with pytest.raises(UpstreamInvalid, match="over the 2,048-byte cap"):
+            PartnerClient(acme).predict_ats({"AVG_POINTS_BOUGHT": 1.0, "DAYS_SINCE_LAST_TRANSACTION": 1})
+    with pytest.raises(PartnerConfigError, match="partners.acme.max_answer_bytes: must be a whole number of bytes"):
+        load_registry(write(tmp_path, SECOND.replace("max_concurrency = 4", "max_concurrency = 4\n"
+                                                                             "max_answer_bytes = 10")))
