@@ -18,7 +18,7 @@ from capabilities.runtime import runtime
 from services.auth.api_keys import Scope
 from services.errors import InvalidRequest, Unprocessable
 from services.offers.features.definitions import STANDARD_FEATURES
-from services.offers.features.input import TRANSACTION_TYPES
+from services.offers.features.transactions import TRANSACTION_TYPES
 from services.offers.reports import queries as run_service
 from services.offers.result_shape import EXPORT_COLUMNS, RESULT_FIELDS, RUN_FIELDS, ResultField, RunField
 from services.offers.statuses import MemberStatus, RunStatus

@@ -2,25 +2,61 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app
 
 from capabilities.runtime import runtime
-from services.offers.realtime import RealtimeOffers
-from services.offers.reports.pages import ReportPages
-from services.offers.runs.distributed.celery_app import DistributedOffers
+
+if TYPE_CHECKING:
+    from services.offers.realtime import RealtimeOffers
+    from services.offers.reports.pages import ReportPages
+    from services.offers.runs.distributed.celery_app import DistributedOffers
 
 EXTENSION = "courier.offers"
 
 
-@dataclass(frozen=True)
 class OffersCapability:
-    """Real-time offers (one member over REST) and distributed runs (Celery, built on first use)."""
+    """Real-time offers (one member over REST), distributed runs (Celery) and the report pages.
 
-    realtime: RealtimeOffers
-    distributed: DistributedOffers
-    reports: ReportPages
+    Each part is built on first use: real-time offers import polars and the partner clients
+    (~0.1 s), the Celery wiring the coordinator; a command such as ``flask seed-venues`` or
+    ``flask --help`` needs none of them.  gunicorn's workers build the real-time part in their
+    warm-up, before their first request.
+    """
+
+    def __init__(self, build: dict[str, Callable[[], Any]]) -> None:
+        self._build = build
+        self._built: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def _part(self, name: str) -> Any:
+        part = self._built.get(name)
+        if part is None:
+            with self._lock:
+                part = self._built.get(name)
+                if part is None:
+                    part = self._built[name] = self._build[name]()
+        return part
+
+    @property
+    def realtime(self) -> RealtimeOffers:
+        return self._part("realtime")
+
+    @property
+    def distributed(self) -> DistributedOffers:
+        return self._part("distributed")
+
+    @property
+    def reports(self) -> ReportPages:
+        return self._part("reports")
+
+    def close(self) -> None:
+        realtime = self._built.get("realtime")
+        if realtime is not None:
+            realtime.close()
 
 
 def offers_capability() -> OffersCapability:
@@ -28,32 +64,46 @@ def offers_capability() -> OffersCapability:
 
 
 def init_app(app: Flask) -> OffersCapability:
-    """Partner clients for real-time offers, Celery wiring for distributed runs (Celery itself is
-    imported on first use), the report pages' cache."""
-    from services.offers.partners.registry import load_registry, registry_readiness
-    from services.offers.runs.distributed.celery_app import CelerySettings
+    """Partner readiness now; real-time partner clients, Celery wiring for distributed runs and the
+    report pages' cache when first used."""
+    from services.offers.partners.registry import registry_readiness
 
     built = runtime(app)
     cfg = app.config
     built.readiness_checks["partners"] = registry_readiness(cfg["PARTNERS_FILE"], cfg["SERVICE_URL"],
                                                               cfg["OFFERS_DEFAULT_PARTNER"])
-    own_reference = (cfg["SERVICE_URL"].rstrip("/") + cfg["REFERENCE_PARTNER_PREFIX"].rstrip("/")
-                     if cfg["REFERENCE_PARTNER_ENABLED"] else None)
-    realtime = RealtimeOffers(cfg["PARTNERS_FILE"], cfg["OFFERS_REALTIME_DEADLINE_S"], service_url=cfg["SERVICE_URL"],
-                              own_reference_url=own_reference)
-    built.closers.append(realtime.close)
 
-    def partner_config(name: str):
-        return load_registry(cfg["PARTNERS_FILE"], cfg["SERVICE_URL"]).get(name)
+    def realtime() -> RealtimeOffers:
+        from services.offers.realtime import RealtimeOffers
 
-    distributed = DistributedOffers(
-        CelerySettings(broker_url=cfg["CELERY_BROKER_URL"], result_backend=cfg["CELERY_RESULT_BACKEND"],
-                       visibility_timeout_s=cfg["CELERY_VISIBILITY_TIMEOUT_S"],
-                       chunk_max_attempts=cfg["OFFERS_CHUNK_MAX_ATTEMPTS"],
-                       chunk_heartbeat_s=cfg["OFFERS_CHUNK_HEARTBEAT_S"]),
-        context_factory=app.app_context, sessions=built.session_factory, partner_config=partner_config)
-    capability = app.extensions[EXTENSION] = OffersCapability(realtime=realtime, distributed=distributed,
-                                                              reports=ReportPages())
+        own_reference = (cfg["SERVICE_URL"].rstrip("/") + cfg["REFERENCE_PARTNER_PREFIX"].rstrip("/")
+                         if cfg["REFERENCE_PARTNER_ENABLED"] else None)
+        return RealtimeOffers(cfg["PARTNERS_FILE"], cfg["OFFERS_REALTIME_DEADLINE_S"],
+                              service_url=cfg["SERVICE_URL"], own_reference_url=own_reference)
+
+    def distributed() -> DistributedOffers:
+        from services.offers.partners.registry import load_registry
+        from services.offers.runs.distributed.celery_app import CelerySettings, DistributedOffers
+
+        def partner_config(name: str):
+            return load_registry(cfg["PARTNERS_FILE"], cfg["SERVICE_URL"]).get(name)
+
+        return DistributedOffers(
+            CelerySettings(broker_url=cfg["CELERY_BROKER_URL"], result_backend=cfg["CELERY_RESULT_BACKEND"],
+                           visibility_timeout_s=cfg["CELERY_VISIBILITY_TIMEOUT_S"],
+                           chunk_max_attempts=cfg["OFFERS_CHUNK_MAX_ATTEMPTS"],
+                           chunk_heartbeat_s=cfg["OFFERS_CHUNK_HEARTBEAT_S"]),
+            context_factory=app.app_context, sessions=built.session_factory, partner_config=partner_config)
+
+    def reports() -> ReportPages:
+        from services.offers.reports.pages import ReportPages
+
+        return ReportPages()
+
+    capability = app.extensions[EXTENSION] = OffersCapability(
+        {"realtime": realtime, "distributed": distributed, "reports": reports})
+    built.closers.append(capability.close)
+    built.warmers["realtime_offers"] = lambda: capability.realtime
     return capability
 
 

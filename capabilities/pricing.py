@@ -25,6 +25,7 @@ def pricing_capability() -> PricingCapability:
 
 def init_app(app: Flask) -> PricingCapability:
     """The venue API client (when ``COURIER_VENUE_API_URL`` is set) and the venue store."""
+    from services.pricing.price import geodesic_calculator
     from services.pricing.venue_api import VenueApiClient, venue_api_policy
     from services.pricing.venue_store import VenueCachePolicy
 
@@ -41,5 +42,6 @@ def init_app(app: Flask) -> PricingCapability:
         max_stale_s=cfg["VENUE_MAX_STALE_S"], failure_backoff_s=cfg["VENUE_FAILURE_BACKOFF_S"],
         enabled=cfg["VENUE_CACHE_ENABLED"], wait_s=cfg["VENUE_API_DEADLINE_S"] + 0.5))
     built.closers.append(store.close)
+    built.warmers["geodesic"] = geodesic_calculator  # geopy, imported here rather than by the first price
     capability = app.extensions[EXTENSION] = PricingCapability(venues=store)
     return capability

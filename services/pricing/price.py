@@ -7,8 +7,6 @@ import math
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
-from geopy.distance import geodesic
-
 from services.errors import InvalidRequest
 from services.pricing.venue_data import DistanceRange, DynamicVenue, StaticVenue
 
@@ -28,8 +26,19 @@ def round_half_up(value: Decimal) -> int:
 
 # One calculator for the process: geopy builds the WGS-84 ellipsoid's series coefficients in the
 # constructor, which is 40% of a distance's cost when done per request (86 -> 51 us measured).
-# The instance holds no per-call state, so sharing it between threads is safe.
-_GEODESIC = geodesic()
+# The instance holds no per-call state, so sharing it between threads is safe.  Built on the first
+# distance, not at import: importing geopy costs ~10 ms (~100 ms where aiohttp is installed, which
+# geopy's adapters import) that commands never pricing should not pay; workers build it in warm-up.
+_GEODESIC = None
+
+
+def geodesic_calculator():  # noqa: ANN201 - geopy's geodesic
+    global _GEODESIC
+    if _GEODESIC is None:
+        from geopy.distance import geodesic
+
+        _GEODESIC = geodesic()
+    return _GEODESIC
 
 
 def delivery_distance(user_lat: float, user_lon: float, venue: StaticVenue) -> int:
@@ -42,7 +51,7 @@ def delivery_distance(user_lat: float, user_lon: float, venue: StaticVenue) -> i
 # a miss costs ~1 us more).
 @functools.lru_cache(maxsize=4096)
 def _distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> int:
-    metres = _GEODESIC.measure((lat1, lon1), (lat2, lon2)) * 1000
+    metres = (_GEODESIC or geodesic_calculator()).measure((lat1, lon1), (lat2, lon2)) * 1000
     return math.floor(metres + 0.5)
 
 

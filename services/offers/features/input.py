@@ -9,6 +9,8 @@ from pathlib import Path
 
 import polars as pl
 
+from services.offers.features.transactions import MAX_MEMBER_ID_LENGTH, TRANSACTION_TYPES
+
 CANONICAL = ["member_id", "ts", "type", "points", "revenue"]
 
 
@@ -21,12 +23,6 @@ HEADERS = {
     ("MEMBER_ID", "LAST_TRANSACTION_TS", "LAST_TRANSACTION_TYPE", "LAST_TRANSACTION_POINTS_BOUGHT",
      "LAST_TRANSACTION_REVENUE_USD"),
 }
-
-
-TRANSACTION_TYPES = ("buy", "gift", "redeem")
-
-
-MAX_MEMBER_ID_LENGTH = 128
 
 
 TS_FORMAT = "%Y-%m-%d %H:%M:%S"  # after "T" -> " "; an optional ".ffffff" is parsed apart
