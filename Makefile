@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export FLASK_APP := wsgi
 
-.PHONY: run test lint image stack stack-test lock bench-pricing bench-estimate bench-offers bench-offers-realtime venue-standin reference-partner clean
+.PHONY: run test lint image stack stack-test lock bench-pricing bench-estimate bench-offers bench-offers-realtime bench-transport venue-standin reference-partner clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -84,3 +84,7 @@ clean:
 
 bench-offers-realtime: $(VENV)/.installed-dev
 	$(BIN)/python bench/bench_offers_realtime.py
+
+## bench-transport: client CPU per partner call, our batch transport vs aiohttp (same server, same run)
+bench-transport: $(VENV)/.installed-dev
+	$(BIN)/python bench/bench_transport.py
