@@ -14,7 +14,7 @@ from services.errors import InvalidRequest, NotFound
 from services.offers.runs.distributed.chunks import chunk_progress
 from services.offers.runs.recording import (
     iter_csv,
-    iter_results,
+    iter_export_rows,
     members_by_status,
     offers_recorded,
     result_record,
@@ -124,4 +124,4 @@ def get_result(session: Session, run_id: int, member_id: str) -> dict:
 def export_csv(session: Session, run_id: int) -> Iterator[str]:
     """The run's results as CSV chunks, read from the database in batches (never all in memory)."""
     get_run(session, run_id)
-    return iter_csv(iter_results(session, run_id))
+    return iter_csv(iter_export_rows(session, run_id))
