@@ -147,6 +147,8 @@ def _operation(contract: Operation, rule: str) -> dict[str, Any]:
         if contract.body_example is not None:
             media["example"] = contract.body_example
         operation["requestBody"] = {"required": True, "content": {"application/json": media}}
+        # Any body over COURIER_MAX_CONTENT_LENGTH is refused before the view runs (Flask's 413).
+        operation["responses"].setdefault("413", error_responses(413, schema=error_schema)["413"])
     if not operation["parameters"]:
         del operation["parameters"]
     return operation
