@@ -48,7 +48,7 @@ class RetailFlag(fields.Field):
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, bool):
             return value
-        if isinstance(value, int) and value in (0, 1):
+        if type(value) in (int, float) and value in (0, 1):  # JSON Schema's integer 1 includes 1.0
             return bool(value)
         raise ValidationError("must be a boolean (true/false; 0/1 accepted)")
 
@@ -101,7 +101,7 @@ class EstimateRequestSchema(Schema):
         venue_id, stamp, retail = trimmed_venue_id(data.get("venue_id")), data.get("time_received"), data.get(
             "is_retail")
         if venue_id is None or type(stamp) is not str or not (
-                retail is True or retail is False or (type(retail) is int and retail in (0, 1))):
+                retail is True or retail is False or (type(retail) in (int, float) and retail in (0, 1))):
             return None
         try:
             received = parsed_timestamp(stamp, "")

@@ -47,6 +47,9 @@ def test_retail_flag_accepts_0_and_1(client):
     non_retail = client.post("/", json={**EXAMPLE, "is_retail": 0}).get_json()["result"]
     assert non_retail == client.post("/", json={**EXAMPLE, "is_retail": False}).get_json()["result"]
     assert non_retail != as_int
+    # 1.0 is the integer 1 to JSON Schema, which the document declares (oneOf boolean, integer 0/1)
+    assert client.post("/", json={**EXAMPLE, "is_retail": 1.0}).get_json()["result"] == as_int
+    assert client.post("/", json={**EXAMPLE, "is_retail": 0.5}).status_code == 400
 
 
 def test_venue_id_is_trimmed(client):
