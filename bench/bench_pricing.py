@@ -1,6 +1,11 @@
 """Pricing benchmark: gunicorn (N sync workers) against the venue API stand-in, load on loopback.
 
     .venv/bin/python bench/bench_pricing.py [--workers 2] [--seconds 10] [--runs 3] [--only-bare-comparison]
+    .venv/bin/python bench/bench_pricing.py --cold-against-nginx [--before REF]
+
+--cold-against-nginx: every price fetches both venue documents (cache off) from nginx serving the
+bundled snapshots (keep-alive, one write per answer: a neutral upstream, as peers are measured
+against), next to the bare route; server CPU per request first (the steadier figure), then req/s.
 
 First, next to a bare Flask route (bench/bare_app.py: read the query string, answer a small JSON
 object) under the same gunicorn settings in the same run, at 8 and 64 connections, median of
@@ -119,15 +124,105 @@ def bare_comparison(args, standin_url: str) -> None:
     print(metrics_cost({"COURIER_VENUE_API_URL": standin_url}, args.workers, args.runs, "price", PATH, **get))
 
 
+NGINX_CONF = """worker_processes 1;
+error_log {folder}/error.log warn;
+pid {folder}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{port} backlog=1024;
+    location ~ ^/venues/([a-z0-9-]+)/(static|dynamic)$ {{
+      default_type application/json;
+      alias {venues}/$1.$2.json;
+    }}
+  }}
+}}
+"""
+
+
+def nginx_upstream():
+    """nginx serving data/venues/ as the venue API (``/venues/<slug>/<half>``); yields its URL."""
+    import contextlib
+    import shutil
+    import subprocess
+
+    from bench.harness import free_port, wait_http
+
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(binary).exists():
+        raise SystemExit("nginx is not installed (apt-get install nginx-light)")
+    folder = Path(tempfile.mkdtemp(prefix="courier-bench-nginx-"))
+    port = free_port()
+    (folder / "nginx.conf").write_text(NGINX_CONF.format(folder=folder, port=port,
+                                                         venues=Path(__file__).resolve().parent.parent / "data" /
+                                                         "venues"))
+
+    @contextlib.contextmanager
+    def running():
+        proc = subprocess.Popen([binary, "-c", str(folder / "nginx.conf"), "-p", str(folder), "-g", "daemon off;"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_http(url + "/venues/home-assignment-venue-helsinki/static")
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(10)
+            shutil.rmtree(folder, ignore_errors=True)
+
+    return running()
+
+
+def cold_comparison(args) -> None:
+    """Cache off against nginx: server CPU per request of a cold price, the bare route's, and (with
+    --before) the named commit's, same run."""
+    get = {"seconds": args.seconds}
+    with nginx_upstream() as upstream:
+        with prepared_env({"COURIER_VENUE_API_URL": upstream, "COURIER_VENUE_CACHE_ENABLED": "false",
+                           "COURIER_ACCESS_LOG": "true", "COURIER_LOG_LEVEL": "INFO"}) as env:
+            rows = []
+            with gunicorn(env, args.workers, target="bench.bare_app:app", health="/query", quiet=True) as url:
+                load("warm-up", url, "/query", seconds=2, connections=8)
+                start = server_usage(url)
+                bare = median_load(args.runs, "bare /query c=8", url, "/query?" + PATH.split("?")[1],
+                                   connections=8, **get)
+                rows.append(usage_row("bare route", start, server_usage(url), bare.requests * args.runs))
+
+            def measure(root: Path, label: str) -> dict:
+                with gunicorn(env, args.workers, quiet=True, root=root) as url:
+                    load("warm-up", url, PATH, seconds=2, connections=8)
+                    start = server_usage(url)
+                    result = median_load(args.runs, f"{label}, cold (cache off, nginx upstream) c=8", url, PATH,
+                                         connections=8, **get)
+                    rows.append(usage_row(f"courier {label}, cold", start, server_usage(url),
+                                          result.requests * args.runs))
+                return {"cold": result}
+
+            ours, before = measured_with_baseline(measure, "price", args.before)
+    for row in rows:
+        print(row)
+    print(compare_row(ours["cold"], bare))
+    if before:
+        print(compare_row(ours["cold"], before["cold"], f"{args.before}"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--only-bare-comparison", action="store_true", help="skip the upstream scenarios")
+    parser.add_argument("--cold-against-nginx", action="store_true",
+                        help="cache off, nginx serving the venue snapshots: cold prices vs the bare route")
     parser.add_argument("--before", metavar="REF", help="also serve this git commit (a temporary worktree) in the "
                         "bare comparison: the working tree's req/s as a %% of that commit's, same run")
     args = parser.parse_args()
+    if args.cold_against_nginx:
+        print(f"machine: {machine()}; gunicorn sync workers: {args.workers}; median of {args.runs} runs")
+        cold_comparison(args)
+        return
     if args.only_bare_comparison:
         print(f"machine: {machine()}; gunicorn sync workers: {args.workers}; median of {args.runs} runs")
         with StandInServer(Knobs(seed=1)) as standin:
