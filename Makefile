@@ -30,9 +30,9 @@ lock:
 ## run: install, migrate, seed bundled data, serve on 127.0.0.1:8000 with gunicorn
 run: $(VENV)/.installed-run
 	$(BIN)/python config.py check
-	$(BIN)/flask db upgrade
-	$(BIN)/flask seed-venues
-	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+	COURIER_CONFIG_CHECKED=1 $(BIN)/flask db upgrade
+	COURIER_CONFIG_CHECKED=1 $(BIN)/flask seed-venues
+	COURIER_CONFIG_CHECKED=1 $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 ## test: install dev extras; lint (ruff, line length 120), type-check (mypy), import contracts (lint-imports:
 ## layers, no cycles; setup.cfg), then the whole suite with

@@ -548,7 +548,7 @@ TOOLING_VARIABLES = frozenset({
     "COURIER_PORT", "COURIER_IMAGE", "COURIER_BASE_IMAGE", "COURIER_WORKER_CONCURRENCY", "COURIER_WAIT_FOR",
     "COURIER_WAIT_TIMEOUT_S", "COURIER_SECRETS_DIR", "COURIER_STACK_TOOLS", "COURIER_STACK_WORKERS",
     "COURIER_REFERENCE_PARTNER_URL", "COURIER_TEST_POSTGRES_URL", "COURIER_TEST_PARTNER_TOKEN",
-    "COURIER_BENCH_PYTHON_LOAD",
+    "COURIER_BENCH_PYTHON_LOAD", "COURIER_CONFIG_CHECKED",
 })
 
 
@@ -591,7 +591,7 @@ def warn_unknown_variables(environ: Mapping[str, str], partners_file: str, warn:
     """Call ``warn(message)`` for each unknown ``COURIER_*`` variable, once per process tree:
     gunicorn's master warns and its forked workers inherit the flag, so five workers do not repeat it."""
     global _warned_unknown
-    if _warned_unknown:
+    if _warned_unknown or environ.get("COURIER_CONFIG_CHECKED"):  # `make run` checked them a step before
         return
     _warned_unknown = True
     for message in unknown_variables(environ, partners_file):

@@ -277,3 +277,18 @@ def test_gunicorn_warns_once_for_all_its_workers_and_a_command_warns_too(db_url,
     command = subprocess.run([str(Path(sys.executable).with_name("flask")), "--app", "wsgi", "db", "current"],
                              env=env, cwd=root, capture_output=True, text=True, timeout=60)
     assert command.returncode == 0 and command.stderr.count("did you mean COURIER_WORKERS?") == 1
+
+
+def test_make_run_warns_about_unknown_variables_once_not_in_every_step(monkeypatch):
+    import config
+
+    recipe = (Path(__file__).parent.parent / "Makefile").read_text().split("\nrun:", 1)[1].split("\n\n", 1)[0]
+    steps = [line.strip() for line in recipe.splitlines()[1:]]
+    assert steps[0].endswith("config.py check")  # says it (and stops on a bad value)
+    assert all(step.startswith("COURIER_CONFIG_CHECKED=1 ") for step in steps[1:])  # the rest stay quiet
+    warnings = []
+    monkeypatch.setattr(config, "_warned_unknown", False)
+    config.warn_unknown_variables({"COURIER_WORKER": "3", "COURIER_CONFIG_CHECKED": "1"}, "/no/file", warnings.append)
+    assert warnings == []
+    config.warn_unknown_variables({"COURIER_WORKER": "3"}, "/no/file", warnings.append)
+    assert warnings == ["COURIER_WORKER is not a Courier setting and is ignored; did you mean COURIER_WORKERS?"]
