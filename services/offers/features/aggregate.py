@@ -3,6 +3,7 @@ on them (``compute_features_frame``: a whole frame at once, as a real-time reque
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 
@@ -108,15 +109,20 @@ def compute_features_frame(raw: pl.LazyFrame | pl.DataFrame, as_of: date,
     for in-memory input (a real-time request is one chunk); files go through :func:`scan_features`,
     which bounds memory by partitioning members instead.
     """
+    # An in-memory frame is one chunk: no streaming engine to start.
+    chunks = [raw] if isinstance(raw, pl.DataFrame) else raw.collect_batches(chunk_size=chunk_rows)
+    return features_of_classified((classify_rows(chunk.lazy()).collect() for chunk in chunks), as_of)
+
+
+def features_of_classified(classified_chunks: Iterable[pl.DataFrame], as_of: date) -> FeatureTable:
+    """The feature step after classification: chunks classified by :func:`classify_rows`, or one
+    member's request classified by ``input.classified_transactions``."""
     state = None
     rejected: list[RejectedRow] = []
     others: dict[str, bool] = {}  # member ids seen on non-transaction rows -> has an id-only row
     rows = 0
-    # An in-memory frame (a real-time request) is one chunk: no streaming engine to start.
-    chunks = [raw] if isinstance(raw, pl.DataFrame) else raw.collect_batches(chunk_size=chunk_rows)
-    for chunk in chunks:
-        rows += chunk.height
-        classified = classify_rows(chunk.lazy()).collect()
+    for classified in classified_chunks:
+        rows += classified.height
         transactions = classified.filter(pl.col("kind") == "transaction")
         if transactions.height:
             state = _merge_aggregates(state, partial_aggregates(transactions))
