@@ -77,7 +77,8 @@ def test_remembered_distances_equal_computed_ones():
     venue = StaticVenue(60.17012143, 24.92813512)
     for _ in range(200):
         lat, lon = 60.17 + rng.uniform(-0.02, 0.02), 24.93 + rng.uniform(-0.04, 0.04)
-        expected = math.floor(price._GEODESIC.measure((lat, lon), (venue.latitude, venue.longitude)) * 1000 + 0.5)
+        expected = math.floor(price.geodesic_calculator().measure((lat, lon), (venue.latitude, venue.longitude))
+                              * 1000 + 0.5)
         assert delivery_distance(lat, lon, venue) == expected == delivery_distance(lat, lon, venue)
 
 
