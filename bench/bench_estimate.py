@@ -105,6 +105,10 @@ def main() -> None:
             return results
 
         ours, before = measured_with_baseline(measure, "estimate", args.before)
+    # Server CPU per request first: steadier than req/s on a shared machine.
+    for label, usage_start, usage_end, results in usage:
+        # Requests of the median runs times the runs: an estimate of all requests served.
+        print(usage_row(label, usage_start, usage_end, sum(r.requests for r in results.values()) * args.runs))
     for c in levels:
         for path in ("/api/v1/delivery-estimate", "/"):
             print(compare_row(ours[(path, c)], bare[("single", c)]))
@@ -113,9 +117,6 @@ def main() -> None:
         print(compare_row(ours[("mixed", c)], bare[("mixed", c)]))
         if before:
             print(compare_row(ours[("mixed", c)], before[("mixed", c)], args.before))
-    for label, before, after, results in usage:
-        # Requests of the median runs times the runs: an estimate of all requests served.
-        print(usage_row(label, before, after, sum(r.requests for r in results.values()) * args.runs))
     print(metrics_cost({}, args.workers, args.runs, "estimate", "/api/v1/delivery-estimate", body=BODY, **post))
 
 if __name__ == "__main__":

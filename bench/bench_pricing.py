@@ -112,6 +112,9 @@ def bare_comparison(args, standin_url: str) -> None:
             return results
 
         ours, before = measured_with_baseline(measure, "price", args.before)
+    # Server CPU per request first: steadier than req/s on a shared machine.
+    for label, usage_start, usage_end, results in usage:
+        print(usage_row(label, usage_start, usage_end, sum(r.requests for r in results.values()) * args.runs))
     for c in levels:
         print(compare_row(ours[("one", c)], bare[("one", c)]))
         print(compare_row(ours[("mixed", c)], bare[("mixed", c)]))
@@ -119,8 +122,6 @@ def bare_comparison(args, standin_url: str) -> None:
             print(compare_row(before[("one", c)], bare[("one", c)]))
             print(compare_row(ours[("one", c)], before[("one", c)], f"{args.before}"))
             print(compare_row(ours[("mixed", c)], before[("mixed", c)], f"{args.before}"))
-    for label, before, after, results in usage:
-        print(usage_row(label, before, after, sum(r.requests for r in results.values()) * args.runs))
     print(metrics_cost({"COURIER_VENUE_API_URL": standin_url}, args.workers, args.runs, "price", PATH, **get))
 
 
