@@ -14,7 +14,7 @@ from typing import Any
 
 from services.errors import CourierError, Unprocessable, UpstreamError
 from services.metrics import metrics
-from services.offers.features.aggregate import features_of_classified
+from services.offers.features.aggregate import features_of_request
 from services.offers.features.input import classified_transactions
 from services.offers.partners.client import PartnerClient
 from services.offers.partners.config import PartnerConfigError, PartnerRegistry
@@ -154,7 +154,7 @@ class RealtimeOffers:
         started = time.perf_counter()
         client = self.client(partner)
         _, pool = self._state()
-        table = features_of_classified([classified_transactions(member_id, transactions)], as_of)
+        table = features_of_request(classified_transactions(member_id, transactions), as_of)
         if member_id in table.skipped:
             reason = table.skipped[member_id]
             raise Unprocessable(f"Member {member_id!r} cannot be scored: {reason}.", code=reason,

@@ -128,20 +128,6 @@ def classify_rows(raw: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def transactions_frame(member_id: str, transactions: list[dict]) -> pl.DataFrame:
-    """A one-member frame in the CSV's shape, from already-validated transaction dicts (REST path)."""
-    return pl.DataFrame(
-        {
-            "member_id": [member_id] * len(transactions),
-            "ts": [t["ts"] for t in transactions],
-            "type": [t["type"] for t in transactions],
-            "points": [repr(float(t["points"])) for t in transactions],
-            "revenue": [repr(float(t["revenue_usd"])) for t in transactions],
-        },
-        schema={c: pl.String for c in CANONICAL},
-    ).with_row_index("line", offset=1)
-
-
 # What polars' ``str.strip_chars()`` strips: Unicode's White_Space (Python's ``str.strip()`` also
 # strips \x1c-\x1f, which would give a REST member id another meaning than the CSV's).
 _WHITE_SPACE = ("\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"

@@ -11,13 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
-from services.offers.features.aggregate import (
-    FeatureTable,
-    empty_features,
-    evaluate_registry,
-    partial_aggregates,
-    skipped_of,
-)
+from services.offers.features.aggregate import FeatureTable, empty_features, member_features
 from services.offers.features.input import (
     CANONICAL,
     MAX_LINE_BYTES,
@@ -213,14 +207,7 @@ class FeatureScan:
         return pl.concat(frames)
 
     def _aggregate(self, partition: int) -> FeaturePartition:
-        rows = self._rows_of(partition)
-        transactions = rows.filter(pl.col("kind") == "transaction")
-        features = (evaluate_registry(partial_aggregates(transactions), self.as_of).sort("member_id")
-                    if transactions.height else empty_features())
-        others = dict(rows.filter(pl.col("kind") != "transaction").group_by("member_id").agg(
-            (pl.col("kind") == "id_only").any()).iter_rows())
-        features, skipped = skipped_of(features, others)
-        return FeaturePartition(features, skipped)
+        return FeaturePartition(*member_features(self._rows_of(partition), self.as_of))
 
     def run(self) -> FeatureScan:
         """Both passes; afterwards ``rows_read``, ``rejected``, ``members`` and ``skipped_members`` are final."""

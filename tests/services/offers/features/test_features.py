@@ -179,25 +179,6 @@ def test_sub_second_order_decides_the_last_three(tmp_path):
     assert member(table, "Q")["LAST_3_TRANSACTIONS_AVG_POINTS_BOUGHT"] == pytest.approx((100 + 300 + 400) / 3)
 
 
-def test_chunked_reading_gives_the_same_features(tmp_path):
-    from services.offers.features.aggregate import compute_features_frame
-    from services.offers.features.input import CANONICAL
-
-    rows = "".join(f"M{i % 7},2024-01-0{1 + i % 9} 0{i % 10}:00:00,{('buy', 'gift', 'redeem')[i % 3]},{i * 100},{i}\n"
-                   for i in range(200))
-    path = tmp_path / "tx.csv"
-    path.write_text(HEADER + rows)
-    import polars as pl
-
-    def raw():
-        return pl.scan_csv(path, has_header=True, new_columns=CANONICAL,
-                           infer_schema=False).with_row_index("line", offset=2)
-
-    whole = compute_features_frame(raw(), AS_OF, chunk_rows=10_000).features
-    chunked = compute_features_frame(raw(), AS_OF, chunk_rows=7).features
-    assert whole.to_dicts() == chunked.to_dicts()
-
-
 def test_partitioned_scan_gives_the_same_features_skips_and_rejections(tmp_path):
     """A file larger than one partition is split by member; every member still sees all its rows."""
     from services.offers.features.scan import scan_features

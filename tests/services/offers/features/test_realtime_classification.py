@@ -7,10 +7,20 @@ from datetime import date
 import polars as pl
 import pytest
 
-from services.offers.features.aggregate import features_of_classified
-from services.offers.features.input import classified_transactions, classify_rows, transactions_frame
+from services.offers.features.aggregate import features_of_request, member_features
+from services.offers.features.input import CANONICAL, classified_transactions, classify_rows
 
 COMPARED = ["line", "member_id", "type", "points", "revenue", "id_only", "type_norm", "reason", "kind"]
+
+
+def transactions_frame(member_id, transactions):
+    """The request as the CSV would hold it: string cells, line numbers from 1."""
+    return pl.DataFrame(
+        {"member_id": [member_id] * len(transactions), "ts": [t["ts"] for t in transactions],
+         "type": [t["type"] for t in transactions], "points": [repr(float(t["points"])) for t in transactions],
+         "revenue": [repr(float(t["revenue_usd"])) for t in transactions]},
+        schema={c: pl.String for c in CANONICAL},
+    ).with_row_index("line", offset=1)
 
 
 def by_polars(member_id, transactions):
@@ -27,9 +37,11 @@ def assert_same(member_id, transactions):
     assert ours.filter(accepted)["ts"].clip(upper_bound=beyond).equals(
         theirs.filter(accepted)["ts"].clip(upper_bound=beyond))
     as_of = date(2024, 1, 5)
-    mine, batch = features_of_classified([ours], as_of), features_of_classified([theirs], as_of)
-    assert (mine.skipped, mine.rejected) == (batch.skipped, batch.rejected)
-    assert mine.features.equals(batch.features)
+    mine, batch = features_of_request(ours, as_of), member_features(theirs, as_of)
+    assert mine.skipped == batch[1]
+    assert mine.features.equals(batch[0])
+    assert [(r.line, r.member_id, r.reason) for r in mine.rejected] == \
+        theirs.filter(pl.col("kind") == "rejected").select("line", "member_id", "reason").rows()
 
 
 def random_timestamp(rng):
