@@ -572,11 +572,14 @@ def unknown_variables(environ: Mapping[str, str], partners_file: str) -> list[st
     import difflib
 
     settings = {s.variable for s in (*SETTINGS, *GUNICORN_SETTINGS)}
-    known = (settings | {s.variable + FILE_SUFFIX for s in SETTINGS if s.secret} | TOOLING_VARIABLES
-             | _partner_header_variables(partners_file))
+    known = settings | {s.variable + FILE_SUFFIX for s in SETTINGS if s.secret} | TOOLING_VARIABLES
+    unknown = sorted(n for n in environ if n.startswith("COURIER_") and n not in known)
+    if not unknown:
+        return []  # the usual case: no need to read the partner registry at start-up
+    known |= _partner_header_variables(partners_file)
     messages = []
     suffixes = {name.removeprefix("COURIER_"): name for name in known}
-    for name in sorted(n for n in environ if n.startswith("COURIER_") and n not in known):
+    for name in (n for n in unknown if n not in known):
         # Compared without the common prefix, which would make every pair look alike.
         closest = difflib.get_close_matches(name.removeprefix("COURIER_"), sorted(suffixes), n=1, cutoff=0.75)
         messages.append(f"{name} is not a Courier setting and is ignored"

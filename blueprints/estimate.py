@@ -57,8 +57,9 @@ class RetailFlag(fields.Field):
 # MAX_VENUE_ID_LENGTH characters.  The published pattern says exactly that, so a schema-valid id is
 # never refused for its length after trimming.
 _PADDING = " \t\r\n"
-VENUE_ID_PATTERN = (rf"^[{_PADDING}]*[^{_PADDING}](?:[\s\S]{{0,{MAX_VENUE_ID_LENGTH - 2}}}[^{_PADDING}])?"
-                    rf"[{_PADDING}]*$").replace("\t", "\\t").replace("\r", "\\r").replace("\n", "\\n")
+_PAD = r"[ \t\r\n]"  # _PADDING as a regex class
+_NOT_PAD = r"[^ \t\r\n]"
+VENUE_ID_PATTERN = rf"^{_PAD}*{_NOT_PAD}(?:[\s\S]{{0,{MAX_VENUE_ID_LENGTH - 2}}}{_NOT_PAD})?{_PAD}*$"
 
 
 def trimmed_venue_id(value: Any) -> str | None:

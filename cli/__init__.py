@@ -39,8 +39,7 @@ class LazyCommand(click.Command):
 
         module, _, attribute = self.target.partition(":")
         command = getattr(importlib.import_module(module), attribute)
-        holder = click.Group(commands=[command])
-        wrap_commands(holder)
+        wrap_commands(command)
         return command
 
     def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,

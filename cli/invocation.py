@@ -29,14 +29,14 @@ from services.logs import request_id_var
 _WRAPPED = "courier_invocation_wrapped"
 
 
-def wrap_commands(group: click.Group) -> None:
-    """Wrap the callback of every command under ``group`` (once: commands are module-level objects
-    shared by every app a process builds)."""
-    for command in list(group.commands.values()):
-        if isinstance(command, click.Group):
-            wrap_commands(command)
-        elif command.callback is not None and not getattr(command.callback, _WRAPPED, False):
-            command.callback = _wrapped(command.callback)
+def wrap_commands(command: click.Command) -> None:
+    """Wrap the callback of ``command``, or of every command under a group (once: commands are
+    module-level objects shared by every app a process builds)."""
+    if isinstance(command, click.Group):
+        for sub in list(command.commands.values()):
+            wrap_commands(sub)
+    elif command.callback is not None and not getattr(command.callback, _WRAPPED, False):
+        command.callback = _wrapped(command.callback)
 
 
 def _wrapped(callback: Callable[..., Any]) -> Callable[..., Any]:

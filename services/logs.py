@@ -92,9 +92,14 @@ def configure_logging(level: str = "INFO", log_format: str = "auto") -> None:
     # urllib3 logs a WARNING per retry (two per failed venue fetch, 400 characters each); our
     # clients count retries (courier_upstream_retries_total) and the caller logs one line with the
     # outcome and the attempts.  Its other warnings (a full pool, say) still pass.
-    urllib3_pool = logging.getLogger("urllib3.connectionpool")
-    if not any(isinstance(f, _NoRetryNarration) for f in urllib3_pool.filters):
-        urllib3_pool.addFilter(_NoRetryNarration())
+    _filter_once("urllib3.connectionpool", _NoRetryNarration)
+
+
+def _filter_once(logger_name: str, kind: type[logging.Filter]) -> None:
+    """Add a ``kind`` filter to the logger unless it has one (every app a process builds calls this)."""
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, kind) for f in logger.filters):
+        logger.addFilter(kind())
 
 
 class _NoDevServerRequestLines(logging.Filter):
@@ -109,9 +114,7 @@ class _NoDevServerRequestLines(logging.Filter):
 
 def silence_dev_server_request_lines() -> None:
     """Called when Courier writes its own access line: one line per request under ``flask run``."""
-    werkzeug = logging.getLogger("werkzeug")
-    if not any(isinstance(f, _NoDevServerRequestLines) for f in werkzeug.filters):
-        werkzeug.addFilter(_NoDevServerRequestLines())
+    _filter_once("werkzeug", _NoDevServerRequestLines)
 
 
 class _NoRetryNarration(logging.Filter):

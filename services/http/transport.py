@@ -218,6 +218,7 @@ class KeepAliveTransport:
     def __init__(self, base_url: str, *, connect_timeout_s: float, read_timeout_s: float, pool_maxsize: int,
                  headers: dict[str, str], max_answer_bytes: int = 4 * 1024 * 1024) -> None:
         parts = urlsplit(base_url)
+        origin = parts.netloc.rsplit("@", 1)[-1]  # host[:port], without credentials
         self.tls = parts.scheme == "https"
         self.host = parts.hostname or "127.0.0.1"  # where we connect: the origin, or its proxy
         self.port = parts.port or (443 if self.tls else 80)
@@ -228,15 +229,14 @@ class KeepAliveTransport:
             # Absolute-form request target (RFC 9112 §3.2.2) to the proxy; Host stays the origin's.
             proxy_parts = urlsplit(self.proxy)
             self.host, self.port = proxy_parts.hostname or "127.0.0.1", proxy_parts.port or 80
-            self.base_path = f"http://{parts.netloc.rsplit('@', 1)[-1]}{self.base_path}"
+            self.base_path = f"http://{origin}{self.base_path}"
             if proxy_parts.username is not None:
                 token = f"{unquote(proxy_parts.username)}:{unquote(proxy_parts.password or '')}"
                 proxy_headers["Proxy-Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self.max_answer_bytes = max_answer_bytes
-        host_header = parts.netloc.rsplit("@", 1)[-1]
-        fixed = {"Host": host_header, **proxy_headers, **headers}
+        fixed = {"Host": origin, **proxy_headers, **headers}
         self._fixed_headers = "".join(f"{k}: {v}\r\n" for k, v in fixed.items()).encode("latin-1")
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(pool_maxsize)
