@@ -29,6 +29,9 @@ HEADERS = {
 
 
 TS_FORMAT = "%Y-%m-%d %H:%M:%S"  # after "T" -> " "; an optional ".ffffff" is parsed apart
+# What may follow those 19 characters: an optional ".ffffff", then an optional "Z" or UTC offset
+# (+HH:MM or +HHMM). One pattern for both readers of a timestamp (classify_rows, _utc_timestamp).
+_TS_TAIL_PATTERN = r"(\.[0-9]{1,6})?(Z|([+-])([0-9]{2}):?([0-9]{2}))?"
 
 
 class InputError(Exception):
@@ -81,10 +84,10 @@ def classify_rows(raw: pl.LazyFrame) -> pl.LazyFrame:
     # "T" or " " between date and time, then an optional fraction.  Parsing the fixed 19 characters
     # with a plain format and adding the fraction separately is 4x faster than a "%.f" format.
     ts_text = text["ts"].str.replace("T", " ", literal=True)
-    # After the 19 fixed characters: an optional ".ffffff", then an optional "Z" or UTC offset
-    # (+HH:MM or +HHMM), which is applied: timestamps are stored and compared in UTC.
+    # The offset after the 19 fixed characters (_TS_TAIL_PATTERN) is applied: timestamps are stored
+    # and compared in UTC.
     tail = ts_text.str.slice(19)
-    tail_ok = tail.str.contains(r"^(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:?[0-9]{2})?$")
+    tail_ok = tail.str.contains(f"^{_TS_TAIL_PATTERN}$")
     fraction = tail.str.extract(r"^\.([0-9]{1,6})", 1)
     micros = pl.when(fraction.is_null()).then(0).otherwise(fraction.str.pad_end(6, "0").cast(pl.Int64, strict=False))
     offset = tail.str.extract_groups(r"([+-])([0-9]{2}):?([0-9]{2})$")
@@ -132,7 +135,7 @@ def classify_rows(raw: pl.LazyFrame) -> pl.LazyFrame:
 # strips \x1c-\x1f, which would give a REST member id another meaning than the CSV's).
 _WHITE_SPACE = ("\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
                 "\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
-_TS_TAIL = re.compile(r"(\.[0-9]{1,6})?(Z|([+-])([0-9]{2}):?([0-9]{2}))?")
+_TS_TAIL = re.compile(_TS_TAIL_PATTERN)
 _CLASSIFIED_SCHEMA: dict[str, pl.DataType] = {"line": pl.UInt32(), "member_id": pl.String(), "ts": pl.Datetime("us"),
                                                "type": pl.String(), "points": pl.Float64(), "revenue": pl.Float64(),
                                                "id_only": pl.Boolean(), "type_norm": pl.String(),
