@@ -54,18 +54,16 @@ def error_responses(*statuses: int, schema: str | dict = "Error", examples: dict
     responses: dict[str, Any] = {}
     for status in statuses:
         media: dict[str, Any] = {"schema": schema}
-        description = reasons.get(status, "Error")
-        response: dict[str, Any] = {"content": {"application/json": media}}
+        response: dict[str, Any] = {"description": reasons.get(status, "Error"), "content": {"application/json": media}}
         if status in refusals:
-            named = {"invalid": examples[status]} if status in examples else {}
-            media["examples"] = {**{key: {"value": value} for key, value in named.items()},
-                                 **{code: {"value": value} for code, value in refusals[status].items()}}
-            response["x-refusals"] = sorted(refusals[status])
-            description += "; or a well-formed request refused: " + ", ".join(
-                f"`{code}`" for code in sorted(refusals[status]))
+            codes = sorted(refusals[status])
+            invalid = {"invalid": {"value": examples[status]}} if status in examples else {}
+            media["examples"] = {**invalid, **{code: {"value": refusals[status][code]} for code in refusals[status]}}
+            response["x-refusals"] = codes
+            response["description"] += "; or a well-formed request refused: " + ", ".join(f"`{c}`" for c in codes)
         elif status in examples:
             media["example"] = examples[status]
-        responses[str(status)] = {"description": description, **response}
+        responses[str(status)] = response
     return responses
 
 
