@@ -90,7 +90,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False
     app.json.compact = True
 
-    from blueprints import register_blueprints
+    from blueprints import limits, register_blueprints
     from blueprints.auth import protect
     from blueprints.errors import register_error_handlers
     from blueprints.hooks import register_request_hooks
@@ -112,6 +112,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     register_request_hooks(app)
     register_error_handlers(app)
+    limits.init_app(app)  # before protect: the key is checked first, then its limit
     protect(app, app.config["OPEN_SCOPES"])
     return app
 

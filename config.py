@@ -455,6 +455,38 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("OFFERS_DISTRIBUTED_STALL_S", 600.0,
             "A distributed run in which no chunk starts or finishes for this long ends `failed` (no workers?).",
             kind=float, above_zero=True),
+    # --- runs submitted over REST and the web view ----------------------------------------------
+    Setting("OFFERS_UPLOAD_DIR", None,
+            "Folder where uploaded run inputs are kept (`<sha256>.csv`) for the coordinator worker to read: a "
+            "folder, not the database, because the coordinator scans the file in bounded memory (polars reads "
+            "it lazily) and only the coordinator reads it (chunk workers read their members from the database). "
+            "Web and coordinator must share it (compose: the `uploads` volume). Default: `uploads/` beside the "
+            "SQLite database.", kind="path", optional=True),
+    Setting("OFFERS_UPLOAD_MAX_BYTES", 512 * 1024 * 1024,
+            "Largest accepted run input (larger: 413, nothing kept). 512 MiB holds ~10 million transactions.",
+            kind=int, minimum=1024, maximum=1 << 40),
+    Setting("OFFERS_UPLOAD_RETENTION_DAYS", 7.0,
+            "Uploaded inputs whose runs ended are removed this many days after their last run ended (checked at "
+            "each upload and by `flask offers prune-uploads`); such a run can no longer be resumed. 0: at the "
+            "next check.", kind=float, minimum=0, maximum=3650),
+    Setting("RATE_LIMIT_STORAGE_URL", None,
+            "Where rate-limit counters live, shared by every worker: `redis://...` or `memory://` (per process). "
+            "Default: the Celery broker when it is Redis, else memory.", kind=str, optional=True, secret=True),
+    Setting("RATE_LIMIT_OFFERS", "60/minute",
+            "Per-key limit on real-time offers (each costs three partner calls), in Flask-Limiter's notation "
+            "(`N/second|minute|hour|day`, several separated by `;`); empty: no limit.", kind=str, optional=True),
+    Setting("RATE_LIMIT_RUN_SUBMISSIONS", "10/minute;100/day",
+            "Per-key limit on starting, cancelling and resuming offer runs (REST and the web view); empty: no "
+            "limit.", kind=str, optional=True),
+    Setting("SECRET_KEY", None,
+            "Signs the web view's session cookies. Set it (the same on every web process) in production; "
+            "default: a random key kept in `secret_key` beside the SQLite database, made on first use.",
+            kind=str, optional=True, secret=True),
+    Setting("WEB_SESSION_HOURS", 8.0, "How long a web view sign-in lasts.", kind=float, above_zero=True,
+            maximum=24 * 90),
+    Setting("WEB_COOKIE_SECURE", False,
+            "Send the web view's session cookie over HTTPS only; set it when users reach Courier through HTTPS.",
+            kind=bool),
 )
 
 DEFAULTS: dict[str, Any] = {s.key: s.default for s in SETTINGS}

@@ -11,9 +11,10 @@ from flask import Flask
 
 def register_blueprints(app: Flask) -> None:
     """Every blueprint; the reference partner's only when ``COURIER_REFERENCE_PARTNER_ENABLED``."""
-    from blueprints import estimate, offers, partner_reference, pricing, system
+    from blueprints import estimate, offer_runs, offers, partner_reference, pricing, system, web
 
-    for blueprint in (system.bp, estimate.bp, pricing.bp, offers.bp):
+    for blueprint in (system.bp, estimate.bp, pricing.bp, offers.bp, offer_runs.bp):
         app.register_blueprint(blueprint)
+    web.init_app(app)
     if app.config["REFERENCE_PARTNER_ENABLED"]:
         app.register_blueprint(partner_reference.bp, url_prefix=app.config["REFERENCE_PARTNER_PREFIX"].rstrip("/"))

@@ -22,7 +22,8 @@ from services.errors import Forbidden, Unauthenticated
 # by run-offers like any partner; COURIER_REFERENCE_PARTNER_ENABLED=false removes it), Flask's static
 # route, and liveness: an orchestrator's probe (kubelet, Docker's healthcheck) has no credentials, and
 # a 401 there would restart a healthy container; it answers only "ok", so it tells nobody anything.
-PUBLIC_BLUEPRINTS = frozenset({"partner_reference"})
+# web: its pages check their own sign-in (a session cookie, blueprints/web.py).
+PUBLIC_BLUEPRINTS = frozenset({"partner_reference", "web"})
 PUBLIC_ENDPOINTS = frozenset({"static", "system.healthz"})
 
 

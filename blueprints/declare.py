@@ -60,6 +60,13 @@ class Operation:
     # Run on the raw JSON body before it is loaded: a check that must not wait for the whole load
     # (the real-time offer's cap on transactions).
     before_load: Callable[[Any], None] | None = None
+    status: int = 200  # of the success answer (202 for work accepted and done later)
+    # A request body the view reads itself (an upload): media type -> OpenAPI media object. Documented only.
+    request_media: Mapping[str, Any] | None = None
+    headers: tuple[dict[str, Any], ...] = ()  # header parameters, as OpenAPI parameter objects
+    response_headers: Mapping[str, Any] = field(default_factory=dict)  # of the success answer
+    response_example: Any = None
+    other_answers: Mapping[int, str] = field(default_factory=dict)  # other successes: status -> description
 
 
 def operation(base: Operation | None = None, /, **contract: Any) -> Callable[[View], View]:
@@ -97,6 +104,7 @@ def _executing(view: View, declaration: Operation) -> View:
         loads["body"] = load_body
 
     steps = tuple(loads.items())
+    status = declaration.status
 
     @functools.wraps(view)
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -105,7 +113,9 @@ def _executing(view: View, declaration: Operation) -> View:
         result = view(*args, **kwargs)
         if response is None or isinstance(result, Response):
             return result
-        return jsonify(response.dump(result))
+        answer = jsonify(response.dump(result))
+        answer.status_code = status
+        return answer
 
     return run  # type: ignore[return-value]
 

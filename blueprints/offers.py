@@ -13,6 +13,7 @@ from blueprints.auth import requires
 from blueprints.common import TIMESTAMP_PATTERN, parsed_timestamp
 from blueprints.declare import operation
 from blueprints.hooks import db_session
+from blueprints.limits import limited
 from capabilities.offers import offers_capability
 from capabilities.runtime import runtime
 from services.auth.api_keys import Scope
@@ -212,8 +213,9 @@ def _at_most_the_transactions_cap(body: Any) -> None:
 
 @bp.post("/api/v1/offers")
 @requires(Scope.OFFERS_SCORE)
+@limited("RATE_LIMIT_OFFERS")
 @operation(summary="Real-time offer for one member", tag="offers", body=_offer_schema, response=_offer,
-           errors=(400, 404, 413, 422, 502, 503, 504), invalid_message="Invalid offer request.",
+           errors=(400, 404, 413, 422, 429, 502, 503, 504), invalid_message="Invalid offer request.",
            refusals={422: _OFFER_REFUSALS},
            before_load=_at_most_the_transactions_cap,
            body_example={"member_id": "F44DBBBC", "partner": "reference", "as_of": "2024-01-05", "transactions": [
@@ -274,6 +276,11 @@ def run_result(run_id: int, member_id: str) -> Any:
            response={"type": "string"}, response_description="CSV with columns " + ",".join(EXPORT_COLUMNS),
            errors=(404,))
 def run_export(run_id: int):
+    return export_response(run_id)
+
+
+def export_response(run_id: int) -> Response:
+    """The run's results as a streamed CSV attachment (the API's and the web view's)."""
     # A session of its own: it must outlive the view, until the last chunk is sent.
     session = runtime().session()
     try:
@@ -302,6 +309,11 @@ def run_export(run_id: int):
                        "`flask offers report RUN_ID`. An ended run's page has an `ETag`: send it back in "
                        "`If-None-Match` and an unchanged run answers 304 without being drawn again.")
 def run_report(run_id: int):
+    return report_response(run_id)
+
+
+def report_response(run_id: int) -> Response:
+    """The run's report page, 304 when the client's ETag is current (the API's and the web view's)."""
     from services.offers.reports.html import CSP
 
     page = offers_capability().reports.get(db_session(), run_id, request.if_none_match)

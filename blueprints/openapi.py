@@ -131,15 +131,27 @@ def _operation(contract: Operation, rule: str) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "summary": contract.summary,
         "tags": [contract.tag],
-        "parameters": _path_parameters(rule) + ([{"in": "query", "schema": contract.query}] if contract.query else []),
-        "responses": {"200": {"description": contract.response_description},
+        "parameters": _path_parameters(rule) + ([{"in": "query", "schema": contract.query}] if contract.query else [])
+        + list(contract.headers),
+        "responses": {str(contract.status): {"description": contract.response_description},
                       **error_responses(*contract.errors, schema=error_schema, examples=dict(contract.error_examples),
                                        refusals=contract.refusals)},
     }
     if contract.description:
         operation["description"] = contract.description
+    success = operation["responses"][str(contract.status)]
     if contract.response is not None:
-        operation["responses"]["200"]["content"] = {contract.media_type: {"schema": contract.response}}
+        success["content"] = {contract.media_type: {"schema": contract.response}}
+        if contract.response_example is not None:
+            success["content"][contract.media_type]["example"] = contract.response_example
+    if contract.response_headers:
+        success["headers"] = dict(contract.response_headers)
+    for status, description in contract.other_answers.items():
+        operation["responses"][str(status)] = {"description": description, **(
+            {"content": success["content"]} if "content" in success else {})}
+    if contract.request_media is not None:
+        operation["requestBody"] = {"required": True, "content": dict(contract.request_media)}
+        operation["responses"].setdefault("413", error_responses(413, schema=error_schema)["413"])
     if contract.body is not None:
         media: dict[str, Any] = {"schema": contract.body}
         if contract.body_example is not None:

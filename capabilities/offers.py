@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from services.offers.realtime import RealtimeOffers
     from services.offers.reports.pages import ReportPages
     from services.offers.runs.distributed.celery_app import DistributedOffers
+    from services.offers.runs.submitted import Submissions
 
 EXTENSION = "courier.offers"
 
@@ -50,6 +51,10 @@ class OffersCapability:
         return self._part("distributed")
 
     @property
+    def submissions(self) -> Submissions:
+        return self._part("submissions")
+
+    @property
     def reports(self) -> ReportPages:
         return self._part("reports")
 
@@ -83,7 +88,7 @@ def init_app(app: Flask) -> OffersCapability:
 
     def distributed() -> DistributedOffers:
         from services.offers.partners.registry import load_registry
-        from services.offers.runs.distributed.celery_app import CelerySettings, DistributedOffers
+        from services.offers.runs.distributed.celery_app import CelerySettings, DistributedOffers, RunSettings
 
         def partner_config(name: str):
             return load_registry(cfg["PARTNERS_FILE"], cfg["SERVICE_URL"]).get(name)
@@ -93,15 +98,32 @@ def init_app(app: Flask) -> OffersCapability:
                            visibility_timeout_s=cfg["CELERY_VISIBILITY_TIMEOUT_S"],
                            chunk_max_attempts=cfg["OFFERS_CHUNK_MAX_ATTEMPTS"],
                            chunk_heartbeat_s=cfg["OFFERS_CHUNK_HEARTBEAT_S"]),
-            context_factory=app.app_context, sessions=built.session_factory, partner_config=partner_config)
+            context_factory=app.app_context, sessions=built.session_factory, partner_config=partner_config,
+            run_settings=RunSettings(chunk_size=cfg["OFFERS_CHUNK_SIZE"], stall_s=cfg["OFFERS_DISTRIBUTED_STALL_S"],
+                                     silent_s=cfg["OFFERS_CHUNK_SILENT_S"],
+                                     max_consecutive_failures=cfg["OFFERS_MAX_CONSECUTIVE_FAILURES"],
+                                     database_outage_s=cfg["OFFERS_DATABASE_OUTAGE_S"]))
 
     def reports() -> ReportPages:
         from services.offers.reports.pages import ReportPages
 
         return ReportPages()
 
+    def submissions() -> Submissions:
+        from config import default_database_folder
+        from services.offers.partners.registry import load_registry
+        from services.offers.runs.submitted import Submissions
+        from services.offers.runs.uploads import UploadStore
+
+        uploads = UploadStore(cfg["OFFERS_UPLOAD_DIR"] or default_database_folder() / "uploads",
+                              cfg["OFFERS_UPLOAD_MAX_BYTES"], cfg["OFFERS_UPLOAD_RETENTION_DAYS"] * 86400)
+        return Submissions(built.session_factory, uploads, lambda: capability.distributed.queue(),
+                           built.engine.dialect.name,
+                           lambda name: load_registry(cfg["PARTNERS_FILE"], cfg["SERVICE_URL"]).get(name),
+                           cfg["OFFERS_DEFAULT_PARTNER"], cfg["OFFERS_CHUNK_SIZE"])
+
     capability = app.extensions[EXTENSION] = OffersCapability(
-        {"realtime": realtime, "distributed": distributed, "reports": reports})
+        {"realtime": realtime, "distributed": distributed, "reports": reports, "submissions": submissions})
     built.closers.append(capability.close)
     built.warmers["realtime_offers"] = lambda: capability.realtime
     return capability

@@ -27,7 +27,7 @@ from services.offers.partners.client import PartnerClient
 from services.offers.partners.config import PartnerConfig, PartnerConfigError
 from services.offers.partners.registry import load_registry
 from services.offers.runs.distributed.celery_app import display_url
-from services.offers.runs.distributed.coordinator import DistributedUnavailable
+from services.offers.runs.errors import DistributedUnavailable
 from services.offers.runs.frame import RunFailure
 from services.offers.runs.lifecycle import ResumeError, RunOptions, resumed_partner_and_date
 from services.offers.runs.local import run_offers

@@ -38,7 +38,7 @@ def _migrated() -> Check:
 
 def _broker() -> Check:
     from capabilities.offers import offers_capability
-    from services.offers.runs.distributed.coordinator import DistributedUnavailable
+    from services.offers.runs.errors import DistributedUnavailable
 
     queue = offers_capability().distributed.queue()
 

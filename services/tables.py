@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Date,
     DateTime,
     Float,
@@ -73,6 +74,8 @@ class OfferRun(Base):
     """One `flask run-offers` execution: what went in, how it went, and step metrics."""
 
     __tablename__ = "offer_runs"
+    # A client's retry with the same Idempotency-Key finds its run (NULLs never collide: CLI runs).
+    __table_args__ = (Index("ux_offer_runs_idempotency", "requested_by", "idempotency_key", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     partner: Mapped[str] = mapped_column(String(64), nullable=False)
@@ -104,6 +107,16 @@ class OfferRun(Base):
     # "local" (one process) or "distributed" (chunk tasks on Celery workers, see OfferRunChunk).
     mode: Mapped[str] = mapped_column(String(16), nullable=False, default="local", server_default="local")
     chunk_size: Mapped[int | None] = mapped_column(Integer)  # distributed runs: members per chunk
+    # Runs submitted over REST or the web view (migration 0013): "cli" or "api"; the API key that
+    # asked; its Idempotency-Key (unique per key); how to score (the CLI passes it on each attempt);
+    # when a cancel was asked (the coordinator stops at its next look); the uploaded input's size and name.
+    source: Mapped[str] = mapped_column(String(8), nullable=False, default="cli", server_default="cli")
+    requested_by: Mapped[str | None] = mapped_column(String(16))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    use_batch: Mapped[bool | None] = mapped_column(Boolean)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    input_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    input_name: Mapped[str | None] = mapped_column(String(255))  # the uploaded file's own name, when it had one
 
 
 class OfferResult(Base):

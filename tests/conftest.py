@@ -53,6 +53,9 @@ def app_config(db_url) -> dict:
         "DATABASE_URL": db_url,
         "VENUE_API_URL": VENUE_API,
         "ACCESS_LOG": False,
+        # Suites send far more offers than a client may; tests/blueprints/test_limits.py sets limits.
+        "RATE_LIMIT_OFFERS": "",
+        "RATE_LIMIT_RUN_SUBMISSIONS": "",
     }
 
 

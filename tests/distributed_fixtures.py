@@ -64,15 +64,15 @@ class CeleryWorker:
     """``celery -A wsgi:celery_app worker`` in its own process group (so SIGKILL takes it all)."""
 
     def __init__(self, name: str, env: dict[str, str], log_path: Path, concurrency: int = 1,
-                 python: str = sys.executable) -> None:
+                 python: str = sys.executable, queues: str | None = None, pool: str = "prefork") -> None:
         self.name = name
         self.hostname = f"{name}@courier-test"
         self.log_path = log_path
         self.log = open(log_path, "wb")
         self.process = subprocess.Popen(
-            [python, "-m", "celery", "-A", "wsgi:celery_app", "worker", "--pool", "prefork",
+            [python, "-m", "celery", "-A", "wsgi:celery_app", "worker", "--pool", pool,
              "--concurrency", str(concurrency), "--hostname", self.hostname, "--without-gossip", "--without-mingle",
-             "--loglevel", "INFO"],
+             "--loglevel", "INFO", *(["-Q", queues] if queues else [])],
             cwd=ROOT, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
         while b" ready." not in log_path.read_bytes():
@@ -113,3 +113,9 @@ def process_group_usage(pgid: int) -> tuple[float, float]:
             cpu += (int(fields[11]) + int(fields[12])) / ticks
             rss += int(fields[21]) * page_mb
     return cpu, rss
+
+
+def coordinator_worker(env: dict[str, str], log_path: Path) -> CeleryWorker:
+    """The worker that coordinates runs submitted over REST: the ``courier.runs`` queue, threads (a
+    coordinator mostly waits), as the compose file and the README run it."""
+    return CeleryWorker("runs", env, log_path, concurrency=4, queues="courier.runs", pool="threads")

@@ -177,7 +177,8 @@ def test_only_settings_that_hold_secrets_read_files():
     """A _FILE variable for an ordinary setting is not read (it is not a secret, and not documented)."""
     assert load_settings({"COURIER_LOG_LEVEL_FILE": "/nonexistent"})["LOG_LEVEL"] == "INFO"
     secrets = {s.key for s in SETTINGS if s.secret}
-    assert secrets == {"DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"}
+    assert secrets == {"DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "RATE_LIMIT_STORAGE_URL",
+                       "SECRET_KEY"}
 
 
 def test_every_config_key_the_code_reads_is_declared():

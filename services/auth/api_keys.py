@@ -33,6 +33,7 @@ class Scope(enum.StrEnum):
     """What a key (or an open endpoint) allows; the value is what clients and config spell."""
 
     RUNS_READ = "runs:read"  # offer-run listing, results, export
+    RUNS_WRITE = "runs:write"  # starting, cancelling and resuming offer runs (each costs partner calls)
     OFFERS_SCORE = "offers:score"  # real-time offers (each calls a partner at its cost)
     PRICING_READ = "pricing:read"
     ESTIMATE_READ = "estimate:read"
@@ -108,5 +109,14 @@ def verify_key(session: Session, presented: str) -> KeyInfo | None:
     # Compare even when the row is missing, so a wrong id and a wrong secret take the same time.
     salt, expected = (row.salt, row.secret_sha256) if row is not None else ("00" * 16, "0" * 64)
     if not hmac.compare_digest(_digest(salt, secret), expected) or row is None or row.revoked_at is not None:
+        return None
+    return _info(row)
+
+
+def live_key(session: Session, key_id: str) -> KeyInfo | None:
+    """The key's info if ``key_id`` names a key that exists and is not revoked (a web session's
+    sign-in is re-checked with it on every page: revoking the key ends the session)."""
+    row = session.get(ApiKey, key_id) if isinstance(key_id, str) and len(key_id) <= 16 else None
+    if row is None or row.revoked_at is not None:
         return None
     return _info(row)

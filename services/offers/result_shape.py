@@ -71,11 +71,12 @@ RUN_FIELDS: tuple[RunField, ...] = (
     RunField("id", int),
     RunField("partner", str),
     RunField("input_file", str, derived=True,
-             description="the input's file name; its folder on the server is not shown (with input_sha256, "
-                         "what a client needs to tell inputs apart)"),
+             description="the input's file name (an upload's own name, when it had one); its folder on the server "
+                         "is not shown (with input_sha256, what a client needs to tell inputs apart)"),
     RunField("input_sha256", str),
     RunField("as_of", date, description="the date DAYS_SINCE_LAST_TRANSACTION counts to"),
-    RunField("status", str, description="succeeded, completed_with_failures, failed, interrupted, running; "
+    RunField("status", str, description="queued (submitted, waiting for a coordinator worker), running, succeeded, "
+                                        "completed_with_failures, failed, interrupted; "
                                         "abandoned: was running, but its process stopped beating (killed); resume it."),
     RunField("started_at", datetime),
     RunField("finished_at", datetime, nullable=True),
@@ -96,6 +97,13 @@ RUN_FIELDS: tuple[RunField, ...] = (
     RunField("error", str, nullable=True),
     RunField("heartbeat_at", datetime, nullable=True,
              description="Last sign of life of the process running it (every 5 s while running)."),
+    RunField("source", str, description="cli (`flask run-offers`) or api (REST or the web view)"),
+    RunField("input_bytes", int, nullable=True, description="the uploaded input's size (runs started over the API)"),
+    RunField("cancel_requested_at", datetime, nullable=True,
+             description="when a cancel was asked for; the run ends `interrupted` within a second or two"),
+    RunField("progress", dict, nullable=True, derived=True,
+             description="distributed runs while queued or running: chunks_done, chunks_total, members_done, "
+                         "members_to_score, members_per_s and eta_s (null until a chunk is done)"),
 )
 
 
@@ -115,7 +123,7 @@ def run_values(run: Any, status: str, live: dict[str, Any] | None = None) -> dic
         if field.name in live:
             value: Any = live[field.name]
         elif field.name == "input_file":
-            value = PurePath(run.input_path).name
+            value = getattr(run, "input_name", None) or PurePath(run.input_path).name
         elif field.derived:
             value = None
         else:

@@ -10,11 +10,12 @@ import enum
 
 
 class RunStatus(enum.StrEnum):
+    QUEUED = "queued"  # submitted over REST (or resumed there), waiting for a coordinator worker
     RUNNING = "running"
     SUCCEEDED = "succeeded"  # every member scored or skipped
     COMPLETED_WITH_FAILURES = "completed_with_failures"  # went through; some members failed
     FAILED = "failed"  # could not go on (ping, circuit breaker, database write)
-    INTERRUPTED = "interrupted"  # Ctrl-C or TERM
+    INTERRUPTED = "interrupted"  # Ctrl-C or TERM, or cancelled over REST
     ABANDONED = "abandoned"  # shown, never stored: running, but its process stopped beating
 
 

@@ -40,5 +40,5 @@ def test_revoking_an_unknown_id_is_an_error(runner):
 
 
 def test_an_unknown_scope_is_a_usage_error_listing_the_known_ones(runner):
-    result = runner.invoke(args=["api-keys", "create", "--name", "x", "--scope", "runs:write"])
+    result = runner.invoke(args=["api-keys", "create", "--name", "x", "--scope", "runs:delete"])
     assert result.exit_code == 2 and "runs:read" in result.output and "offers:score" in result.output

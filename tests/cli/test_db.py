@@ -111,20 +111,20 @@ def test_revision_autogenerates_the_next_numbered_migration_from_the_models(runn
         connection.execute(text("DROP INDEX ix_offer_runs_status"))
     result = runner.invoke(args=["db", "revision", "-m", "status index"])
     assert result.exit_code == 0, result.output
-    [written] = (project_copy / "migrations" / "versions").glob("0013_*.py")
+    [written] = (project_copy / "migrations" / "versions").glob("0014_*.py")
     source = written.read_text()
-    assert written.name == "0013_status_index.py" and "down_revision = '0012'" in source
+    assert written.name == "0014_status_index.py" and "down_revision = '0013'" in source
     upgrade = source.split("def upgrade()")[1].split("def downgrade()")[0]
     assert "create_index(batch_op.f('ix_offer_runs_status')" in upgrade  # SQLite: batch mode (env.py)
     history = runner.invoke(args=["db", "history"])
-    assert history.output.splitlines()[0] == "0013 <- 0012: status index"
+    assert history.output.splitlines()[0] == "0014 <- 0013: status index"
 
 
 def test_revision_refuses_a_database_behind_head(runner, project_copy):
     assert runner.invoke(args=["db", "downgrade", "-1"]).exit_code == 0
     result = runner.invoke(args=["db", "revision", "-m", "too early"])
     assert result.exit_code == 1 and "run `flask db upgrade` first" in result.output
-    assert not list((project_copy / "migrations" / "versions").glob("0013_*.py"))
+    assert not list((project_copy / "migrations" / "versions").glob("0014_*.py"))
 
 
 def test_stamp_records_a_revision_without_running_migrations(tmp_path):
@@ -138,5 +138,5 @@ def test_stamp_records_a_revision_without_running_migrations(tmp_path):
 
 def test_history_lists_every_migration_newest_first(runner):
     lines = runner.invoke(args=["db", "history"]).output.splitlines()
-    assert [line.split(" ")[0] for line in lines] == [f"{n:04d}" for n in range(12, 0, -1)]
+    assert [line.split(" ")[0] for line in lines] == [f"{n:04d}" for n in range(13, 0, -1)]
     assert lines[-1].startswith("0001 <- base: ")

@@ -56,21 +56,27 @@ def read_header(path: str | Path) -> list[str]:
             first = handle.readline(MAX_LINE_BYTES + 1)
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    return check_header(first, str(path))
+
+
+def check_header(first: bytes, name: str) -> list[str]:
+    """The header of a transaction CSV whose first line (with its newline, at most MAX_LINE_BYTES + 1
+    bytes) is ``first``; InputError naming ``name`` otherwise. Files and uploads are checked alike."""
     if len(first) > MAX_LINE_BYTES:
-        raise InputError(f"{path}: line 1 is longer than {MAX_LINE_BYTES} bytes; not a transaction CSV")
+        raise InputError(f"{name}: line 1 is longer than {MAX_LINE_BYTES} bytes; not a transaction CSV")
     try:
         text = first.decode("utf-8-sig")
         header = next(csv.reader([text]), None)
     except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: line 1 is not UTF-8 text") from exc
+        raise InputError(f"{name}: line 1 is not UTF-8 text") from exc
     except csv.Error as exc:
-        raise InputError(f"{path}: line 1 is not CSV ({exc})") from exc
+        raise InputError(f"{name}: line 1 is not CSV ({exc})") from exc
     if not header:
-        raise InputError(f"{path}: empty file")
+        raise InputError(f"{name}: empty file")
     header = [h.strip() for h in header]
     if tuple(header) not in HEADERS:
         expected = " or ".join(",".join(h) for h in sorted(HEADERS))
-        raise InputError(f"{path}: unexpected header {','.join(header)!r}; expected {expected}")
+        raise InputError(f"{name}: unexpected header {','.join(header)!r}; expected {expected}")
     return header
 
 

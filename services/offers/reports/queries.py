@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.errors import InvalidRequest, NotFound
-from services.offers.runs.distributed.chunks import chunk_progress
+from services.offers.runs.distributed.chunks import ChunkProgress, chunk_members, chunk_progress, chunk_span
 from services.offers.runs.recording import (
     iter_csv,
     iter_export_rows,
@@ -74,7 +74,23 @@ def live_values(session: Session, run: OfferRun) -> dict[str, Any]:
         live["chunks"] = {"total": chunks.total, "done": chunks.done, "running": chunks.running,
                           "pending": chunks.total - chunks.done - chunks.running - chunks.failed,
                           "failed": chunks.failed}
+        if run.status in (RunStatus.QUEUED, RunStatus.RUNNING):
+            live["progress"] = _progress(session, run.id, chunks)
     return live
+
+
+def _progress(session: Session, run_id: int, chunks: ChunkProgress) -> dict[str, Any]:
+    """Where a distributed run stands: chunks and members done, the pace of the chunks done so far
+    (members over the span from the first chunk started to the last finished) and the time left at
+    that pace."""
+    to_score = chunk_members(session, run_id)
+    rate = eta = None
+    span = chunk_span(session, run_id)
+    if span is not None and span[1] > 0:
+        rate = round(span[0] / span[1], 1)
+        eta = round((to_score - chunks.members_done) / rate, 1) if rate > 0 else None
+    return {"chunks_done": chunks.done, "chunks_total": chunks.total, "members_done": chunks.members_done,
+            "members_to_score": to_score, "members_per_s": rate, "eta_s": eta}
 
 
 def run_view(session: Session, run_id: int) -> dict[str, Any]:

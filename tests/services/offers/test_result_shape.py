@@ -1,6 +1,6 @@
 """One declaration of a member's result (services/offers/result_shape.py), and every view of it agrees."""
 
-from sqlalchemy import Float, Integer, String, Text
+from sqlalchemy import BigInteger, Float, Integer, String, Text
 
 from services.offers.result_shape import EXPORT_COLUMNS, RESULT_FIELDS, polars_schema
 from services.tables import OfferResult
@@ -42,7 +42,7 @@ def test_the_run_record_is_declared_once_and_the_table_holds_every_key(client, d
     from services.offers.runs.recording import create_run, run_record
     from services.tables import OfferRun
 
-    kinds = {Integer: int, String: str, Text: str, Date: date, DateTime: datetime, JSON: dict}
+    kinds = {Integer: int, BigInteger: int, String: str, Text: str, Date: date, DateTime: datetime, JSON: dict}
     table = OfferRun.__table__
     for field in RUN_FIELDS:
         if field.derived:

@@ -30,12 +30,18 @@ from typing import Any
 from sqlalchemy.orm import sessionmaker
 
 from services.logs import request_id_var
-from services.offers.runs.distributed.coordinator import DistributedUnavailable
 from services.offers.runs.distributed.worker import ChunkAttemptFailed, ChunkJob, ChunkOutcome, score_chunk
+from services.offers.runs.errors import DistributedUnavailable
 
 log = logging.getLogger("courier.offers.celery")
 
 TASK_NAME = "courier.offers.score_chunk"
+# Runs submitted over REST are coordinated by a task on a queue of its own, served by a worker of its
+# own (`celery -A wsgi:celery_app worker -Q courier.runs --pool threads`): a coordinator waits for
+# its chunks for the whole run, and on the chunk workers' queue it would hold a slot those chunks need
+# (with one slot: until the stall time).
+COORDINATE_TASK_NAME = "courier.offers.coordinate_run"
+RUNS_QUEUE = "courier.runs"
 RETRY_BACKOFF_MAX_S = 30  # between attempts of one chunk: 1, 2, 4, ... s, a flapping partner gets air
 
 
@@ -53,12 +59,25 @@ class CelerySettings:
     chunk_heartbeat_s: float = 5.0
 
 
+@dataclass(frozen=True)
+class RunSettings:
+    """How a coordinator worker runs a submitted run (the CLI takes these from its options)."""
+
+    chunk_size: int
+    stall_s: float
+    silent_s: float
+    max_consecutive_failures: int
+    database_outage_s: float
+
+
 class DistributedOffers:
     """What a process needs for distributed runs: the Celery app (built on first use) and its queue."""
 
     def __init__(self, settings: CelerySettings, context_factory: Callable[[], AbstractContextManager[Any]],
-                 sessions: sessionmaker, partner_config: Callable[[str], Any]) -> None:
+                 sessions: sessionmaker, partner_config: Callable[[str], Any],
+                 run_settings: RunSettings | None = None) -> None:
         self.settings = settings
+        self.run_settings = run_settings
         self.context_factory = context_factory
         self.sessions = sessions
         self.partner_config = partner_config  # partner name -> PartnerConfig, from this process's registry
@@ -91,6 +110,7 @@ class DistributedOffers:
             worker_hijack_root_logger=False,  # keep Courier's JSON/text logging with run ids
             broker_connection_retry_on_startup=True,
             broker_connection_timeout=3,
+            task_routes={COORDINATE_TASK_NAME: {"queue": RUNS_QUEUE}},
         )
         self._register(celery)
         return celery
@@ -113,6 +133,36 @@ class DistributedOffers:
             return asdict(outcome)
 
         self.task = score_chunk_task
+
+        # acks_late: a coordinator worker that dies mid-run has its message delivered again (after the
+        # visibility timeout), and the new coordinator takes the run over once its lease went stale.
+        @celery.task(name=COORDINATE_TASK_NAME, acks_late=True, reject_on_worker_lost=True)
+        def coordinate_run_task(run_id: int) -> str:
+            token = request_id_var.set(f"run-{run_id}")
+            try:
+                with owner.context_factory():
+                    return owner.coordinate(run_id)
+            finally:
+                request_id_var.reset(token)
+
+        self.coordinate_task = coordinate_run_task
+
+    def coordinate(self, run_id: int) -> str:
+        """The coordinator task's body: the submitted run's frame, on this process's workers' queue."""
+        from services.offers.runs.distributed.coordinator import DistributedSettings, run_distributed
+        from services.offers.runs.submitted import CoordinationSettings, coordinate
+
+        if self.run_settings is None:
+            raise RuntimeError("this process was built without run settings")
+        run = self.run_settings
+        queue = self.queue()
+        distributed = DistributedSettings(chunk_size=run.chunk_size, stall_s=run.stall_s, silent_s=run.silent_s)
+
+        def frame(partner, options, *, stop):
+            return run_distributed(self.sessions, partner, options, queue, distributed, stop=stop)
+
+        return coordinate(self.sessions, run_id, self.partner_config, frame,
+                          CoordinationSettings(run.max_consecutive_failures, run.database_outage_s))
 
     def score(self, job: ChunkJob, *, worker: str):
         """The task body: one chunk with this process's partner registry and database."""
@@ -165,6 +215,10 @@ class CeleryChunkQueue:
         except Exception as exc:  # noqa: BLE001 - any failure to connect means the same to the user
             raise DistributedUnavailable(f"cannot reach the Celery broker at {url} ({type(exc).__name__}: {exc}); "
                                          "start Redis or set COURIER_CELERY_BROKER_URL") from None
+
+    def start_run(self, run_id: int) -> None:
+        """Queue the coordinator task of a submitted run (``services.offers.runs.submitted``)."""
+        self.distributed.coordinate_task.apply_async(args=[run_id], queue=RUNS_QUEUE)
 
     def enqueue(self, job: ChunkJob, task_id: str) -> None:
         self.distributed.task.apply_async(args=[job.as_message()], task_id=task_id)

@@ -323,6 +323,17 @@ def chunk_progress(session: Session, run_id: int) -> ChunkProgress:
                          first_failure=failure)  # type: ignore[arg-type]
 
 
+def chunk_span(session: Session, run_id: int) -> tuple[int, float] | None:
+    """(members in done chunks, seconds from the first of them started to the last finished); None
+    before the first is done."""
+    members, first, last = session.execute(
+        select(func.sum(OfferRunChunk.members), func.min(OfferRunChunk.started_at), func.max(OfferRunChunk.finished_at))
+        .where(OfferRunChunk.run_id == run_id, OfferRunChunk.status == ChunkStatus.DONE)).one()
+    if not members or first is None or last is None:
+        return None
+    return int(members), max((last - first).total_seconds(), 1e-3)
+
+
 def waiting_chunks(session: Session, run_id: int) -> dict[int, str | None]:
     """Chunks queued (or to be queued again after a failed attempt) that no worker holds now, with
     the id of the task last sent for each."""

@@ -65,7 +65,14 @@ from services.offers.runs.distributed.chunks import (
     waiting_chunks,
 )
 from services.offers.runs.distributed.worker import PARTNER_STEPS, ChunkJob
-from services.offers.runs.frame import Failure, RunContext, RunFailure, RunReport, Scored, run_frame
+from services.offers.runs.frame import (
+    Failure,
+    RunContext,
+    RunFailure,
+    RunReport,
+    Scored,
+    run_frame,
+)
 from services.offers.runs.lease import LEASE_S
 from services.offers.runs.lifecycle import RunOptions
 from services.offers.runs.recording import MemberOutcome, insert_outcomes
@@ -81,11 +88,6 @@ log = logging.getLogger("courier.offers.distributed")
 POLL_S = 0.25  # how often the chunk table is read: 4 small aggregate queries a second
 SILENT_CHECK_S = 1.0  # how often running chunks' claims are checked (one indexed query)
 NO_WORKER_NOTE_S = 10.0  # say so when no worker has taken a chunk after this long
-
-
-class DistributedUnavailable(Exception):
-    """Distributed runs cannot start here (no Celery installed, broker unreachable); the message says
-    what to install or set."""
 
 
 class ChunkQueue(Protocol):
@@ -433,4 +435,4 @@ def _follow(sessions: sessionmaker, run_id: int, settings: DistributedSettings, 
         stop.wait(POLL_S)
 
 
-__all__ = ["ChunkQueue", "DistributedExecutor", "DistributedSettings", "DistributedUnavailable", "run_distributed"]
+__all__ = ["ChunkQueue", "DistributedExecutor", "DistributedSettings", "run_distributed"]

@@ -1,0 +1,171 @@
+"""The web view's sessions, forms and headers (blueprints/web.py), with Flask's test client.
+
+A real browser runs the whole flow (upload, watch, report, export) in
+tests/blueprints/test_web_browser.py.
+"""
+
+import io
+import re
+from datetime import date
+
+import pytest
+
+from config import DATA_DIR
+from services.auth.api_keys import Scope, revoke_key
+from services.offers.runs.recording import create_run
+from services.offers.statuses import RunStatus
+from tests.auth_fixtures import new_key
+from tests.blueprints.test_offer_runs import RecordingStarter
+
+
+@pytest.fixture
+def app_config(app_config, tmp_path):
+    return {**app_config, "OFFERS_UPLOAD_DIR": str(tmp_path / "uploads"), "SECRET_KEY": "test-signing-key"}
+
+
+def csrf(page) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', page.get_data(as_text=True)).group(1)
+
+
+def signed_in(app, *scopes, **kwargs):
+    browser = app.test_client()
+    key = new_key(app, *scopes)
+    token = csrf(browser.get("/sign-in"))
+    answer = browser.post("/sign-in", data={"api_key": key, "csrf_token": token, **kwargs})
+    assert answer.status_code == 303, answer.get_data(as_text=True)
+    return browser, key
+
+
+def a_run(app, status=RunStatus.SUCCEEDED):
+    with app.extensions["courier"].session() as session, session.begin():
+        run = create_run(session, partner="reference", input_path="/in/members.csv", input_sha256="0" * 64,
+                         as_of=date(2024, 1, 5), concurrency=4)
+        run.status = status.value
+        return run.id
+
+
+def test_pages_need_a_sign_in_and_come_back_after_it(app):
+    browser = app.test_client()
+    answer = browser.get("/runs/7?x=1")
+    assert answer.status_code == 302 and answer.headers["Location"] == "/sign-in?next=/runs/7?x%3D1"
+    page = browser.get("/sign-in?next=/runs")
+    key = new_key(app, Scope.RUNS_READ)
+    signed = browser.post("/sign-in", data={"api_key": key, "csrf_token": csrf(page), "next": "/runs"})
+    assert signed.status_code == 303 and signed.headers["Location"] == "/runs"
+    assert browser.get("/runs").status_code == 200
+
+
+def test_the_session_cookie_is_httponly_samesite_strict_and_holds_no_key(app):
+    browser = app.test_client()
+    page = browser.get("/sign-in")
+    key = new_key(app, Scope.RUNS_READ)
+    answer = browser.post("/sign-in", data={"api_key": key, "csrf_token": csrf(page)})
+    cookie = answer.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "courier_session=" in cookie
+    assert key.split("_")[-1] not in cookie  # the secret never leaves the form post
+
+
+def test_a_wrong_key_is_refused_on_the_page(app):
+    browser = app.test_client()
+    page = browser.get("/sign-in")
+    answer = browser.post("/sign-in", data={"api_key": "courier_000000000000_" + "x" * 43, "csrf_token": csrf(page)})
+    assert answer.status_code == 401 and "not valid" in answer.get_data(as_text=True)
+    assert browser.get("/runs").status_code == 302
+
+
+def test_every_form_needs_the_sessions_csrf_token(app):
+    browser = app.test_client()
+    browser.get("/sign-in")
+    key = new_key(app, Scope.RUNS_READ, Scope.RUNS_WRITE)
+    assert browser.post("/sign-in", data={"api_key": key}).status_code == 400
+    browser, _ = signed_in(app, Scope.RUNS_READ, Scope.RUNS_WRITE)
+    run_id = a_run(app, RunStatus.RUNNING)
+    for path in (f"/runs/{run_id}/cancel", f"/runs/{run_id}/resume", "/sign-out", "/runs"):
+        refused = browser.post(path, data={"csrf_token": "forged"})
+        assert refused.status_code == 400 and "did not come from this site" in refused.get_data(as_text=True), path
+    assert browser.get("/runs").status_code == 200  # still signed in: the forged sign-out did nothing
+
+
+def test_revoking_the_key_ends_its_sessions(app):
+    browser, key = signed_in(app, Scope.RUNS_READ)
+    assert browser.get("/runs").status_code == 200
+    with app.extensions["courier"].session() as session, session.begin():
+        revoke_key(session, key.split("_")[1])
+    assert browser.get("/runs").status_code == 302
+
+
+def test_sign_out_ends_the_session(app):
+    browser, _ = signed_in(app, Scope.RUNS_READ)
+    page = browser.get("/runs")
+    assert browser.post("/sign-out", data={"csrf_token": csrf(page)}).status_code == 303
+    assert browser.get("/runs").status_code == 302
+
+
+def test_a_page_needing_another_scope_says_which(app):
+    browser, _ = signed_in(app, Scope.RUNS_READ)
+    answer = browser.get("/runs/new")
+    assert answer.status_code == 403 and "runs:write" in answer.get_data(as_text=True)
+    assert "Start a run" not in browser.get("/runs").get_data(as_text=True)
+
+
+def test_sign_in_never_redirects_off_the_site(app):
+    for target in ("https://evil.example/", "//evil.example/x", "/\\evil"):
+        browser, _ = signed_in(app, Scope.RUNS_READ, next=target)
+        page = browser.get("/sign-in", query_string={"next": target})
+        assert 'value="https://' not in page.get_data(as_text=True) and 'value="//' not in page.get_data(as_text=True)
+
+
+def test_pages_have_a_strict_content_security_policy_and_load_nothing_foreign(app):
+    browser, _ = signed_in(app, Scope.RUNS_READ)
+    a_run(app)
+    for path in ("/sign-in", "/runs", "/runs/1"):
+        answer = browser.get(path)
+        assert answer.headers["Content-Security-Policy"].startswith("default-src 'none'; style-src 'self'")
+        assert answer.headers["X-Frame-Options"] == "DENY" and answer.headers["Cache-Control"] == "no-store"
+        html = answer.get_data(as_text=True)
+        assert "<script" not in html and "http://" not in html and "https://" not in html
+    assert browser.get("/web/static/web.css").status_code == 200
+
+
+def test_the_runs_list_and_a_run_page_show_the_record_with_report_and_export_links(app):
+    browser, _ = signed_in(app, Scope.RUNS_READ)
+    run_id = a_run(app)
+    listing = browser.get("/runs").get_data(as_text=True)
+    assert f'href="/runs/{run_id}"' in listing and "succeeded" in listing
+    page = browser.get(f"/runs/{run_id}").get_data(as_text=True)
+    assert f'href="/runs/{run_id}/report"' in page and f'href="/runs/{run_id}/export.csv"' in page
+    assert "members.csv" in page
+    report = browser.get(f"/runs/{run_id}/report")
+    assert report.status_code == 200 and report.mimetype == "text/html" and "img-src data:" in report.headers[
+        "Content-Security-Policy"]
+    export = browser.get(f"/runs/{run_id}/export.csv")
+    assert export.status_code == 200 and export.mimetype == "text/csv"
+    assert browser.get("/runs/999").status_code == 404
+
+
+def test_the_api_takes_keys_in_headers_only_never_the_session_cookie(app):
+    browser, _ = signed_in(app, Scope.RUNS_READ)
+    assert browser.get("/api/v1/offer-runs").status_code == 401
+
+
+def test_uploading_from_the_form_starts_the_same_run_as_the_api(app):
+    starter = RecordingStarter()
+    submissions = app.extensions["courier.offers"].submissions
+    submissions.database_dialect, submissions.starter_factory = "postgresql", lambda: starter
+    browser, _ = signed_in(app, Scope.RUNS_READ, Scope.RUNS_WRITE)
+    form = browser.get("/runs/new")
+    answer = browser.post("/runs", data={"csrf_token": csrf(form), "as_of": "2024-01-05", "scoring": "batch",
+                                         "chunk_size": "", "partner": "reference",
+                                         "file": (io.BytesIO((DATA_DIR / "member_data.csv").read_bytes()),
+                                                  "members.csv")}, content_type="multipart/form-data")
+    assert answer.status_code == 303 and answer.headers["Location"] == "/runs/1" and starter.started == [1]
+    record = app.test_client().get("/api/v1/offer-runs/1", headers={"Authorization": f"Bearer {new_key(app)}"})
+    assert record.get_json()["input_file"] == "members.csv" and record.get_json()["source"] == "api"
+    bad = browser.post("/runs", data={"csrf_token": csrf(form), "file": (io.BytesIO(b"a,b\n1,2\n"), "x.csv")},
+                       content_type="multipart/form-data")
+    assert bad.status_code == 400 and "unexpected header" in bad.get_data(as_text=True)
+
+
+def test_api_requests_carry_no_session(app):
+    answer = app.test_client().get("/healthz")
+    assert "Set-Cookie" not in answer.headers and "Vary" not in answer.headers
