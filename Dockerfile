@@ -66,8 +66,11 @@ COPY deploy/docker-entrypoint.sh /usr/local/bin/courier-entrypoint
 # instance/ is Flask's instance folder: the SQLite database when no COURIER_DATABASE_URL is given
 # (mount a volume there to keep it; compose uses PostgreSQL). Not an ENV default here: a setting
 # given as COURIER_<NAME>_FILE must not also be set, and compose gives the database URL as a secret.
+# /var/lib/courier/uploads: where compose mounts the uploads volume (web writes run inputs, the
+# coordinator reads them); made here so a new volume takes the courier user as its owner.
 RUN /opt/venv/bin/python -m compileall -q /opt/courier \
- && mkdir -p /opt/courier/instance && chown courier:courier /opt/courier/instance
+ && mkdir -p /opt/courier/instance /var/lib/courier/uploads \
+ && chown courier:courier /opt/courier/instance /var/lib/courier/uploads
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/opt/courier \
     PYTHONUNBUFFERED=1 \

@@ -12,7 +12,9 @@ outside the project's virtualenv. Steps, each printed with its time:
  3. ``podman-compose --profile demo up`` with two workers; wait for ``/readyz`` through nginx;
  4. the README's price and estimate examples give the README's answers, through nginx;
  5. an API key created in the ``web`` container (``flask api-keys create``) reads runs;
- 6. a distributed offers run of the bundled sample on the two workers equals a local run;
+ 6. a distributed offers run of the bundled sample on the two workers equals a local run; the same
+    sample uploaded over REST (through nginx) runs on the coordinator and workers to the same results,
+    and the web view's sign-in page is served;
  7. a bigger distributed run with one worker container SIGKILLed mid-run, default settings: its
     chunk is queued again when its claim goes silent (30 s), every member recorded exactly once,
     results equal to a local run of the same input;
@@ -274,6 +276,32 @@ def step_sample_runs(stack: Stack, key: str) -> tuple[int, int]:
     return distributed, local
 
 
+def step_rest_run(stack: Stack, local_run: int, key: str) -> int:
+    out = stack.exec("web", "flask", "api-keys", "create", "--name", "stack-test-writer", "--scope", "runs:read",
+                     "--scope", "runs:write").stdout
+    writer = re.search(r"^(courier_\S+)$", out, re.MULTILINE).group(1)
+    body = (ROOT / "data" / "member_data.csv").read_bytes()
+    request = urllib.request.Request(stack.http.base + "/api/v1/offer-runs?as_of=2024-01-05&chunk_size=100", data=body,
+                                     headers={"Content-Type": "text/csv", "Authorization": f"Bearer {writer}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 202, response.status
+        run_id = json.loads(response.read())["id"]
+    deadline = time.monotonic() + 180
+    while True:
+        status = json.loads(stack.http.get(f"/api/v1/offer-runs/{run_id}", writer)[1])["status"]
+        if status not in ("queued", "running"):
+            break
+        assert time.monotonic() < deadline, f"run {run_id} still {status}"
+        time.sleep(0.5)
+    assert status == "succeeded", status
+    got, expected = results(stack, run_id, key), results(stack, local_run, key)
+    assert got == expected, (len(got), len(expected))
+    assert stack.http.get("/sign-in")[0] == 200
+    say(f"the sample uploaded over REST through nginx: run {run_id} succeeded on the coordinator and workers, "
+        f"results = local run {local_run}; the web view's sign-in page is served")
+    return run_id
+
+
 def step_killed_worker(stack: Stack, key: str, members: int = 30_000) -> tuple[int, int]:
     sys.path.insert(0, str(ROOT))
     from bench.gen_members import generate
@@ -412,6 +440,7 @@ def main() -> None:
         step_readme_examples(stack)
         key = step_key(stack)
         sample_runs = step_sample_runs(stack, key)
+        step_rest_run(stack, sample_runs[1], key)
         big_runs = step_killed_worker(stack, key)
         step_graceful_drain(stack, key, list(big_runs) + [sample_runs[0]])
         step_logs_and_metrics(stack)
