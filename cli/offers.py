@@ -397,4 +397,16 @@ def offers_report(run_id: int, out_path: str | None) -> None:
     click.echo(f"wrote {path} ({len(page.encode()) // 1024} KB)")
 
 
+@offers_group.command("prune-uploads", help="Remove uploaded run inputs (runs started over REST or the web view) "
+                                            "older than COURIER_OFFERS_UPLOAD_RETENTION_DAYS that no run still "
+                                            "needs; uploads do it too, this is for a schedule (cron).")
+@with_appcontext
+def offers_prune_uploads() -> None:
+    process = runtime()
+    require_migrated(process.engine)
+    submissions = offers_capability().submissions
+    removed = submissions.prune()
+    click.echo(f"removed {len(removed)} uploaded input(s) from {submissions.uploads.folder}")
+
+
 __all__ = ["offers_group", "partners_group", "run_offers_command"]

@@ -277,3 +277,20 @@ def test_offers_report_writes_the_page_of_a_recorded_run(sample_run, monkeypatch
 def test_offers_report_of_an_unknown_run_exits_2(runner):
     result = runner.invoke(args=["offers", "report", "42"])
     assert result.exit_code == 2 and "No offer run 42." in result.output
+
+
+def test_prune_uploads_removes_inputs_past_their_retention(app, runner, tmp_path):
+    import os
+    import time
+
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    old, fresh = folder / f"{'a' * 64}.csv", folder / f"{'b' * 64}.csv"
+    for path in (old, fresh):
+        path.write_text("x")
+    week_ago = time.time() - 8 * 86400
+    os.utime(old, (week_ago, week_ago))
+    app.extensions["courier.offers"].submissions.uploads.folder = folder
+    result = runner.invoke(args=["offers", "prune-uploads"])
+    assert result.exit_code == 0 and f"removed 1 uploaded input(s) from {folder}" in result.output
+    assert [p.name for p in folder.iterdir()] == [fresh.name]
