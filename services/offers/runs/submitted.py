@@ -177,8 +177,10 @@ def cancel(session: Session, run: OfferRun) -> OfferRun:
 
 def resume(sessions: sessionmaker, run_id: int, starter_factory: Callable[[], RunStarter],
            database_dialect: str) -> OfferRun:
-    """Queue the run again to finish what it did not (as ``--resume``); a queued or running run is
-    left as it is (idempotent)."""
+    """Queue the run again to finish what it did not (as ``--resume``). A running run is left as it is;
+    a queued one has its coordinator task sent again (the first may have been lost with a broker
+    restarted without persistence; a second coordinator finds the run held and stops at its claim).
+    Idempotent either way."""
     with sessions() as session:
         run = session.get(OfferRun, run_id)
         if run is None:
@@ -186,7 +188,10 @@ def resume(sessions: sessionmaker, run_id: int, starter_factory: Callable[[], Ru
 
             raise NotFound(f"No offer run {run_id}.", code="run_not_found", details={"run_id": run_id})
         session.expunge(run)
-    if run.status == RunStatus.QUEUED or (run.status == RunStatus.RUNNING and not is_dead(run)):
+    if run.status == RunStatus.RUNNING and not is_dead(run):
+        return run
+    if run.status == RunStatus.QUEUED:
+        _queue(sessions, run, check_available(database_dialect, starter_factory))
         return run
     if run.status == RunStatus.SUCCEEDED:
         raise RunConflict(f"Run {run.id} already succeeded; there is nothing to resume.", code="run_ended",
@@ -224,11 +229,15 @@ def kept_inputs(session: Session, cutoff: datetime) -> list[str]:
 
 
 class CancelWatch(threading.Thread):
-    """Sets ``stop`` once the run's cancel is asked for (read every CANCEL_POLL_S)."""
+    """Sets ``stop`` once the run's cancel is asked for (read every CANCEL_POLL_S), or once its
+    worker is shutting down (``shutdown``; then ``handed_back``: the run goes back to the queue)."""
 
-    def __init__(self, sessions: sessionmaker, run_id: int, stop: threading.Event) -> None:
+    def __init__(self, sessions: sessionmaker, run_id: int, stop: threading.Event,
+                 shutdown: threading.Event | None = None) -> None:
         super().__init__(name=f"offers-cancel-watch-{run_id}", daemon=True)
         self.sessions, self.run_id, self.stop, self.done = sessions, run_id, stop, threading.Event()
+        self.shutdown = shutdown or threading.Event()
+        self.handed_back = False
 
     def asked(self) -> bool:
         with self.sessions() as session:
@@ -236,6 +245,11 @@ class CancelWatch(threading.Thread):
 
     def run(self) -> None:
         while not self.done.wait(CANCEL_POLL_S):
+            if self.shutdown.is_set():
+                log.info("coordinator shutting down: the run goes back to the queue", extra={"run_id": self.run_id})
+                self.handed_back = True
+                self.stop.set()
+                return
             try:
                 if self.asked():
                     log.info("offers run cancelled", extra={"run_id": self.run_id})
@@ -255,10 +269,15 @@ class CoordinationSettings:
 
 
 def coordinate(sessions: sessionmaker, run_id: int, partner_config: Callable[[str], PartnerConfig],
-               run_distributed_frame: Callable[..., Any], settings: CoordinationSettings) -> str:
+               run_distributed_frame: Callable[..., Any], settings: CoordinationSettings,
+               starter: RunStarter | None = None, shutdown: threading.Event | None = None) -> str:
     """The coordinator task's body: run ``run_id``'s frame with the distributed executor (through
     ``run_distributed_frame(partner, options, stop=...)``) unless it was cancelled, ended, or is held by a
-    live coordinator; what happened, in a word, for the task's result."""
+    live coordinator; what happened, in a word, for the task's result.
+
+    ``shutdown`` (set when the worker is asked to stop, e.g. a deploy): the run stops as a cancel
+    would, keeping what finished, and is queued again through ``starter``, so another coordinator
+    (or this one, restarted) resumes it; nobody has to notice and resume it by hand."""
     from services.offers.features.input import InputError
     from services.offers.runs.lifecycle import ResumeError, RunOptions
 
@@ -279,7 +298,7 @@ def coordinate(sessions: sessionmaker, run_id: int, partner_config: Callable[[st
                          max_consecutive_failures=settings.max_consecutive_failures,
                          use_batch=bool(run.use_batch), database_outage_s=settings.database_outage_s)
     stop = threading.Event()
-    watch = CancelWatch(sessions, run_id, stop)
+    watch = CancelWatch(sessions, run_id, stop, shutdown)
     if watch.asked():
         return "cancelled"
     watch.start()
@@ -293,6 +312,15 @@ def coordinate(sessions: sessionmaker, run_id: int, partner_config: Callable[[st
         return "failed"
     finally:
         watch.close()
+    if watch.handed_back and report.run.status == RunStatus.INTERRUPTED and starter is not None:
+        with sessions() as session, session.begin():
+            handed = session.execute(update(OfferRun).where(OfferRun.id == run_id,
+                                                            OfferRun.status == RunStatus.INTERRUPTED,
+                                                            OfferRun.cancel_requested_at.is_(None))
+                                     .values(status=RunStatus.QUEUED.value, finished_at=None)).rowcount
+        if handed:
+            starter.start_run(run_id)
+            return "handed back"
     return str(report.run.status)
 
 

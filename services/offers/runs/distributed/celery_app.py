@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
@@ -78,6 +79,7 @@ class DistributedOffers:
                  run_settings: RunSettings | None = None) -> None:
         self.settings = settings
         self.run_settings = run_settings
+        self.shutting_down = threading.Event()  # set by Celery's worker_shutting_down signal
         self.context_factory = context_factory
         self.sessions = sessions
         self.partner_config = partner_config  # partner name -> PartnerConfig, from this process's registry
@@ -147,6 +149,12 @@ class DistributedOffers:
 
         self.coordinate_task = coordinate_run_task
 
+        from celery.signals import worker_shutting_down
+
+        # A warm shutdown (SIGTERM: a deploy, `compose stop`) waits for running tasks; a coordinator's
+        # lasts the whole run. It hands its run back to the queue instead (``coordinate``).
+        worker_shutting_down.connect(lambda **_: owner.shutting_down.set(), weak=False)
+
     def coordinate(self, run_id: int) -> str:
         """The coordinator task's body: the submitted run's frame, on this process's workers' queue."""
         from services.offers.runs.distributed.coordinator import DistributedSettings, run_distributed
@@ -162,7 +170,8 @@ class DistributedOffers:
             return run_distributed(self.sessions, partner, options, queue, distributed, stop=stop)
 
         return coordinate(self.sessions, run_id, self.partner_config, frame,
-                          CoordinationSettings(run.max_consecutive_failures, run.database_outage_s))
+                          CoordinationSettings(run.max_consecutive_failures, run.database_outage_s),
+                          starter=queue, shutdown=self.shutting_down)
 
     def score(self, job: ChunkJob, *, worker: str):
         """The task body: one chunk with this process's partner registry and database."""

@@ -157,3 +157,37 @@ def test_progress_is_shown_while_the_run_scores(pg_app, workers, module_partner)
         module_partner.fail.clear()
         release.set()
     assert wait_for(client, run_id, {"succeeded", "failed"})["status"] == "succeeded"
+
+
+def test_a_coordinator_asked_to_stop_hands_its_run_back_and_the_next_one_finishes_it(pg_app, settings, tmp_path,
+                                                                                      module_partner):
+    client = keyed_client(pg_app, Scope.RUNS_WRITE, Scope.RUNS_READ)
+    scoring, release = threading.Event(), threading.Event()
+
+    def hold(body):
+        scoring.set()
+        release.wait(30)
+
+    chunks = CeleryWorker("chunks", settings, tmp_path / "chunks.log")
+    first = coordinator_worker(settings, tmp_path / "runs-1.log")
+    second = None
+    try:
+        module_partner.fail[ATS_BATCH] = hold
+        run_id = client.post("/api/v1/offer-runs?as_of=2024-01-05&chunk_size=100", data=SAMPLE.read_bytes(),
+                             headers={"Content-Type": "text/csv"}).get_json()["id"]
+        assert scoring.wait(30)
+        first.close()  # SIGTERM: Celery's warm shutdown, as `compose stop` or a deploy sends it
+        assert first.process.returncode == 0
+        assert client.get(f"/api/v1/offer-runs/{run_id}").get_json()["status"] == "queued"  # back in the queue
+        module_partner.fail.clear()
+        release.set()
+        second = coordinator_worker(settings, tmp_path / "runs-2.log")
+        run = wait_for(client, run_id, {"succeeded", "failed", "interrupted"})
+        assert run["status"] == "succeeded" and run["members_total"] == 990, run
+        assert "handed back" in (tmp_path / "runs-1.log").read_text()
+    finally:
+        module_partner.fail.clear()
+        release.set()
+        for worker in (chunks, first, second):
+            if worker is not None:
+                worker.close()
