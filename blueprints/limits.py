@@ -1,27 +1,40 @@
 """Per-key rate limits on the costly calls, with Flask-Limiter.
 
 Views declare which limit applies with ``@limited("RATE_LIMIT_X")`` (the setting that holds it);
-that only marks the function. ``init_app`` then wraps, once at start-up, the marked views with a
-Flask-Limiter shared limit named by the setting (so starting, cancelling and resuming runs draw on
-one budget), keyed by the API key's id (the client's address when the scope is open). It must run
-before ``auth.protect``: authentication wraps outside, so the key is known when the limit is hit
-and an unauthenticated flood is refused by auth without touching the counters.
+that only marks the function. ``init_app`` then wraps, once at start-up, the marked views so that
+each is checked against a Flask-Limiter shared limit named by the setting (starting, cancelling and
+resuming runs draw on one budget), keyed by the API key's id (the client's address when the scope
+is open). It must run before ``auth.protect``: authentication wraps outside, so the key is known
+when the limit is hit and an unauthenticated flood is refused by auth without touching the counters.
 
-Counters live in Redis when ``COURIER_RATE_LIMIT_STORAGE_URL`` (or the Celery broker) is Redis,
-so every worker and machine shares them; in memory otherwise (per process: a limit of N per
-minute allows N per worker). If Redis stops answering, Flask-Limiter counts in memory until it
-is back rather than failing the request (``in_memory_fallback_enabled``).
+Counters live in Redis when ``COURIER_RATE_LIMIT_STORAGE_URL`` (or a configured Celery broker) is
+Redis, so every worker and machine shares them; in memory otherwise (per process: a limit of N per
+minute allows N per worker). If Redis stops answering, Flask-Limiter counts in memory until it is
+back rather than failing the request (``in_memory_fallback_enabled``).
+
+Two costs kept off everything else, both measured here:
+- Flask-Limiter is imported and built on the first limited request, not at start-up: importing it
+  after Flask costs ~32 ms, which every ``flask`` command and gunicorn start would pay.
+- It is initialised on a private Flask app, never served, so the before/after/teardown hooks
+  ``Limiter.init_app`` installs for default and blueprint limits (which Courier does not use) run on
+  no request of ours: in process, /healthz cost 250 us of CPU per request with them and 150 without.
+  Its checks need none of them: a limited view's wrapper checks the limit itself, and reads the app
+  and request through Flask's context globals.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import re
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask, Response, current_app, g, request
+from werkzeug.exceptions import TooManyRequests
 
 from blueprints.errors import envelope
 from config import ConfigError
@@ -29,6 +42,10 @@ from config import ConfigError
 log = logging.getLogger("courier.limits")
 
 EXTENSION = "courier.limits"
+
+# The notation the settings take (Flask-Limiter's, the common part): "10/minute", "10/5 minutes",
+# several separated by ";". Checked at start-up without importing the library.
+_ONE_LIMIT = re.compile(r"^\s*[1-9][0-9]*\s*/\s*([1-9][0-9]*\s*)?(second|minute|hour|day|month|year)s?\s*$")
 
 
 def limited(setting: str) -> Callable:
@@ -60,60 +77,69 @@ def storage_url(config: Mapping[str, Any]) -> str:
     return "memory://"
 
 
-def _too_many(exc: Any) -> Response:
-    limiter = current_app.extensions[EXTENSION]
-    current = limiter.current_limit
+class Limits:
+    """The app's Flask-Limiter, built on first use (see the module docstring)."""
+
+    def __init__(self, storage: str) -> None:
+        self.storage = storage
+        self._limiter: Any = None
+        self._lock = threading.RLock()  # held while building the limiter and each view's limit
+
+    @property
+    def limiter(self) -> Any:
+        if self._limiter is None:
+            with self._lock:
+                if self._limiter is None:
+                    from flask_limiter import Limiter
+
+                    options: dict[str, str | int] = ({"socket_connect_timeout": 1, "socket_timeout": 1}
+                                                     if self.storage.startswith("redis") else {})
+                    limiter = Limiter(key_func=_caller, storage_uri=self.storage, in_memory_fallback_enabled=True,
+                                      swallow_errors=True, headers_enabled=False, strategy="moving-window",
+                                      storage_options=options)
+                    limiter.init_app(Flask("courier-limits"))  # its hooks land on this app, never served
+                    self._limiter = limiter
+        return self._limiter
+
+    def wrap(self, view: Callable, setting: str, limit: str) -> Callable:
+        checked: list[Callable] = []
+
+        @functools.wraps(view)
+        def limited_view(*args: Any, **kwargs: Any) -> Any:
+            if not checked:
+                with self._lock:
+                    if not checked:
+                        checked.append(self.limiter.shared_limit(limit, scope=setting)(view))
+            return checked[0](*args, **kwargs)
+
+        return limited_view
+
+
+def _too_many(exc: TooManyRequests) -> Response:
+    limits: Limits = current_app.extensions[EXTENSION]
+    current = limits.limiter.current_limit
     retry_after = max(1, math.ceil(current.reset_at - time.time())) if current is not None else 60
-    limit_text = str(current.limit) if current is not None else str(getattr(exc, "description", ""))
+    limit_text = str(current.limit) if current is not None else "the limit"
     return envelope(429, "rate_limited", f"Too many requests for this key: {limit_text}. Retry in {retry_after} s.",
                     details={"limit": limit_text, "retry_after_s": retry_after},
                     headers={"Retry-After": str(retry_after)})
 
 
 def init_app(app: Flask) -> None:
-    """Wrap every view marked ``@limited`` whose setting holds a limit; 429 answers in the envelope."""
-    from flask_limiter import Limiter, RateLimitExceeded
-    from limits import parse_many
-
+    """Check the limits' notation and wrap every view marked ``@limited`` whose setting holds one;
+    429 answers in the envelope."""
     cfg = app.config
     marked: dict[str, Any] = {endpoint: view for endpoint, view in app.view_functions.items()
                               if getattr(view, "rate_limit_setting", None)}
     for setting in {view.rate_limit_setting for view in marked.values()}:
-        if cfg[setting]:
-            try:
-                parse_many(cfg[setting])
-            except ValueError as exc:
-                raise ConfigError(f"COURIER_{setting}={cfg[setting]!r} is not a rate limit ({exc}): expected e.g. "
-                                  "'10/minute' or '10/minute;100/day'") from None
-    url = storage_url(cfg)
-    limiter = Limiter(key_func=_caller, app=app, storage_uri=url, in_memory_fallback_enabled=True,
-                      swallow_errors=True, headers_enabled=False, strategy="moving-window",
-                      storage_options={"socket_connect_timeout": 1, "socket_timeout": 1} if url.startswith("redis")
-                      else {})
-    app.extensions[EXTENSION] = limiter
-    _drop_app_wide_hooks(app, limiter)
+        text = cfg[setting] or ""
+        bad = [part for part in re.split(r"[;,]", text) if part.strip() and not _ONE_LIMIT.match(part)]
+        if bad:
+            raise ConfigError(f"COURIER_{setting}={text!r} is not a rate limit ({bad[0].strip()!r}): expected e.g. "
+                              "'10/minute' or '10/minute;100/day' (second, minute, hour, day, month, year)")
+    limits = app.extensions[EXTENSION] = Limits(storage_url(cfg))
     for endpoint, view in marked.items():
         setting = view.rate_limit_setting
         if cfg[setting]:
-            app.view_functions[endpoint] = limiter.shared_limit(cfg[setting], scope=setting)(view)
-    app.register_error_handler(RateLimitExceeded, _too_many)
-
-
-def _drop_app_wide_hooks(app: Flask, limiter: Any) -> None:
-    """Remove the before/after/teardown hooks ``Limiter.init_app`` puts on every request.
-
-    They serve default and blueprint limits, which Courier does not use: its limits are per-view
-    decorators whose check runs inside the wrapped view (``_check_request_limit(in_middleware=False)``),
-    and the limiter's per-request state lives on the request context, gone with it. Measured in process
-    (test client, /healthz, median of 5 x 3,000 requests): 250 us of CPU per request with the hooks,
-    150 us without; every estimate and price would have paid the difference.
-    """
-    def ours(hook: Any) -> bool:
-        bound = getattr(hook, "__self__", None)
-        partial_args: tuple[Any, ...] = getattr(hook, "args", ())
-        return bound is limiter or (len(partial_args) > 0 and partial_args[0] is limiter)
-
-    tables: list[Any] = [app.before_request_funcs, app.after_request_funcs, app.teardown_request_funcs]
-    for hooks in tables:
-        for scope, functions in hooks.items():
-            hooks[scope] = [hook for hook in functions if not ours(hook)]
+            app.view_functions[endpoint] = limits.wrap(view, setting, cfg[setting])
+    app.register_error_handler(TooManyRequests, _too_many)

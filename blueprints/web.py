@@ -105,11 +105,6 @@ def _safe_next(target: str | None) -> str:
     return url_for("web.runs")
 
 
-@bp.get("/")
-def home() -> Response:
-    return redirect(url_for("web.runs"))  # type: ignore[return-value]
-
-
 @bp.get("/sign-in")
 def sign_in_form() -> Response:
     return _page("sign_in.html", next=_safe_next(request.args.get("next")))
@@ -271,7 +266,7 @@ class WebSessions(SecureCookieSessionInterface):
 
     def open_session(self, app: Flask, request: Any) -> Any:
         path = request.path
-        if path != "/" and not path.startswith(WEB_PATHS):
+        if not path.startswith(WEB_PATHS):
             return self.make_null_session(app)
         if not app.secret_key:
             from config import default_database_folder
