@@ -119,3 +119,17 @@ def coordinator_worker(env: dict[str, str], log_path: Path) -> CeleryWorker:
     """The worker that coordinates runs submitted over REST: the ``courier.runs`` queue, threads (a
     coordinator mostly waits), as the compose file and the README run it."""
     return CeleryWorker("runs", env, log_path, concurrency=4, queues="courier.runs", pool="threads")
+
+
+def app_on_fresh_postgres(url: str, settings: dict[str, str], partner):
+    """An app on a freshly migrated schema at ``url``, configured by ``settings`` (COURIER_* variables,
+    set in the environment so the workers' processes and this app agree; conftest restores it)."""
+    from app import create_app
+    from tests.offers_fixtures import fresh_postgres
+
+    fresh_postgres(url)
+    for key, value in settings.items():
+        os.environ[key] = value
+    app = create_app({"ACCESS_LOG": False, "TESTING": True})
+    partner.fail.clear()
+    return app

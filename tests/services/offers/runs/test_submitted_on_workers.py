@@ -16,8 +16,14 @@ from config import DATA_DIR
 from services.auth.api_keys import Scope
 from services.tables import OfferResult, OfferRunChunk
 from tests.auth_fixtures import keyed_client
-from tests.distributed_fixtures import CeleryWorker, MissingComponent, RedisServer, coordinator_worker
-from tests.offers_fixtures import fresh_postgres, postgres_in_schema, recorded_results
+from tests.distributed_fixtures import (
+    CeleryWorker,
+    MissingComponent,
+    RedisServer,
+    app_on_fresh_postgres,
+    coordinator_worker,
+)
+from tests.offers_fixtures import postgres_in_schema, recorded_results
 
 PG_URL = postgres_in_schema(os.environ.get("COURIER_TEST_POSTGRES_URL"), "submitted_runs")
 pytestmark = pytest.mark.skipif(not PG_URL, reason="COURIER_TEST_POSTGRES_URL not set")
@@ -47,13 +53,7 @@ def settings(redis, module_partner, tmp_path_factory):
 
 @pytest.fixture
 def pg_app(settings, module_partner):
-    fresh_postgres(PG_URL)
-    from app import create_app
-
-    for key, value in settings.items():
-        os.environ[key] = value  # restored after the test by conftest's autouse fixture
-    app = create_app({"ACCESS_LOG": False, "TESTING": True})
-    module_partner.fail.clear()
+    app = app_on_fresh_postgres(PG_URL, settings, module_partner)
     yield app
     app.extensions["courier"].close()
 

@@ -17,7 +17,7 @@ from config import DATA_DIR
 from services.offers.runs.lifecycle import RunOptions
 from services.offers.runs.local import run_offers
 from services.tables import OfferRun, OfferRunChunk
-from tests.distributed_fixtures import CeleryWorker, MissingComponent, RedisServer
+from tests.distributed_fixtures import CeleryWorker, MissingComponent, RedisServer, app_on_fresh_postgres
 from tests.offers_fixtures import fresh_postgres, postgres_in_schema, recorded_results
 
 PG_URL = postgres_in_schema(os.environ.get("COURIER_TEST_POSTGRES_URL"), "distributed_celery")
@@ -48,13 +48,7 @@ def settings(redis, module_partner):
 
 @pytest.fixture
 def pg_app(settings, module_partner):
-    fresh_postgres(PG_URL)
-    from app import create_app
-
-    for key, value in settings.items():
-        os.environ[key] = value  # restored after the test by conftest's autouse fixture
-    app = create_app({"ACCESS_LOG": False, "TESTING": True})
-    module_partner.fail.clear()
+    app = app_on_fresh_postgres(PG_URL, settings, module_partner)
     yield app
     app.extensions["courier"].close()
 
