@@ -169,3 +169,21 @@ def test_uploading_from_the_form_starts_the_same_run_as_the_api(app):
 def test_api_requests_carry_no_session(app):
     answer = app.test_client().get("/healthz")
     assert "Set-Cookie" not in answer.headers and "Vary" not in answer.headers
+
+
+def test_cancel_and_resume_from_the_run_page(app):
+    starter = RecordingStarter()
+    submissions = app.extensions["courier.offers"].submissions
+    submissions.database_dialect, submissions.starter_factory = "postgresql", lambda: starter
+    browser, _ = signed_in(app, Scope.RUNS_READ, Scope.RUNS_WRITE)
+    form = browser.get("/runs/new")
+    browser.post("/runs", data={"csrf_token": csrf(form), "as_of": "2024-01-05",
+                                "file": (io.BytesIO((DATA_DIR / "member_data.csv").read_bytes()), "members.csv")},
+                 content_type="multipart/form-data")
+    page = browser.get("/runs/1")
+    assert 'id="cancel"' in page.get_data(as_text=True) and 'id="resume"' not in page.get_data(as_text=True)
+    assert browser.post("/runs/1/cancel", data={"csrf_token": csrf(page)}).headers["Location"] == "/runs/1"
+    page = browser.get("/runs/1")
+    assert 'id="status">interrupted' in page.get_data(as_text=True) and 'id="resume"' in page.get_data(as_text=True)
+    browser.post("/runs/1/resume", data={"csrf_token": csrf(page)})
+    assert 'id="status">queued' in browser.get("/runs/1").get_data(as_text=True) and starter.started == [1, 1]
