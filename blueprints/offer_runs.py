@@ -74,15 +74,22 @@ def start_run(stream: IO[bytes], name: str | None, run: RunRequest) -> tuple[Any
         raise InvalidRequest("The file is not a transaction CSV; nothing was queued.", code="invalid_input",
                              details={"file": [str(exc)]}) from None
     except UploadTooLarge as exc:
-        raise PayloadTooLarge(f"The file is larger than {exc.limit} bytes (COURIER_OFFERS_UPLOAD_MAX_BYTES); "
-                              "nothing was queued.", details={"file": [f"at most {exc.limit} bytes"]}) from None
+        raise _too_large(exc.limit) from None
     return run_service.run_view(db_session(), submitted.run.id), submitted.replayed
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The file is larger than {limit} bytes (COURIER_OFFERS_UPLOAD_MAX_BYTES); nothing was "
+                           "queued.", details={"file": [f"at most {limit} bytes"]})
 
 
 def upload_stream() -> tuple[IO[bytes], str | None]:
     """The request's CSV and its name: the body itself (``text/csv``; named by a Content-Disposition
     filename, if any), or the ``file`` part of a form upload."""
-    request.max_content_length = offers_capability().submissions.uploads.max_bytes + 64 * 1024  # form overhead
+    cap = offers_capability().submissions.uploads.max_bytes
+    request.max_content_length = cap + 64 * 1024  # a form's own bytes around the file
+    if request.content_length is not None and request.content_length > request.max_content_length:
+        raise _too_large(cap)  # declared too large: refused before a byte is read
     mimetype = request.mimetype
     if mimetype == "text/csv":
         from werkzeug.http import parse_options_header

@@ -116,6 +116,13 @@ def test_an_upload_over_the_cap_is_a_413_and_nothing_is_kept(client, app, starte
     body = HEADER + b"A,2023-01-01 00:00:00,buy,1,1\n" * 12_000  # ~350 kB, over the 300 kB cap
     answer = upload(client, body)
     assert answer.status_code == 413 and answer.get_json()["code"] == "payload_too_large"
+    assert "COURIER_OFFERS_UPLOAD_MAX_BYTES" in answer.get_json()["error"]
+    assert runs(app) == [] and uploads(tmp_path) == []
+    # without a Content-Length (chunked): counted as it streams, and refused the same way
+    chunked = client.post("/api/v1/offer-runs", input_stream=io.BytesIO(body),
+                          headers={"Content-Type": "text/csv", "Transfer-Encoding": "chunked"},
+                          environ_overrides={"wsgi.input_terminated": True})  # as gunicorn says of chunked bodies
+    assert chunked.status_code == 413 and "COURIER_OFFERS_UPLOAD_MAX_BYTES" in chunked.get_json()["error"]
     assert runs(app) == [] and uploads(tmp_path) == []
 
 
@@ -260,3 +267,9 @@ def test_the_runs_list_shows_submitted_runs_with_the_others(client, starter):
     run_id = upload(client).get_json()["id"]
     listed = client.get("/api/v1/offer-runs").get_json()["items"]
     assert [r["id"] for r in listed] == [run_id] and listed[0]["source"] == "api"
+
+
+@pytest.mark.parametrize("action", ["cancel", "resume"])
+def test_an_id_no_database_can_hold_is_a_404(client, starter, action):
+    answer = client.post(f"/api/v1/offer-runs/{2**64}/{action}")
+    assert answer.status_code == 404 and answer.get_json()["code"] == "run_not_found"

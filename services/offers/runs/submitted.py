@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # polars comes with them: loaded by the first upload, not whe
 log = logging.getLogger("courier.offers.submitted")
 
 SOURCE = "api"
+MAX_ID = 2**63 - 1  # the largest id any supported database holds
 CANCEL_POLL_S = 1.0  # how often a coordinator looks for a cancel: one primary-key read a second
 ENDED = frozenset({RunStatus.SUCCEEDED, RunStatus.COMPLETED_WITH_FAILURES, RunStatus.FAILED, RunStatus.INTERRUPTED})
 
@@ -182,7 +183,8 @@ def resume(sessions: sessionmaker, run_id: int, starter_factory: Callable[[], Ru
     restarted without persistence; a second coordinator finds the run held and stops at its claim).
     Idempotent either way."""
     with sessions() as session:
-        run = session.get(OfferRun, run_id)
+        # An id beyond what a database column holds would overflow the driver: no such run.
+        run = session.get(OfferRun, run_id) if 0 < run_id <= MAX_ID else None
         if run is None:
             from services.errors import NotFound
 
