@@ -115,11 +115,16 @@ class Limits:
         return limited_view
 
 
-def _too_many(exc: TooManyRequests) -> Response:
+def breached() -> tuple[str, int]:
+    """The limit the current request went over, in words, and the seconds until it lets one through."""
     limits: Limits = current_app.extensions[EXTENSION]
     current = limits.limiter.current_limit
     retry_after = max(1, math.ceil(current.reset_at - time.time())) if current is not None else 60
-    limit_text = str(current.limit) if current is not None else "the limit"
+    return (str(current.limit) if current is not None else "the limit"), retry_after
+
+
+def _too_many(exc: TooManyRequests) -> Response:
+    limit_text, retry_after = breached()
     return envelope(429, "rate_limited", f"Too many requests for this key: {limit_text}. Retry in {retry_after} s.",
                     details={"limit": limit_text, "retry_after_s": retry_after},
                     headers={"Retry-After": str(retry_after)})

@@ -23,10 +23,11 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, current_app, g, redirect, render_template, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, TooManyRequests
 
 from blueprints.common import load_or_400
 from blueprints.hooks import db_session
+from blueprints.limits import breached, limited
 from blueprints.offer_runs import RunRequestSchema, run_request, start_run
 from blueprints.offers import export_response, report_response
 from capabilities.offers import offers_capability
@@ -146,6 +147,7 @@ def new_run() -> Response:
 
 
 @bp.post("/runs")
+@limited("RATE_LIMIT_RUN_SUBMISSIONS")  # the same budget as the REST calls; the key is known (_signed_in_key)
 def start() -> Response:
     _need(Scope.RUNS_WRITE)
     _check_csrf()
@@ -181,6 +183,7 @@ def run(run_id: int) -> Response:
 
 
 @bp.post("/runs/<int:run_id>/cancel")
+@limited("RATE_LIMIT_RUN_SUBMISSIONS")  # the same budget as the REST calls; the key is known (_signed_in_key)
 def cancel(run_id: int) -> Response:
     _need(Scope.RUNS_WRITE)
     _check_csrf()
@@ -191,6 +194,7 @@ def cancel(run_id: int) -> Response:
 
 
 @bp.post("/runs/<int:run_id>/resume")
+@limited("RATE_LIMIT_RUN_SUBMISSIONS")  # the same budget as the REST calls; the key is known (_signed_in_key)
 def resume(run_id: int) -> Response:
     _need(Scope.RUNS_WRITE)
     _check_csrf()
@@ -226,6 +230,16 @@ def _missing_scope(exc: MissingScope) -> Response:
 @bp.errorhandler(CourierError)
 def _courier_error(exc: CourierError) -> Response:
     return _page("error.html", status=exc.status, title="That did not work", message=exc.message)
+
+
+@bp.errorhandler(TooManyRequests)
+def _too_many(exc: TooManyRequests) -> Response:
+    limit, retry_after = breached()
+    response = _page("error.html", status=429, title="Too many requests",
+                     message=f"This key started, cancelled or resumed runs too often ({limit}). Try again in "
+                             f"{retry_after} s.")
+    response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 @bp.errorhandler(HTTPException)

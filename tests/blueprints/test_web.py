@@ -187,3 +187,18 @@ def test_cancel_and_resume_from_the_run_page(app):
     assert 'id="status">interrupted' in page.get_data(as_text=True) and 'id="resume"' in page.get_data(as_text=True)
     browser.post("/runs/1/resume", data={"csrf_token": csrf(page)})
     assert 'id="status">queued' in browser.get("/runs/1").get_data(as_text=True) and starter.started == [1, 1]
+
+
+def test_starting_runs_from_the_form_shares_the_keys_rate_limit(app_config):
+    from app import create_app
+
+    app = create_app({**app_config, "RATE_LIMIT_RUN_SUBMISSIONS": "1/minute"})
+    browser, key = signed_in(app, Scope.RUNS_READ, Scope.RUNS_WRITE)
+    page = browser.get("/runs/new")
+    assert browser.post("/runs/1/cancel", data={"csrf_token": csrf(page)}).status_code == 404  # no such run
+    limited = browser.post("/runs/1/cancel", data={"csrf_token": csrf(page)})
+    assert limited.status_code == 429 and "Try again in" in limited.get_data(as_text=True)
+    assert int(limited.headers["Retry-After"]) >= 1
+    api = app.test_client().post("/api/v1/offer-runs/1/cancel", headers={"Authorization": f"Bearer {key}"})
+    assert api.status_code == 429  # one budget per key, whichever way the key is used
+    app.extensions["courier"].close()
