@@ -128,8 +128,13 @@ def _accepted(record: dict[str, Any], status: int = 202, headers: dict[str, str]
     return response
 
 
-_RUN_EXAMPLE = {"id": 42, "partner": "reference", "input_file": "9f2c...e1.csv", "status": "queued",
-                "source": "api", "as_of": "2024-01-05", "mode": "distributed", "chunk_size": 5000}
+_RUN_EXAMPLE = {"id": 42, "partner": "reference", "input_file": "members.csv",
+                "input_sha256": "96ccfa2fcaacc8a53df1d08f5cd1138a0e0f0c982c2ac4ad2aaea1c3a928819e",
+                "as_of": "2024-01-05", "status": "queued", "started_at": "2026-12-06T10:44:26.276877+00:00",
+                "finished_at": None, "mode": "distributed", "chunk_size": 5000, "source": "api", "input_bytes": 212520,
+                "cancel_requested_at": None, "members_total": 0,
+                "progress": {"chunks_done": 0, "chunks_total": 0, "members_done": 0, "members_to_score": 0,
+                             "members_per_s": None, "eta_s": None}}
 _CSV_SCHEMA = {"type": "string", "description": "A transaction CSV, either header spelling (as `flask run-offers "
                                                 "--input`)."}
 _CSV_EXAMPLE = ("memberId,lastTransactionUtcTs,lastTransactionType,lastTransactionPointsBought,"
