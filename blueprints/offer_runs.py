@@ -133,7 +133,8 @@ _RUN_EXAMPLE = {"id": 42, "partner": "reference", "input_file": "members.csv",
                 "as_of": "2024-01-05", "status": "queued", "started_at": "2026-12-06T10:44:26.276877+00:00",
                 "finished_at": None, "mode": "distributed", "chunk_size": 5000, "source": "api", "input_bytes": 212520,
                 "cancel_requested_at": None, "members_total": 0,
-                "progress": {"chunks_done": 0, "chunks_total": 0, "members_done": 0, "members_to_score": 0,
+                "progress": {"phase": "waiting for a coordinator", "chunks_done": 0, "chunks_total": 0,
+                             "members_done": 0, "members_to_score": 0,
                              "members_per_s": None, "eta_s": None}}
 _CSV_SCHEMA = {"type": "string", "description": "A transaction CSV, either header spelling (as `flask run-offers "
                                                 "--input`)."}

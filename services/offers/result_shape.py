@@ -102,8 +102,9 @@ RUN_FIELDS: tuple[RunField, ...] = (
     RunField("cancel_requested_at", datetime, nullable=True,
              description="when a cancel was asked for; the run ends `interrupted` within a second or two"),
     RunField("progress", dict, nullable=True, derived=True,
-             description="distributed runs while queued or running: chunks_done, chunks_total, members_done, "
-                         "members_to_score, members_per_s and eta_s (null until a chunk is done)"),
+             description="distributed runs while queued or running: phase (waiting for a coordinator, reading "
+                         "input, scoring), chunks_done, chunks_total, members_done, members_to_score, members_per_s "
+                         "and eta_s (null until a chunk is done)"),
 )
 
 

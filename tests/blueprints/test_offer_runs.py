@@ -77,7 +77,8 @@ def test_a_csv_body_is_stored_and_the_run_queued_with_its_location(client, app, 
     assert answer.headers["Location"] == f"/api/v1/offer-runs/{run['id']}"
     assert run["status"] == "queued" and run["source"] == "api" and run["mode"] == "distributed"
     assert run["chunk_size"] == 200 and run["as_of"] == "2024-01-05" and run["input_bytes"] == SAMPLE.stat().st_size
-    assert run["progress"] == {"chunks_done": 0, "chunks_total": 0, "members_done": 0, "members_to_score": 0,
+    assert run["progress"] == {"phase": "waiting for a coordinator", "chunks_done": 0, "chunks_total": 0,
+                               "members_done": 0, "members_to_score": 0,
                                "members_per_s": None, "eta_s": None}
     import hashlib
 

@@ -94,6 +94,18 @@ def new_key() -> str:
     return key
 
 
+def arrives(browser, url: str, timeout: float = 30) -> None:
+    """Wait for a click's navigation to land on ``url`` (a click returns before the next page loads)."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        WebDriverWait(browser, timeout).until(expected_conditions.url_to_be(url))
+    except TimeoutException:
+        raise AssertionError(f"still at {browser.current_url}:\n{browser.page_source[:3000]}") from None
+
+
 def test_a_person_signs_in_uploads_watches_the_run_and_reads_its_results(stack, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
@@ -102,18 +114,17 @@ def test_a_person_signs_in_uploads_watches_the_run_and_reads_its_results(stack, 
     shot(browser, tmp_path, "1-sign-in")
     browser.find_element(By.ID, "api_key").send_keys(new_key())
     browser.find_element(By.ID, "sign-in").click()
-    assert browser.current_url == stack + "/runs" and "No runs yet" in browser.page_source
+    arrives(browser, stack + "/runs")
+    assert "No runs yet" in browser.page_source
 
     browser.find_element(By.LINK_TEXT, "Start a run").click()
+    arrives(browser, stack + "/runs/new")
     browser.find_element(By.ID, "file").send_keys(str(DATA_DIR / "member_data.csv"))
     as_of = browser.find_element(By.ID, "as_of")
     browser.execute_script("arguments[0].value = '2024-01-05'", as_of)  # the date picker's locale varies
     shot(browser, tmp_path, "2-start-a-run")
     browser.find_element(By.ID, "start").click()
-    deadline = time.monotonic() + 30
-    while browser.current_url != stack + "/runs/1":  # the upload, then the redirect to the run's page
-        assert time.monotonic() < deadline and not browser.find_elements(By.CLASS_NAME, "error"), browser.page_source
-        time.sleep(0.1)
+    arrives(browser, stack + "/runs/1")  # the upload, then the redirect to the run's page
 
     deadline = time.monotonic() + 90
     while (status := browser.find_element(By.ID, "status").text) not in ("succeeded", "failed"):
@@ -134,6 +145,7 @@ def test_a_person_signs_in_uploads_watches_the_run_and_reads_its_results(stack, 
     assert done[0].name == "offer-run-1.csv" and len(lines) == 991 and lines[0].startswith("member_id,")
 
     browser.find_element(By.ID, "report").click()
+    arrives(browser, stack + "/runs/1/report")
     assert browser.title == "Offers run 1: succeeded"
     assert browser.find_elements(By.TAG_NAME, "svg")  # the charts, inline
     shot(browser, tmp_path, "4-report")
@@ -142,5 +154,6 @@ def test_a_person_signs_in_uploads_watches_the_run_and_reads_its_results(stack, 
     assert "succeeded" in browser.find_element(By.ID, "runs").text
     shot(browser, tmp_path, "5-runs")
     browser.find_element(By.ID, "sign-out").click()
+    arrives(browser, stack + "/sign-in")
     browser.get(stack + "/runs/1/report")
     assert "/sign-in" in browser.current_url  # signed out: the report link needs a sign-in again

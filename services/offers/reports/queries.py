@@ -75,21 +75,27 @@ def live_values(session: Session, run: OfferRun) -> dict[str, Any]:
                           "pending": chunks.total - chunks.done - chunks.running - chunks.failed,
                           "failed": chunks.failed}
         if run.status in (RunStatus.QUEUED, RunStatus.RUNNING):
-            live["progress"] = _progress(session, run.id, chunks)
+            live["progress"] = _progress(session, run, chunks)
     return live
 
 
-def _progress(session: Session, run_id: int, chunks: ChunkProgress) -> dict[str, Any]:
-    """Where a distributed run stands: chunks and members done, the pace of the chunks done so far
-    (members over the span from the first chunk started to the last finished) and the time left at
-    that pace."""
+def _progress(session: Session, run: OfferRun, chunks: ChunkProgress) -> dict[str, Any]:
+    """Where a distributed run stands: its phase, chunks and members done, the pace of the chunks done
+    so far (members over the span from the first chunk started to the last finished) and the time
+    left at that pace."""
+    run_id = run.id
     to_score = chunk_members(session, run_id)
+    if run.status == RunStatus.QUEUED:  # a coordinator beats once when it takes the run (submitted.py)
+        phase = "reading input" if run.heartbeat_at is not None else "waiting for a coordinator"
+    else:
+        phase = "scoring" if chunks.total else "reading input"
     rate = eta = None
     span = chunk_span(session, run_id)
     if span is not None and span[1] > 0:
         rate = round(span[0] / span[1], 1)
         eta = round((to_score - chunks.members_done) / rate, 1) if rate > 0 else None
-    return {"chunks_done": chunks.done, "chunks_total": chunks.total, "members_done": chunks.members_done,
+    return {"phase": phase, "chunks_done": chunks.done, "chunks_total": chunks.total,
+            "members_done": chunks.members_done,
             "members_to_score": to_score, "members_per_s": rate, "eta_s": eta}
 
 

@@ -213,7 +213,7 @@ def resume(sessions: sessionmaker, run_id: int, starter_factory: Callable[[], Ru
                         OfferRun.status == RunStatus.RUNNING)  # dead: checked above, claimed under the lease
         session.execute(update(OfferRun).where(OfferRun.id == run_id, resumable, OfferRun.status == run.status)
                         .values(status=RunStatus.QUEUED.value, cancel_requested_at=None, error=None,
-                                finished_at=None))
+                                finished_at=None, heartbeat_at=None))
         run = session.get(OfferRun, run_id)
         session.expunge(run)
     if run.status == RunStatus.QUEUED:
@@ -303,6 +303,11 @@ def coordinate(sessions: sessionmaker, run_id: int, partner_config: Callable[[st
     watch = CancelWatch(sessions, run_id, stop, shutdown)
     if watch.asked():
         return "cancelled"
+    # A sign of life while the input is read (seconds for a large file; the frame claims the run
+    # after): the record says "reading the input" instead of "waiting for a coordinator".
+    with sessions() as session, session.begin():
+        session.execute(update(OfferRun).where(OfferRun.id == run_id, OfferRun.status == RunStatus.QUEUED)
+                        .values(heartbeat_at=utcnow()))
     watch.start()
     try:
         report = run_distributed_frame(partner, options, stop=stop)
@@ -319,7 +324,8 @@ def coordinate(sessions: sessionmaker, run_id: int, partner_config: Callable[[st
             handed = session.execute(update(OfferRun).where(OfferRun.id == run_id,
                                                             OfferRun.status == RunStatus.INTERRUPTED,
                                                             OfferRun.cancel_requested_at.is_(None))
-                                     .values(status=RunStatus.QUEUED.value, finished_at=None)).rowcount
+                                     .values(status=RunStatus.QUEUED.value, finished_at=None,
+                                             heartbeat_at=None)).rowcount
         if handed:
             starter.start_run(run_id)
             return "handed back"

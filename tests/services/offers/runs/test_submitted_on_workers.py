@@ -151,7 +151,7 @@ def test_progress_is_shown_while_the_run_scores(pg_app, workers, module_partner)
         while (progress := client.get(f"/api/v1/offer-runs/{run_id}").get_json()["progress"])["chunks_done"] < 1:
             assert time.monotonic() < deadline, progress
             time.sleep(0.05)
-        assert progress["chunks_total"] == 2 and progress["members_to_score"] == 890
+        assert progress["phase"] == "scoring" and progress["chunks_total"] == 2 and progress["members_to_score"] == 890
         assert progress["members_done"] == 445 and progress["members_per_s"] > 0 and progress["eta_s"] >= 0
     finally:
         module_partner.fail.clear()
