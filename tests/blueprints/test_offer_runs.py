@@ -203,7 +203,7 @@ def test_cancelling_a_running_run_asks_its_coordinator_and_answers_202(client, a
     answer = client.post(f"/api/v1/offer-runs/{run_id}/cancel")
     assert answer.status_code == 202
     assert answer.get_json()["status"] == "running" and answer.get_json()["cancel_requested_at"]
-    from services.offers.runs.submitted import CancelWatch
+    from services.offers.runs.coordination import CancelWatch
 
     assert CancelWatch(app.extensions["courier"].session_factory, run_id, None).asked()
 

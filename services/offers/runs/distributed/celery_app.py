@@ -157,8 +157,8 @@ class DistributedOffers:
 
     def coordinate(self, run_id: int) -> str:
         """The coordinator task's body: the submitted run's frame, on this process's workers' queue."""
+        from services.offers.runs.coordination import CoordinationSettings, coordinate
         from services.offers.runs.distributed.coordinator import DistributedSettings, run_distributed
-        from services.offers.runs.submitted import CoordinationSettings, coordinate
 
         if self.run_settings is None:
             raise RuntimeError("this process was built without run settings")

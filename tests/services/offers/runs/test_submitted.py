@@ -11,7 +11,7 @@ from datetime import date
 import pytest
 
 from services.offers.reports.queries import run_view
-from services.offers.runs.submitted import CoordinationSettings, coordinate
+from services.offers.runs.coordination import CoordinationSettings, coordinate
 from services.offers.statuses import RunStatus
 from services.tables import OfferRun, utcnow
 
