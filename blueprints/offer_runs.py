@@ -169,8 +169,9 @@ _RUN_CONFLICTS = {409: {
                             "options; use a new key for a new run.", "code": "idempotency_key_reused",
                    "details": {"run_id": 42, "idempotency_key": "nightly-2024-01-05"}}}},
            error_examples={503: {"error": "Offer runs over REST execute on Celery workers, which need a database "
-                                          "they all share: set COURIER_DATABASE_URL to PostgreSQL (`flask run-offers` "
-                                          "works without).", "code": "runs_unavailable",
+                                          "they all share and a broker: set COURIER_DATABASE_URL to PostgreSQL and "
+                                          "COURIER_CELERY_BROKER_URL to the workers' broker (`flask run-offers` "
+                                          "works without either).", "code": "runs_unavailable",
                                  "details": {"setting": "COURIER_DATABASE_URL"}}},
            description="The upload is streamed to the upload folder with its sha256 and checked as `flask "
                        "run-offers` checks its input (header, UTF-8, line length); a bad file is a 400 naming its "

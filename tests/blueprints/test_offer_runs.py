@@ -160,6 +160,7 @@ def test_without_postgresql_or_a_broker_the_answer_is_503_saying_what_to_set(cli
     on_sqlite = upload(client)
     assert on_sqlite.status_code == 503 and on_sqlite.get_json()["code"] == "runs_unavailable"
     assert "COURIER_DATABASE_URL" in on_sqlite.get_json()["error"]
+    assert "COURIER_CELERY_BROKER_URL" in on_sqlite.get_json()["error"]  # the default app has neither
     submissions.database_dialect, starter.down = "postgresql", True
     no_broker = upload(client)
     assert no_broker.status_code == 503 and "COURIER_CELERY_BROKER_URL" in no_broker.get_json()["error"]

@@ -80,8 +80,9 @@ def check_available(database_dialect: str, starter_factory: Callable[[], RunStar
     broker that answers. ``RunsUnavailable`` says what to set."""
     if database_dialect == "sqlite":
         raise RunsUnavailable("Offer runs over REST execute on Celery workers, which need a database they all "
-                              "share: set COURIER_DATABASE_URL to PostgreSQL (`flask run-offers` works "
-                              "without).", details={"setting": "COURIER_DATABASE_URL"})
+                              "share and a broker: set COURIER_DATABASE_URL to PostgreSQL and "
+                              "COURIER_CELERY_BROKER_URL to the workers' broker (`flask run-offers` works "
+                              "without either).", details={"setting": "COURIER_DATABASE_URL"})
     try:
         starter = starter_factory()
         starter.check()
