@@ -440,11 +440,11 @@ def main() -> None:
         step_readme_examples(stack)
         key = step_key(stack)
         sample_runs = step_sample_runs(stack, key)
-        step_rest_run(stack, sample_runs[1], key)
+        rest_run = step_rest_run(stack, sample_runs[1], key)
         big_runs = step_killed_worker(stack, key)
         step_graceful_drain(stack, key, list(big_runs) + [sample_runs[0]])
         step_logs_and_metrics(stack)
-        step_down_up(stack, key, list(sample_runs) + list(big_runs))
+        step_down_up(stack, key, [*sample_runs, rest_run, *big_runs])
     finally:
         if not args.keep:
             stack.down(volumes=True)
