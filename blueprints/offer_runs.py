@@ -87,13 +87,20 @@ def _too_large(limit: int) -> PayloadTooLarge:
                            "queued.", details={"file": [f"at most {limit} bytes"]})
 
 
-def upload_stream() -> tuple[IO[bytes], str | None]:
-    """The request's CSV and its name: the body itself (``text/csv``; named by a Content-Disposition
-    filename, if any), or the ``file`` part of a form upload."""
+def allow_upload_body() -> None:
+    """Let this request's body be as large as an upload may be, instead of COURIER_MAX_CONTENT_LENGTH
+    (1 MiB, what every other endpoint takes); a body declared larger is refused before a byte is read.
+    Call it before anything reads the body (``request.form`` included)."""
     cap = offers_capability().submissions.uploads.max_bytes
     request.max_content_length = cap + 64 * 1024  # a form's own bytes around the file
     if request.content_length is not None and request.content_length > request.max_content_length:
-        raise _too_large(cap)  # declared too large: refused before a byte is read
+        raise _too_large(cap)
+
+
+def upload_stream() -> tuple[IO[bytes], str | None]:
+    """The request's CSV and its name: the body itself (``text/csv``; named by a Content-Disposition
+    filename, if any), or the ``file`` part of a form upload."""
+    allow_upload_body()
     mimetype = request.mimetype
     if mimetype == "text/csv":
         from werkzeug.http import parse_options_header

@@ -28,7 +28,7 @@ from werkzeug.exceptions import HTTPException, TooManyRequests
 from blueprints.common import load_or_400
 from blueprints.hooks import db_session
 from blueprints.limits import breached, limited
-from blueprints.offer_runs import RunRequestSchema, run_request, start_run
+from blueprints.offer_runs import RunRequestSchema, allow_upload_body, run_request, start_run
 from blueprints.offers import export_response, report_response
 from capabilities.offers import offers_capability
 from services.auth.api_keys import KeyInfo, Scope, live_key, verify_key
@@ -150,10 +150,11 @@ def new_run() -> Response:
 @limited("RATE_LIMIT_RUN_SUBMISSIONS")  # the same budget as the REST calls; the key is known (_signed_in_key)
 def start() -> Response:
     _need(Scope.RUNS_WRITE)
-    _check_csrf()
-    upload = request.files.get("file")
-    form = {k: v for k, v in request.form.items() if k in RunRequestSchema().fields and v != ""}
     try:
+        allow_upload_body()  # before the CSRF check reads the form, which parses the whole upload
+        _check_csrf()
+        upload = request.files.get("file")
+        form = {k: v for k, v in request.form.items() if k in RunRequestSchema().fields and v != ""}
         if upload is None or not upload.filename:
             raise CourierError("Choose a member CSV to upload.", code="invalid_request", status=400)
         options = load_or_400(RunRequestSchema(), form, "Invalid run options.")

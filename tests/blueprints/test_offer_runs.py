@@ -127,6 +127,26 @@ def test_an_upload_over_the_cap_is_a_413_and_nothing_is_kept(client, app, starte
     assert runs(app) == [] and uploads(tmp_path) == []
 
 
+@pytest.mark.parametrize("as_form", [False, True], ids=["csv body", "multipart"])
+def test_an_upload_may_be_larger_than_any_other_request_body(app_config, as_form):
+    from app import create_app
+
+    app = create_app({**app_config, "MAX_CONTENT_LENGTH": 100_000})  # the sample is 212,520 bytes
+    recording = RecordingStarter()
+    submissions = app.extensions["courier.offers"].submissions
+    submissions.database_dialect, submissions.starter_factory = "postgresql", lambda: recording
+    client = keyed_client(app, Scope.RUNS_WRITE, Scope.OFFERS_SCORE)
+    if as_form:
+        answer = client.post("/api/v1/offer-runs?as_of=2024-01-05", content_type="multipart/form-data",
+                             data={"file": (io.BytesIO(SAMPLE.read_bytes()), "members.csv")})
+    else:
+        answer = upload(client)
+    assert answer.status_code == 202, answer.get_json()
+    assert recording.started == [answer.get_json()["id"]]
+    other = client.post("/api/v1/offers", data=b"x" * 100_001, content_type="application/json")
+    assert other.status_code == 413  # every other body keeps COURIER_MAX_CONTENT_LENGTH
+
+
 def test_a_retry_with_the_same_idempotency_key_answers_the_same_run(client, app, starter):
     first = upload(client, **{"Idempotency-Key": "nightly-2024-01-05"})
     again = upload(client, **{"Idempotency-Key": "nightly-2024-01-05"})

@@ -166,6 +166,30 @@ def test_uploading_from_the_form_starts_the_same_run_as_the_api(app):
     assert bad.status_code == 400 and "unexpected header" in bad.get_data(as_text=True)
 
 
+def test_the_form_takes_uploads_up_to_the_upload_cap_not_the_body_limit(app_config, tmp_path):
+    from app import create_app
+
+    sample = (DATA_DIR / "member_data.csv").read_bytes()  # 212,520 bytes
+    app = create_app({**app_config, "MAX_CONTENT_LENGTH": 100_000, "OFFERS_UPLOAD_MAX_BYTES": 300_000})
+    starter = RecordingStarter()
+    submissions = app.extensions["courier.offers"].submissions
+    submissions.database_dialect, submissions.starter_factory = "postgresql", lambda: starter
+    browser, _ = signed_in(app, Scope.RUNS_READ, Scope.RUNS_WRITE)
+    token = csrf(browser.get("/runs/new"))
+
+    def post(body: bytes):
+        return browser.post("/runs", data={"csrf_token": token, "as_of": "2024-01-05",
+                                           "file": (io.BytesIO(body), "members.csv")},
+                            content_type="multipart/form-data")
+
+    accepted = post(sample)
+    assert accepted.status_code == 303 and starter.started == [1]
+    too_large = post(sample + sample[sample.index(b"\n") + 1:])  # 425 kB, over the 300 kB cap
+    page = too_large.get_data(as_text=True)
+    assert too_large.status_code == 413 and "COURIER_OFFERS_UPLOAD_MAX_BYTES" in page and 'id="file"' in page
+    assert starter.started == [1] and len(list((tmp_path / "uploads").iterdir())) == 1
+
+
 def test_api_requests_carry_no_session(app):
     answer = app.test_client().get("/healthz")
     assert "Set-Cookie" not in answer.headers and "Vary" not in answer.headers
