@@ -134,7 +134,9 @@ def test_the_runs_list_and_a_run_page_show_the_record_with_report_and_export_lin
     assert f'href="/runs/{run_id}"' in listing and "succeeded" in listing
     page = browser.get(f"/runs/{run_id}").get_data(as_text=True)
     assert f'href="/runs/{run_id}/report"' in page and f'href="/runs/{run_id}/export.csv"' in page
-    assert "members.csv" in page
+    assert "members.csv" in page and "0 read, 0 rejected" in page
+    running = browser.get(f"/runs/{a_run(app, RunStatus.RUNNING)}").get_data(as_text=True)
+    assert "counted when the run ends" in running  # rows are counted by the scan, recorded at the end
     report = browser.get(f"/runs/{run_id}/report")
     assert report.status_code == 200 and report.mimetype == "text/html" and "img-src data:" in report.headers[
         "Content-Security-Policy"]
