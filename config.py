@@ -473,7 +473,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Where rate-limit counters live, shared by every worker: `redis://...` or `memory://` (per process). "
             "Default: the Celery broker when it is Redis, else memory.", kind=str, optional=True, secret=True),
     Setting("RATE_LIMIT_OFFERS", "60/minute",
-            "Per-key limit on real-time offers (each costs three partner calls), in Flask-Limiter's notation "
+            "Per-key limit on real-time offers (each costs three partner calls), in the `limits` library's notation "
             "(`N/second|minute|hour|day`, several separated by `;`); empty: no limit.", kind=str, optional=True),
     Setting("RATE_LIMIT_RUN_SUBMISSIONS", "10/minute;100/day",
             "Per-key limit on starting, cancelling and resuming offer runs (REST and the web view); empty: no "

@@ -23,11 +23,11 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, current_app, g, redirect, render_template, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
-from werkzeug.exceptions import HTTPException, TooManyRequests
+from werkzeug.exceptions import HTTPException
 
 from blueprints.common import load_or_400
 from blueprints.hooks import db_session
-from blueprints.limits import breached, limited
+from blueprints.limits import RateLimited, limited
 from blueprints.offer_runs import RunRequestSchema, allow_upload_body, run_request, start_run
 from blueprints.offers import export_response, report_response
 from capabilities.offers import offers_capability
@@ -233,9 +233,9 @@ def _courier_error(exc: CourierError) -> Response:
     return _page("error.html", status=exc.status, title="That did not work", message=exc.message)
 
 
-@bp.errorhandler(TooManyRequests)
-def _too_many(exc: TooManyRequests) -> Response:
-    limit, retry_after = breached()
+@bp.errorhandler(RateLimited)
+def _too_many(exc: RateLimited) -> Response:
+    limit, retry_after = exc.limit, exc.retry_after_s
     response = _page("error.html", status=429, title="Too many requests",
                      message=f"This key started, cancelled or resumed runs too often ({limit}). Try again in "
                              f"{retry_after} s.")

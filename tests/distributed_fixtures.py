@@ -29,11 +29,11 @@ class MissingComponent(Exception):
 
 
 class RedisServer:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, port: int | None = None) -> None:
         binary = redis_binary()
         if binary is None:
             raise MissingComponent("redis-server is not installed (apt-get install redis-server; .ci/run does)")
-        self.port = free_port()
+        self.port = port or free_port()
         self.process = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(folder),
                                          "--save", "", "--appendonly", "no"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

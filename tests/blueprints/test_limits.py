@@ -1,4 +1,4 @@
-"""Per-key rate limits on the costly calls (blueprints/limits.py, Flask-Limiter)."""
+"""Per-key rate limits on the costly calls (blueprints/limits.py, the `limits` library)."""
 
 import pytest
 
@@ -6,7 +6,7 @@ from app import create_app
 from blueprints.limits import storage_url
 from config import ConfigError, load_settings
 from services.auth.api_keys import Scope
-from tests.auth_fixtures import keyed_client
+from tests.auth_fixtures import keyed_client, new_key
 
 
 @pytest.fixture
@@ -72,20 +72,69 @@ def test_counters_are_shared_in_redis_when_a_broker_is_configured_and_in_memory_
     assert storage_url(explicit) == "memory://"
 
 
-def test_unlimited_routes_pay_nothing_for_the_limiter(app):
-    keyed_client(app, Scope.RUNS_WRITE).post("/api/v1/offer-runs/1/cancel")  # the limiter is built now
-    hooks = [hook for table in (app.before_request_funcs, app.after_request_funcs, app.teardown_request_funcs)
-             for functions in table.values() for hook in functions]
-    owners = {type(getattr(hook, "__self__", None)).__module__ for hook in hooks} | {
-        type(arg).__module__ for hook in hooks for arg in getattr(hook, "args", ())}
-    assert not any(owner.startswith("flask_limiter") for owner in owners), owners
+def limited_app(app_config, storage: str):
+    return create_app({**app_config, "RATE_LIMIT_STORAGE_URL": storage, "RATE_LIMIT_RUN_SUBMISSIONS": "2/minute"})
 
 
-def test_starting_the_app_does_not_import_the_limiter():
+def test_workers_sharing_a_redis_share_each_keys_budget(app_config, tmp_path):
+    from tests.distributed_fixtures import MissingComponent, RedisServer
+
+    try:
+        redis = RedisServer(tmp_path)
+    except MissingComponent as exc:
+        pytest.skip(str(exc))
+    try:
+        first, second = limited_app(app_config, redis.url), limited_app(app_config, redis.url)  # one database
+        key = new_key(first, Scope.RUNS_WRITE)
+        headers = {"Authorization": f"Bearer {key}"}
+        assert first.test_client().post("/api/v1/offer-runs/1/cancel", headers=headers).status_code == 404
+        assert second.test_client().post("/api/v1/offer-runs/1/cancel", headers=headers).status_code == 404
+        assert first.test_client().post("/api/v1/offer-runs/1/cancel", headers=headers).status_code == 429
+        assert second.test_client().post("/api/v1/offer-runs/1/cancel", headers=headers).status_code == 429
+    finally:
+        redis.close()
+
+
+def test_an_unreachable_redis_fails_no_request_and_counting_goes_on_in_memory(app_config, caplog):
+    app = limited_app(app_config, "redis://127.0.0.1:1/0")  # port 1: connection refused
+    client = keyed_client(app, Scope.RUNS_WRITE)
+    statuses = [client.post("/api/v1/offer-runs/1/cancel").status_code for _ in range(3)]
+    assert statuses == [404, 404, 429]
+    warnings = [r for r in caplog.records if r.name == "courier.limits" and r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "counting in memory" in warnings[0].getMessage()
+
+
+def test_redis_is_used_again_once_it_answers(app_config, tmp_path, monkeypatch):
+    from tests.distributed_fixtures import MissingComponent, RedisServer
+
+    try:
+        redis = RedisServer(tmp_path)
+    except MissingComponent as exc:
+        pytest.skip(str(exc))
+    app = limited_app(app_config, redis.url)
+    client = keyed_client(app, Scope.RUNS_WRITE)
+    cancel = "/api/v1/offer-runs/1/cancel"
+    assert client.post(cancel).status_code == 404  # counted in Redis
+    redis.close()
+    assert client.post(cancel).status_code == 404  # counted in memory: 1 there
+    redis = RedisServer(tmp_path, port=redis.port)  # back, empty
+    try:
+        monkeypatch.setattr(app.extensions["courier.limits"], "_retry_primary_at", 1.0)  # its retry time has come
+        # Redis counts from 0 (memory would refuse the second): 404, 404, then over 2/minute.
+        assert [client.post(cancel).status_code for _ in range(3)] == [404, 404, 429]
+    finally:
+        redis.close()
+
+
+def test_flask_commands_and_app_start_import_no_limiter():
+    """Flask imports every installed `flask.commands` plugin before any command runs (Flask-Limiter's
+    cost +80 ms a command); the app imports the counters on the first limited request only."""
     import subprocess
     import sys
 
-    code = ("import sys\nfrom app import create_app\napp = create_app({'DATABASE_URL': 'sqlite://'})\n"
-            "app.test_client().get('/healthz')\nprint('flask_limiter' in sys.modules)")
+    code = ("import sys\nfrom flask.cli import cli\ncli._load_plugin_commands()\n"
+            "from app import create_app\napp = create_app({'DATABASE_URL': 'sqlite://'})\n"
+            "app.test_client().get('/healthz')\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('limits', 'flask_limiter')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert result.stdout.strip() == "False", result.stderr
+    assert result.stdout.strip() == "[]", result.stderr
