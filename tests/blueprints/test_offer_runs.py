@@ -46,13 +46,18 @@ def app_config(app_config, tmp_path):
     return {**app_config, "OFFERS_UPLOAD_DIR": str(tmp_path / "uploads"), "OFFERS_UPLOAD_MAX_BYTES": 300_000}
 
 
-@pytest.fixture
-def starter(app):
-    """As on PostgreSQL with a broker (the SQLite refusal is tested on its own)."""
+def record_starts(app) -> RecordingStarter:
+    """Make ``app`` start runs as on PostgreSQL with a broker, recording which it starts."""
     recording = RecordingStarter()
     submissions = app.extensions["courier.offers"].submissions
     submissions.database_dialect, submissions.starter_factory = "postgresql", lambda: recording
     return recording
+
+
+@pytest.fixture
+def starter(app):
+    """As on PostgreSQL with a broker (the SQLite refusal is tested on its own)."""
+    return record_starts(app)
 
 
 def upload(client, body: bytes = None, query: str = "?as_of=2024-01-05", **headers):
@@ -132,9 +137,7 @@ def test_an_upload_may_be_larger_than_any_other_request_body(app_config, as_form
     from app import create_app
 
     app = create_app({**app_config, "MAX_CONTENT_LENGTH": 100_000})  # the sample is 212,520 bytes
-    recording = RecordingStarter()
-    submissions = app.extensions["courier.offers"].submissions
-    submissions.database_dialect, submissions.starter_factory = "postgresql", lambda: recording
+    recording = record_starts(app)
     client = keyed_client(app, Scope.RUNS_WRITE, Scope.OFFERS_SCORE)
     if as_form:
         answer = client.post("/api/v1/offer-runs?as_of=2024-01-05", content_type="multipart/form-data",

@@ -15,7 +15,7 @@ from services.auth.api_keys import Scope, revoke_key
 from services.offers.runs.recording import create_run
 from services.offers.statuses import RunStatus
 from tests.auth_fixtures import new_key
-from tests.blueprints.test_offer_runs import RecordingStarter
+from tests.blueprints.test_offer_runs import record_starts
 
 
 @pytest.fixture
@@ -151,9 +151,7 @@ def test_the_api_takes_keys_in_headers_only_never_the_session_cookie(app):
 
 
 def test_uploading_from_the_form_starts_the_same_run_as_the_api(app):
-    starter = RecordingStarter()
-    submissions = app.extensions["courier.offers"].submissions
-    submissions.database_dialect, submissions.starter_factory = "postgresql", lambda: starter
+    starter = record_starts(app)
     browser, _ = signed_in(app, Scope.RUNS_READ, Scope.RUNS_WRITE)
     form = browser.get("/runs/new")
     answer = browser.post("/runs", data={"csrf_token": csrf(form), "as_of": "2024-01-05", "scoring": "batch",
@@ -173,9 +171,7 @@ def test_the_form_takes_uploads_up_to_the_upload_cap_not_the_body_limit(app_conf
 
     sample = (DATA_DIR / "member_data.csv").read_bytes()  # 212,520 bytes
     app = create_app({**app_config, "MAX_CONTENT_LENGTH": 100_000, "OFFERS_UPLOAD_MAX_BYTES": 300_000})
-    starter = RecordingStarter()
-    submissions = app.extensions["courier.offers"].submissions
-    submissions.database_dialect, submissions.starter_factory = "postgresql", lambda: starter
+    starter = record_starts(app)
     browser, _ = signed_in(app, Scope.RUNS_READ, Scope.RUNS_WRITE)
     token = csrf(browser.get("/runs/new"))
 
@@ -198,9 +194,7 @@ def test_api_requests_carry_no_session(app):
 
 
 def test_cancel_and_resume_from_the_run_page(app):
-    starter = RecordingStarter()
-    submissions = app.extensions["courier.offers"].submissions
-    submissions.database_dialect, submissions.starter_factory = "postgresql", lambda: starter
+    starter = record_starts(app)
     browser, _ = signed_in(app, Scope.RUNS_READ, Scope.RUNS_WRITE)
     form = browser.get("/runs/new")
     browser.post("/runs", data={"csrf_token": csrf(form), "as_of": "2024-01-05",
