@@ -115,6 +115,19 @@ def seeded_prep_times(app):
 
 
 @pytest.fixture(scope="module")
+def module_redis(tmp_path_factory):
+    """A redis-server of the module's own (skips saying how to install one)."""
+    from tests.distributed_fixtures import MissingComponent, RedisServer
+
+    try:
+        server = RedisServer(tmp_path_factory.mktemp("redis"))
+    except MissingComponent as exc:
+        pytest.skip(str(exc))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
 def module_partner():
     """One reference partner for a whole module, for modules whose tests share runs against it
     (``fail`` is shared too: a test that sets it clears it)."""

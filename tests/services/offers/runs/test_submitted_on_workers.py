@@ -18,8 +18,6 @@ from services.tables import OfferResult, OfferRunChunk
 from tests.auth_fixtures import keyed_client
 from tests.distributed_fixtures import (
     CeleryWorker,
-    MissingComponent,
-    RedisServer,
     app_on_fresh_postgres,
     coordinator_worker,
 )
@@ -34,18 +32,8 @@ ATS_BATCH = "/ml/ats/predict/batch"
 
 
 @pytest.fixture(scope="module")
-def redis(tmp_path_factory):
-    try:
-        server = RedisServer(tmp_path_factory.mktemp("redis"))
-    except MissingComponent as exc:
-        pytest.skip(str(exc))
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
-def settings(redis, module_partner, tmp_path_factory):
-    return {"COURIER_DATABASE_URL": PG_URL, "COURIER_CELERY_BROKER_URL": redis.url,
+def settings(module_redis, module_partner, tmp_path_factory):
+    return {"COURIER_DATABASE_URL": PG_URL, "COURIER_CELERY_BROKER_URL": module_redis.url,
             "COURIER_SERVICE_URL": module_partner.service_url, "COURIER_LOG_FORMAT": "json",
             "COURIER_OFFERS_UPLOAD_DIR": str(tmp_path_factory.mktemp("uploads")),
             "COURIER_OFFERS_DISTRIBUTED_STALL_S": "60", "COURIER_RATE_LIMIT_RUN_SUBMISSIONS": ""}
