@@ -18,7 +18,7 @@ from blueprints.auth import requires
 from blueprints.declare import operation
 from blueprints.hooks import db_session
 from blueprints.limits import limited
-from blueprints.offers import OfferRunSchema
+from blueprints.offers import CANCELLING_RUN_EXAMPLE, QUEUED_RUN_EXAMPLE, OfferRunSchema
 from capabilities.offers import offers_capability
 from services.auth.api_keys import Scope
 from services.errors import CourierError, InvalidRequest
@@ -135,14 +135,13 @@ def _accepted(record: dict[str, Any], status: int = 202, headers: dict[str, str]
     return response
 
 
-_RUN_EXAMPLE = {"id": 42, "partner": "reference", "input_file": "members.csv",
-                "input_sha256": "96ccfa2fcaacc8a53df1d08f5cd1138a0e0f0c982c2ac4ad2aaea1c3a928819e",
-                "as_of": "2024-01-05", "status": "queued", "started_at": "2026-12-06T10:44:26.276877+00:00",
-                "finished_at": None, "mode": "distributed", "chunk_size": 5000, "source": "api", "input_bytes": 212520,
-                "cancel_requested_at": None, "members_total": 0,
-                "progress": {"phase": "waiting for a coordinator", "chunks_done": 0, "chunks_total": 0,
-                             "members_done": 0, "members_to_score": 0,
-                             "members_per_s": None, "eta_s": None}}
+_RATE_LIMITED = {429: {"error": "Too many requests for this key: 10 per 1 minute. Retry in 39 s.",
+                       "code": "rate_limited", "details": {"limit": "10 per 1 minute", "retry_after_s": 39}}}
+_BROKER_DOWN = {503: {"error": "Offer runs cannot be queued: cannot reach the Celery broker at redis://redis:6379/0 "
+                               "(OperationalError: Error 111 connecting to redis:6379. Connection refused.); start "
+                               "Redis or set COURIER_CELERY_BROKER_URL.",
+                      "code": "runs_unavailable", "details": {"setting": "COURIER_CELERY_BROKER_URL"}}}
+
 _CSV_SCHEMA = {"type": "string", "description": "A transaction CSV, either header spelling (as `flask run-offers "
                                                 "--input`)."}
 _CSV_EXAMPLE = ("memberId,lastTransactionUtcTs,lastTransactionType,lastTransactionPointsBought,"
@@ -158,7 +157,7 @@ _RUN_CONFLICTS = {409: {
 @limited("RATE_LIMIT_RUN_SUBMISSIONS")
 @operation(summary="Start an offers run from a member CSV (executes on the Celery workers)", tag="offers",
            query=RunRequestSchema(), response=OfferRunSchema(), status=202, response_headers=_LOCATION,
-           response_description="Accepted: the run is queued; follow `Location`.", response_example=_RUN_EXAMPLE,
+           response_description="Accepted: the run is queued; follow `Location`.", response_example=QUEUED_RUN_EXAMPLE,
            request_media={"text/csv": {"schema": _CSV_SCHEMA, "example": _CSV_EXAMPLE},
                           "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
                               "file": {"type": "string", "format": "binary"}}}}},
@@ -175,11 +174,11 @@ _RUN_CONFLICTS = {409: {
                    "error": "Idempotency-Key 'nightly-2024-01-05' was used for run 42 with another input or "
                             "options; use a new key for a new run.", "code": "idempotency_key_reused",
                    "details": {"run_id": 42, "idempotency_key": "nightly-2024-01-05"}}}},
-           error_examples={503: {"error": "Offer runs over REST execute on Celery workers, which need a database "
-                                          "they all share and a broker: set COURIER_DATABASE_URL to PostgreSQL and "
-                                          "COURIER_CELERY_BROKER_URL to the workers' broker (`flask run-offers` "
-                                          "works without either).", "code": "runs_unavailable",
-                                 "details": {"setting": "COURIER_DATABASE_URL"}}},
+           error_examples={**_RATE_LIMITED, 503: {
+               "error": "Offer runs over REST execute on Celery workers, which need a database they all share and a "
+                        "broker: set COURIER_DATABASE_URL to PostgreSQL and COURIER_CELERY_BROKER_URL to the "
+                        "workers' broker (`flask run-offers` works without either).",
+               "code": "runs_unavailable", "details": {"setting": "COURIER_DATABASE_URL"}}},
            description="The upload is streamed to the upload folder with its sha256 and checked as `flask "
                        "run-offers` checks its input (header, UTF-8, line length); a bad file is a 400 naming its "
                        "line and nothing is queued. The run is recorded `queued` and coordinated by a worker on "
@@ -199,7 +198,8 @@ def start(query: dict[str, Any]) -> Response:
            response_description="The stop is under way: the run ends `interrupted` once its members in flight are "
                                 "recorded (pending chunks are revoked); poll its record.",
            other_answers={200: "The run is `interrupted` already (cancelled before it started, or earlier)."},
-           errors=(404, 409, 429), refusals=_RUN_CONFLICTS)
+           response_example=CANCELLING_RUN_EXAMPLE, errors=(404, 409, 429), refusals=_RUN_CONFLICTS,
+           error_examples=_RATE_LIMITED)
 def cancel(run_id: int) -> Response:
     session = db_session()
     run = run_service.get_run(session, run_id)
@@ -215,6 +215,7 @@ def cancel(run_id: int) -> Response:
 @operation(summary="Resume a run that did not succeed (idempotent)", tag="offers", response=OfferRunSchema(),
            status=202, response_description="Queued again (or still queued or running): members recorded as scored "
                                             "or skipped are not sent again.",
+           response_example=QUEUED_RUN_EXAMPLE, error_examples={**_RATE_LIMITED, **_BROKER_DOWN},
            errors=(404, 409, 429, 503), refusals={409: {
                **_RUN_CONFLICTS[409],
                "resume_with_cli": {"error": "Run 42 was started by `flask run-offers`, which reads its input from "

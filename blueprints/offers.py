@@ -198,6 +198,27 @@ _offer_schema = OfferRequestSchema()
 _offer = OfferResponseSchema()
 _list_schema = ListQuerySchema()
 _results_schema = ResultsQuerySchema()
+_NO_CHUNKS_YET = {"total": 0, "done": 0, "running": 0, "pending": 0, "failed": 0}
+# Whole records as served (every field of OfferRunSchema), at the stages the operations answer with.
+QUEUED_RUN_EXAMPLE = {
+    "id": 42, "partner": "reference", "input_file": "members.csv",
+    "input_sha256": "96ccfa2fcaacc8a53df1d08f5cd1138a0e0f0c982c2ac4ad2aaea1c3a928819e", "as_of": "2024-01-05",
+    "status": "queued", "started_at": "2026-12-06T10:44:26.276877+00:00", "finished_at": None, "concurrency": 32,
+    "mode": "distributed", "chunk_size": 5000, "chunks": _NO_CHUNKS_YET, "rows_read": 0, "rows_rejected": 0,
+    "members_total": 0, "members_scored": 0, "members_skipped": 0, "members_failed": 0, "offers": {},
+    "rejected": {}, "step_metrics": {}, "error": None, "heartbeat_at": None, "source": "api", "input_bytes": 212520,
+    "cancel_requested_at": None,
+    "progress": {"phase": "waiting for a coordinator", "chunks_done": 0, "chunks_total": 0, "members_done": 0,
+                 "members_to_score": 0, "members_per_s": None, "eta_s": None}}
+RUNNING_RUN_EXAMPLE = {
+    **QUEUED_RUN_EXAMPLE, "status": "running", "heartbeat_at": "2026-12-06T10:44:31.904113+00:00",
+    "input_bytes": 24263417, "members_total": 34000, "members_scored": 24000, "members_skipped": 10000,
+    "offers": {"OFFER_1": 11568, "OFFER_2": 12432},
+    "chunks": {"total": 18, "done": 5, "running": 2, "pending": 11, "failed": 0},
+    "progress": {"phase": "scoring", "chunks_done": 5, "chunks_total": 18, "members_done": 24000,
+                 "members_to_score": 89974, "members_per_s": 4408.6, "eta_s": 15.0}}
+CANCELLING_RUN_EXAMPLE = {**RUNNING_RUN_EXAMPLE, "cancel_requested_at": "2026-12-06T10:44:33.120551+00:00"}
+
 _run = OfferRunSchema()
 _run_page = OfferRunPageSchema()
 _result = OfferResultSchema()
@@ -248,7 +269,8 @@ def list_runs(query: dict[str, Any]) -> dict[str, Any]:
 
 @bp.get("/api/v1/offer-runs/<int:run_id>")
 @requires(Scope.RUNS_READ)
-@operation(summary="One run with its step metrics", tag="offers", response=_run, errors=(404,))
+@operation(summary="One run with its step metrics (and its progress while it runs)", tag="offers", response=_run,
+           response_example=RUNNING_RUN_EXAMPLE, errors=(404,))
 def run_detail(run_id: int) -> Any:
     return run_service.run_view(db_session(), run_id)
 

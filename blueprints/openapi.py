@@ -45,9 +45,11 @@ def error_responses(*statuses: int, schema: str | dict = "Error", examples: dict
         404: "Not found",
         413: "Body too large",
         415: "Unsupported media type",
+        409: "Conflict: the resource's state does not allow it (see the code)",
         422: "Unprocessable entity",
+        429: "Too many requests for this key (see Retry-After)",
         502: "Upstream answered with something unusable",
-        503: "Upstream unavailable (see Retry-After)",
+        503: "Upstream or a service it needs unavailable (Retry-After when known)",
         504: "Upstream timed out",
     }
     examples, refusals = examples or {}, refusals or {}

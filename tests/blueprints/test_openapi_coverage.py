@@ -118,3 +118,25 @@ def test_the_documented_refusal_of_a_valid_price_request_is_what_the_service_ans
         real = client.get("/api/v1/delivery-order-price?venue_slug=home-assignment-venue-helsinki&cart_value=1000"
                           "&user_lat=60.2288&user_lon=24.9281").get_json()  # 6.5 km north of the venue
     assert real == documented
+
+
+def test_run_operations_show_a_whole_run_record_and_their_errors(client, app):
+    """Starting, watching, cancelling and resuming a run each show an example record with exactly the
+    fields the service serves, and the rate-limited ones their 429."""
+    from blueprints.offers import OfferRunSchema
+
+    ops = operations(client.get("/openapi.json").get_json())
+    record_fields = set(OfferRunSchema().fields)
+    shown = {("/api/v1/offer-runs", "post"): ("202", "queued"),
+             ("/api/v1/offer-runs/{run_id}", "get"): ("200", "running"),
+             ("/api/v1/offer-runs/{run_id}/cancel", "post"): ("202", "running"),
+             ("/api/v1/offer-runs/{run_id}/resume", "post"): ("202", "queued")}
+    for (path, method), (status, run_status) in shown.items():
+        example = ops[(path, method)]["responses"][status]["content"]["application/json"]["example"]
+        assert set(example) == record_fields and example["status"] == run_status, (path, set(example) ^ record_fields)
+        if method == "post":
+            limited = ops[(path, method)]["responses"]["429"]["content"]["application/json"]
+            assert limited["example"]["code"] == "rate_limited", path
+    running = ops[("/api/v1/offer-runs/{run_id}", "get")]["responses"]["200"]["content"]["application/json"]["example"]
+    assert set(running["progress"]) == {"phase", "chunks_done", "chunks_total", "members_done", "members_to_score",
+                                        "members_per_s", "eta_s"}
