@@ -26,13 +26,14 @@ from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException
 
 from blueprints.common import load_or_400
+from blueprints.errors import courier_error_response
 from blueprints.hooks import db_session
 from blueprints.limits import RateLimited, limited
 from blueprints.offer_runs import RunRequestSchema, allow_upload_body, run_request, start_run
 from blueprints.offers import export_response, report_response
 from capabilities.offers import offers_capability
 from services.auth.api_keys import KeyInfo, Scope, live_key, verify_key
-from services.errors import CourierError
+from services.errors import CourierError, Unauthenticated
 from services.offers.reports import queries as run_service
 
 bp = Blueprint("web", __name__, template_folder="templates", static_folder="static", static_url_path="/web/static")
@@ -268,9 +269,23 @@ def init_app(app: Flask) -> None:
                PERMANENT_SESSION_LIFETIME=timedelta(hours=cfg["WEB_SESSION_HOURS"]))
     app.session_interface = WebSessions()
     app.register_blueprint(bp)
+    app.register_error_handler(Unauthenticated, _page_for_a_browser)
 
 
 WEB_PATHS = ("/sign-in", "/sign-out", "/runs", "/web/")
+
+# API addresses people keep links to, and their pages here. Opened in a browser without a key, they
+# lead to the page (which asks for a sign-in first) instead of a 401 JSON; a client that sends a key,
+# or does not ask for HTML first (curl: */*), gets the API's answer as before.
+API_PAGES = {"offers.run_report": "web.report", "offers.run_export": "web.export", "offers.run_detail": "web.run"}
+
+
+def _page_for_a_browser(exc: Unauthenticated) -> Response:
+    page = API_PAGES.get(request.endpoint or "")
+    if (page is not None and request.method == "GET" and "Authorization" not in request.headers
+            and request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html"):
+        return redirect(url_for(page, **(request.view_args or {})), code=303)  # type: ignore[return-value]
+    return courier_error_response(exc)
 
 
 class WebSessions(SecureCookieSessionInterface):

@@ -188,6 +188,27 @@ def test_the_form_takes_uploads_up_to_the_upload_cap_not_the_body_limit(app_conf
     assert starter.started == [1] and len(list((tmp_path / "uploads").iterdir())) == 1
 
 
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,*/*;q=0.8"
+
+
+def test_api_links_opened_in_a_browser_lead_to_the_web_pages(app):
+    run_id = a_run(app)
+    browser = app.test_client()
+    for api, page in ((f"/api/v1/offer-runs/{run_id}/report", f"/runs/{run_id}/report"),
+                      (f"/api/v1/offer-runs/{run_id}/export.csv", f"/runs/{run_id}/export.csv"),
+                      (f"/api/v1/offer-runs/{run_id}", f"/runs/{run_id}")):
+        opened = browser.get(api, headers={"Accept": BROWSER_ACCEPT})
+        assert opened.status_code == 303 and opened.headers["Location"] == page, api
+        assert browser.get(page).headers["Location"] == f"/sign-in?next={page}"  # then signed in, and back
+        machine = browser.get(api)  # curl's */*: the API's answer, unchanged
+        assert machine.status_code == 401 and machine.get_json()["code"] == "unauthorized"
+    wrong_key = browser.get(f"/api/v1/offer-runs/{run_id}/report",
+                            headers={"Accept": BROWSER_ACCEPT, "Authorization": "Bearer courier_nope"})
+    assert wrong_key.status_code == 401  # a client that sent a key is told about its key
+    other = browser.get("/api/v1/offer-runs", headers={"Accept": BROWSER_ACCEPT})
+    assert other.status_code == 401  # only the addresses that have a page
+
+
 def test_api_requests_carry_no_session(app):
     answer = app.test_client().get("/healthz")
     assert "Set-Cookie" not in answer.headers and "Vary" not in answer.headers

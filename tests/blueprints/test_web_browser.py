@@ -157,3 +157,5 @@ def test_a_person_signs_in_uploads_watches_the_run_and_reads_its_results(stack, 
     arrives(browser, stack + "/sign-in")
     browser.get(stack + "/runs/1/report")
     assert "/sign-in" in browser.current_url  # signed out: the report link needs a sign-in again
+    browser.get(stack + "/api/v1/offer-runs/1/report")  # the API's address, as in an old link
+    assert browser.current_url == stack + "/sign-in?next=/runs/1/report"
