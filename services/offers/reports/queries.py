@@ -13,6 +13,8 @@ from sqlalchemy.orm import Session
 from services.errors import InvalidRequest, NotFound
 from services.offers.runs.distributed.chunks import ChunkProgress, chunk_members, chunk_progress, chunk_span
 from services.offers.runs.recording import (
+    MAX_ID,
+    get_run,
     iter_csv,
     iter_export_rows,
     members_by_status,
@@ -45,16 +47,6 @@ def decode_cursor(cursor: str | None, kind: type) -> Any:
             isinstance(value, int) and not 0 <= value <= MAX_ID + 1):
         raise InvalidRequest("Invalid cursor.", code=INVALID_CURSOR, details={"cursor": [_NOT_OURS]})
     return value
-
-
-MAX_ID = 2**63 - 1  # largest id any supported database can hold; larger ones cannot exist
-
-
-def get_run(session: Session, run_id: int) -> OfferRun:
-    run = session.get(OfferRun, run_id) if 0 < run_id <= MAX_ID else None
-    if run is None:
-        raise NotFound(f"No offer run {run_id}.", code="run_not_found", details={"run_id": run_id})
-    return run
 
 
 def live_values(session: Session, run: OfferRun) -> dict[str, Any]:

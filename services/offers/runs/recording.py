@@ -12,11 +12,23 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Table, delete, func, insert, select
 from sqlalchemy.orm import Session
 
+from services.errors import NotFound
 from services.offers.features.definitions import STANDARD_FEATURES
 from services.offers.result_shape import EXPORT_COLUMNS, FEATURE_COLUMNS, RESULT_FIELDS, polars_schema, run_values
 from services.offers.runs.lease import shown_status
 from services.offers.statuses import MemberStatus, RunStatus
 from services.tables import OfferResult, OfferRun, utcnow
+
+MAX_ID = 2**63 - 1  # largest id any supported database can hold; larger ones cannot exist
+
+
+def get_run(session: Session, run_id: int) -> OfferRun:
+    """The run ``run_id``; NotFound (404 run_not_found) when there is none. An id beyond what a
+    database column holds would overflow the driver: no such run either."""
+    run = session.get(OfferRun, run_id) if 0 < run_id <= MAX_ID else None
+    if run is None:
+        raise NotFound(f"No offer run {run_id}.", code="run_not_found", details={"run_id": run_id})
+    return run
 
 
 @dataclass

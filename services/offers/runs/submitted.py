@@ -32,6 +32,7 @@ from services.errors import Unprocessable
 from services.offers.partners.config import PartnerConfig
 from services.offers.runs.errors import DistributedUnavailable, RunConflict, RunsUnavailable
 from services.offers.runs.lease import is_dead
+from services.offers.runs.recording import get_run
 from services.offers.statuses import RunStatus
 from services.tables import OfferRun, utcnow
 
@@ -41,7 +42,6 @@ if TYPE_CHECKING:  # polars comes with them: loaded by the first upload, not whe
 log = logging.getLogger("courier.offers.submitted")
 
 SOURCE = "api"
-MAX_ID = 2**63 - 1  # the largest id any supported database holds
 ENDED = frozenset({RunStatus.SUCCEEDED, RunStatus.COMPLETED_WITH_FAILURES, RunStatus.FAILED, RunStatus.INTERRUPTED})
 
 
@@ -182,12 +182,7 @@ def resume(sessions: sessionmaker, run_id: int, starter_factory: Callable[[], Ru
     restarted without persistence; a second coordinator finds the run held and stops at its claim).
     Idempotent either way."""
     with sessions() as session:
-        # An id beyond what a database column holds would overflow the driver: no such run.
-        run = session.get(OfferRun, run_id) if 0 < run_id <= MAX_ID else None
-        if run is None:
-            from services.errors import NotFound
-
-            raise NotFound(f"No offer run {run_id}.", code="run_not_found", details={"run_id": run_id})
+        run = get_run(session, run_id)
         session.expunge(run)
     if run.status == RunStatus.RUNNING and not is_dead(run):
         return run
