@@ -11,6 +11,7 @@ from flask import Flask, current_app
 from capabilities.runtime import runtime
 
 if TYPE_CHECKING:
+    from services.offers.partners.config import PartnerConfig
     from services.offers.realtime import RealtimeOffers
     from services.offers.reports.pages import ReportPages
     from services.offers.runs.distributed.celery_app import DistributedOffers
@@ -86,12 +87,14 @@ def init_app(app: Flask) -> OffersCapability:
         return RealtimeOffers(cfg["PARTNERS_FILE"], cfg["OFFERS_REALTIME_DEADLINE_S"],
                               service_url=cfg["SERVICE_URL"], own_reference_url=own_reference)
 
-    def distributed() -> DistributedOffers:
+    def partner_config(name: str) -> PartnerConfig:
+        """The partner from the registry file as it is now (a worker or upload sees an edited file)."""
         from services.offers.partners.registry import load_registry
-        from services.offers.runs.distributed.celery_app import CelerySettings, DistributedOffers, RunSettings
 
-        def partner_config(name: str):
-            return load_registry(cfg["PARTNERS_FILE"], cfg["SERVICE_URL"]).get(name)
+        return load_registry(cfg["PARTNERS_FILE"], cfg["SERVICE_URL"]).get(name)
+
+    def distributed() -> DistributedOffers:
+        from services.offers.runs.distributed.celery_app import CelerySettings, DistributedOffers, RunSettings
 
         return DistributedOffers(
             CelerySettings(broker_url=cfg["CELERY_BROKER_URL"], result_backend=cfg["CELERY_RESULT_BACKEND"],
@@ -111,16 +114,14 @@ def init_app(app: Flask) -> OffersCapability:
 
     def submissions() -> Submissions:
         from config import default_database_folder
-        from services.offers.partners.registry import load_registry
         from services.offers.runs.submitted import Submissions
         from services.offers.runs.uploads import UploadStore
 
         uploads = UploadStore(cfg["OFFERS_UPLOAD_DIR"] or default_database_folder() / "uploads",
                               cfg["OFFERS_UPLOAD_MAX_BYTES"], cfg["OFFERS_UPLOAD_RETENTION_DAYS"] * 86400)
         return Submissions(built.session_factory, uploads, lambda: capability.distributed.queue(),
-                           built.engine.dialect.name,
-                           lambda name: load_registry(cfg["PARTNERS_FILE"], cfg["SERVICE_URL"]).get(name),
-                           cfg["OFFERS_DEFAULT_PARTNER"], cfg["OFFERS_CHUNK_SIZE"])
+                           built.engine.dialect.name, partner_config, cfg["OFFERS_DEFAULT_PARTNER"],
+                           cfg["OFFERS_CHUNK_SIZE"])
 
     capability = app.extensions[EXTENSION] = OffersCapability(
         {"realtime": realtime, "distributed": distributed, "reports": reports, "submissions": submissions})
