@@ -201,12 +201,16 @@ def start(query: dict[str, Any]) -> Response:
            response_example=CANCELLING_RUN_EXAMPLE, errors=(404, 409, 429), refusals=_RUN_CONFLICTS,
            error_examples=_RATE_LIMITED)
 def cancel(run_id: int) -> Response:
-    session = db_session()
-    run = run_service.get_run(session, run_id)
-    offers_capability().submissions.cancel(session, run)
-    session.commit()
-    record = run_service.run_view(session, run_id)
+    record = cancel_run(run_id)
     return _accepted(record, status=200 if record["status"] == "interrupted" else 202)
+
+
+def cancel_run(run_id: int) -> dict[str, Any]:
+    """Cancel the run (committed) and return its record. Shared with the web view."""
+    session = db_session()
+    offers_capability().submissions.cancel(session, run_service.get_run(session, run_id))
+    session.commit()
+    return run_service.run_view(session, run_id)
 
 
 @bp.post("/api/v1/offer-runs/<int:run_id>/resume")

@@ -29,7 +29,7 @@ from blueprints.common import load_or_400
 from blueprints.errors import courier_error_response
 from blueprints.hooks import db_session
 from blueprints.limits import RateLimited, limited
-from blueprints.offer_runs import RunRequestSchema, allow_upload_body, run_request, start_run
+from blueprints.offer_runs import RunRequestSchema, allow_upload_body, cancel_run, run_request, start_run
 from blueprints.offers import export_response, report_response
 from capabilities.offers import offers_capability
 from services.auth.api_keys import KeyInfo, Scope, live_key, verify_key
@@ -144,7 +144,7 @@ def runs() -> Response:
 @bp.get("/runs/new")
 def new_run() -> Response:
     _need(Scope.RUNS_WRITE)
-    return _page("new_run.html", partners=_partner_names(), today=datetime.now(UTC).date().isoformat())
+    return _new_run_page()
 
 
 @bp.post("/runs")
@@ -161,9 +161,14 @@ def start() -> Response:
         options = load_or_400(RunRequestSchema(), form, "Invalid run options.")
         record, _ = start_run(upload.stream, upload.filename, run_request(options, None))
     except CourierError as exc:
-        return _page("new_run.html", status=exc.status, partners=_partner_names(), error=exc.message,
-                     problems=exc.details, today=datetime.now(UTC).date().isoformat())
+        return _new_run_page(status=exc.status, error=exc.message, problems=exc.details)
     return redirect(url_for("web.run", run_id=record["id"]), code=303)  # type: ignore[return-value]
+
+
+def _new_run_page(status: int = 200, **context: Any) -> Response:
+    """The upload form (again, with what was wrong, after a refused upload)."""
+    return _page("new_run.html", status=status, partners=_partner_names(),
+                 today=datetime.now(UTC).date().isoformat(), **context)
 
 
 def _partner_names() -> list[str]:
@@ -189,9 +194,7 @@ def run(run_id: int) -> Response:
 def cancel(run_id: int) -> Response:
     _need(Scope.RUNS_WRITE)
     _check_csrf()
-    session_ = db_session()
-    offers_capability().submissions.cancel(session_, run_service.get_run(session_, run_id))
-    session_.commit()
+    cancel_run(run_id)
     return redirect(url_for("web.run", run_id=run_id), code=303)  # type: ignore[return-value]
 
 
