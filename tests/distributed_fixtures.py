@@ -121,6 +121,14 @@ def coordinator_worker(env: dict[str, str], log_path: Path) -> CeleryWorker:
     return CeleryWorker("runs", env, log_path, concurrency=4, queues="courier.runs", pool="threads")
 
 
+def worker_settings(database_url: str, redis: RedisServer, partner, **more: str) -> dict[str, str]:
+    """COURIER_* variables the web app, the workers and the test share: the database, the broker,
+    the reference partner, JSON logs; plus ``more`` (names without the COURIER_ prefix)."""
+    return {"COURIER_DATABASE_URL": database_url, "COURIER_CELERY_BROKER_URL": redis.url,
+            "COURIER_SERVICE_URL": partner.service_url, "COURIER_LOG_FORMAT": "json",
+            **{f"COURIER_{name}": value for name, value in more.items()}}
+
+
 def app_on_fresh_postgres(url: str, settings: dict[str, str], partner):
     """An app on a freshly migrated schema at ``url``, configured by ``settings`` (COURIER_* variables,
     set in the environment so the workers' processes and this app agree; conftest restores it)."""

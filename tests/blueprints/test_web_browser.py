@@ -19,7 +19,13 @@ import pytest
 
 from config import DATA_DIR
 from services.auth.api_keys import Scope, create_key
-from tests.distributed_fixtures import CeleryWorker, MissingComponent, RedisServer, coordinator_worker
+from tests.distributed_fixtures import (
+    CeleryWorker,
+    MissingComponent,
+    RedisServer,
+    coordinator_worker,
+    worker_settings,
+)
 from tests.live_servers import gunicorn_process
 from tests.offers_fixtures import fresh_postgres, postgres_in_schema
 
@@ -43,10 +49,8 @@ def stack(tmp_path, module_partner):
     except MissingComponent as exc:
         pytest.skip(str(exc))
     fresh_postgres(PG_URL)
-    env = {"COURIER_DATABASE_URL": PG_URL, "COURIER_CELERY_BROKER_URL": redis.url,
-           "COURIER_SERVICE_URL": module_partner.service_url, "COURIER_LOG_FORMAT": "json",
-           "COURIER_OFFERS_UPLOAD_DIR": str(tmp_path / "uploads"), "COURIER_SECRET_KEY": "browser-test",
-           "COURIER_OFFERS_DISTRIBUTED_STALL_S": "60"}
+    env = worker_settings(PG_URL, redis, module_partner, OFFERS_UPLOAD_DIR=str(tmp_path / "uploads"),
+                          SECRET_KEY="browser-test", OFFERS_DISTRIBUTED_STALL_S="60")
     workers = [coordinator_worker(env, tmp_path / "runs.log"), CeleryWorker("chunks", env, tmp_path / "chunks.log")]
     try:
         with gunicorn_process(PG_URL, tmp_path, workers=2, **env) as port:

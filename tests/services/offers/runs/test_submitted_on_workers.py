@@ -20,6 +20,7 @@ from tests.distributed_fixtures import (
     CeleryWorker,
     app_on_fresh_postgres,
     coordinator_worker,
+    worker_settings,
 )
 from tests.offers_fixtures import postgres_in_schema, recorded_results
 
@@ -33,10 +34,9 @@ ATS_BATCH = "/ml/ats/predict/batch"
 
 @pytest.fixture(scope="module")
 def settings(module_redis, module_partner, tmp_path_factory):
-    return {"COURIER_DATABASE_URL": PG_URL, "COURIER_CELERY_BROKER_URL": module_redis.url,
-            "COURIER_SERVICE_URL": module_partner.service_url, "COURIER_LOG_FORMAT": "json",
-            "COURIER_OFFERS_UPLOAD_DIR": str(tmp_path_factory.mktemp("uploads")),
-            "COURIER_OFFERS_DISTRIBUTED_STALL_S": "60", "COURIER_RATE_LIMIT_RUN_SUBMISSIONS": ""}
+    return worker_settings(PG_URL, module_redis, module_partner,
+                           OFFERS_UPLOAD_DIR=str(tmp_path_factory.mktemp("uploads")),
+                           OFFERS_DISTRIBUTED_STALL_S="60", RATE_LIMIT_RUN_SUBMISSIONS="")
 
 
 @pytest.fixture

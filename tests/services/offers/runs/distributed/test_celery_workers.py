@@ -17,7 +17,7 @@ from config import DATA_DIR
 from services.offers.runs.lifecycle import RunOptions
 from services.offers.runs.local import run_offers
 from services.tables import OfferRun, OfferRunChunk
-from tests.distributed_fixtures import CeleryWorker, app_on_fresh_postgres
+from tests.distributed_fixtures import CeleryWorker, app_on_fresh_postgres, worker_settings
 from tests.offers_fixtures import fresh_postgres, postgres_in_schema, recorded_results
 
 PG_URL = postgres_in_schema(os.environ.get("COURIER_TEST_POSTGRES_URL"), "distributed_celery")
@@ -30,10 +30,9 @@ ATS_BATCH = "/ml/ats/predict/batch"
 
 @pytest.fixture(scope="module")
 def settings(module_redis, module_partner):
-    return {"COURIER_DATABASE_URL": PG_URL, "COURIER_CELERY_BROKER_URL": module_redis.url,
-            "COURIER_SERVICE_URL": module_partner.service_url, "COURIER_LOG_FORMAT": "json",
-            # a killed worker's chunk comes back after 3 s (chunks here take milliseconds)
-            "COURIER_CELERY_VISIBILITY_TIMEOUT_S": "3", "COURIER_OFFERS_DISTRIBUTED_STALL_S": "60"}
+    # a killed worker's chunk comes back after 3 s (chunks here take milliseconds)
+    return worker_settings(PG_URL, module_redis, module_partner, CELERY_VISIBILITY_TIMEOUT_S="3",
+                           OFFERS_DISTRIBUTED_STALL_S="60")
 
 
 @pytest.fixture
