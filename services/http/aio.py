@@ -15,7 +15,6 @@ carried the call.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from services.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from services.http import json_codec
 from services.http.policy import HttpPolicy, next_wait, outcome_of, raise_for_upstream_status, retry_of
 from services.http.transport import KeepAliveTransport, TransportError
 from services.logs import request_id_var
@@ -182,7 +182,7 @@ class AsyncHttpClient:
     # -- results -----------------------------------------------------------------------------------
     def json_of(self, payload: bytes) -> Any:
         try:
-            return json.loads(payload)
+            return json_codec.loads(payload)
         except (ValueError, RecursionError) as exc:
             raise UpstreamInvalid(f"{self.upstream} sent a body that is not JSON", upstream=self.upstream) from exc
 

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
 from services.errors import UpstreamInvalid
+from services.http import json_codec
 from services.http.aio import AsyncHttpClient, RetryEvent
 from services.http.policy import HttpPolicy
 from services.http.sync import HttpClient
@@ -97,11 +97,11 @@ class AsyncPartnerClient:
         await self.http.close()
 
     def encode(self, features: dict[str, Any]) -> bytes:
-        return json.dumps({json_name: features[name] for json_name, name in self._names}).encode()
+        return json_codec.dumps({json_name: features[name] for json_name, name in self._names})
 
     def encode_batch(self, rows: list[dict[str, Any]]) -> bytes:
         names = self._names
-        return json.dumps([{json_name: row[name] for json_name, name in names} for row in rows]).encode()
+        return json_codec.dumps([{json_name: row[name] for json_name, name in names} for row in rows])
 
     async def ping(self) -> Any:
         return await self.http.get_json(self.config.ping_path)
@@ -111,7 +111,7 @@ class AsyncPartnerClient:
         return prediction_of(await self.http.post_json(path, body), self._prediction, self.upstream)
 
     async def assign_offer(self, ats: float, resp: float) -> str:
-        body = json.dumps({self._ats: ats, self._resp: resp}).encode()
+        body = json_codec.dumps({self._ats: ats, self._resp: resp})
         return offer_of(await self.http.post_json(self.config.offer_path, body), self._offer, self.upstream)
 
     async def predict_batch(self, step: str, body: bytes, size: int) -> list[float | UpstreamInvalid]:
@@ -125,6 +125,6 @@ class AsyncPartnerClient:
     async def assign_offer_batch(self, pairs: list[tuple[float, float]]) -> list[str | UpstreamInvalid]:
         batch = self.config.batch
         assert batch is not None
-        body = json.dumps([{self._ats: a, self._resp: r} for a, r in pairs]).encode()
+        body = json_codec.dumps([{self._ats: a, self._resp: r} for a, r in pairs])
         items = batch_items(await self.http.post_json(batch.offer_path, body), len(pairs), self.upstream)
         return [item_or_error(offer_of, item, self._offer, self.upstream) for item in items]

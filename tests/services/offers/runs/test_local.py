@@ -318,6 +318,27 @@ def test_one_unusable_item_in_a_batch_answer_fails_only_that_member(app, session
     assert failed.error.startswith("offer: upstream_invalid") and failed.offer is None
 
 
+def test_a_nonstandard_number_in_one_batch_item_fails_only_that_member(app, sessions):
+    """JSON has no Infinity: orjson refuses such a body, and the standard library's reading of it
+    (behind orjson) keeps the failure to the one member whose prediction it is."""
+    import json
+
+    def one_infinite_prediction(body):
+        answers = [json.dumps({"prediction": 0.5})] * len(body)
+        answers[7] = '{"prediction": Infinity}'
+        return 200, "[" + ", ".join(answers) + "]"
+
+    partner = LivePartner(fail={"/ml/ats/predict/batch": one_infinite_prediction})
+    try:
+        report = run_offers(sessions, partner.config(batch=True), options())
+    finally:
+        partner.close()
+    assert report.run.members_failed == 1 and report.run.members_scored == 889
+    with sessions() as session:
+        failed = session.scalars(select(OfferResult).where(OfferResult.status == "failed")).one()
+    assert failed.error.startswith("ats: upstream_invalid") and "inf" in failed.error
+
+
 def test_a_partner_without_a_ping_route_is_still_scored(app, sessions):
     partner = LivePartner(fail={"/": lambda body: 404})  # up, but no ping route
     try:
