@@ -8,11 +8,19 @@
   printed forty lines of SQLAlchemy and driver frames. Now: what failed, the URL with its password
   masked, and what to check, as a ``click.ClickException`` (exit 1), the one way our commands exit
   with an error.
+- The interpreter's exit kept short: every object alive when the command ends is frozen
+  (``gc.freeze``) at exit, so the full collections Python runs while finalising skip them. After
+  a 100k-member ``run-offers --output`` they took ~0.25 s of the process's 5-7 s (perf: the last
+  0.3 s were ``gc_collect_main``); frozen, the exit takes ~0.07 s. What that gives up: garbage
+  left in reference cycles at exit is not collected (its ``__del__`` not run), which Python does
+  not promise at exit anyway; our commands close what they write in ``with`` blocks.
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
+import gc
 import os
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +35,15 @@ from services.db import driver_reason, is_locked
 from services.logs import request_id_var
 
 _WRAPPED = "courier_invocation_wrapped"
+_exit_freeze_registered = False
+
+
+def _freeze_at_exit() -> None:
+    """Once per process: freeze what is alive when the interpreter starts to exit (see above)."""
+    global _exit_freeze_registered
+    if not _exit_freeze_registered:
+        _exit_freeze_registered = True
+        atexit.register(gc.freeze)
 
 
 def wrap_commands(command: click.Command) -> None:
@@ -44,6 +61,7 @@ def _wrapped(callback: Callable[..., Any]) -> Callable[..., Any]:
     def run(*args: Any, **kwargs: Any) -> Any:
         name = click.get_current_context().command_path.split(" ", 1)[-1].replace(" ", "-")
         token = request_id_var.set(request_id_var.get() or f"cli-{name}-{os.urandom(6).hex()}")
+        _freeze_at_exit()
         try:
             return callback(*args, **kwargs)
         except (OperationalError, InterfaceError) as exc:
