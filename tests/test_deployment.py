@@ -8,6 +8,7 @@ import runpy
 import shutil
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -31,6 +32,28 @@ def test_each_instance_gets_its_own_control_socket(monkeypatch):
     assert len(paths) == 3
     monkeypatch.setenv("COURIER_CONTROL_SOCKET", "/run/courier/a.ctl")
     assert runpy.run_path(str(ROOT / "gunicorn.conf.py"))["control_socket"] == "/run/courier/a.ctl"
+
+
+def test_gunicorn_builds_no_access_line_of_its_own():
+    """The app writes the access line. With ``logconfig_dict`` set, stock gunicorn also built its own
+    line's atoms for every request and threw them away: ~50 us of a worker's CPU per request."""
+    code = ("import runpy\n"
+            "from gunicorn.config import Config\n"
+            "settings = runpy.run_path('gunicorn.conf.py')\n"
+            "cfg = Config()\n"
+            "for name in ('logger_class', 'logconfig_dict', 'loglevel', 'errorlog', 'accesslog'):\n"
+            "    if name in settings:\n"
+            "        cfg.set(name, settings[name])\n"
+            "logger = cfg.logger_class(cfg)\n"
+            "built = []\n"
+            "logger.atoms = lambda *args: built.append(args) or {}\n"
+            "logger.access(None, None, {}, 0.01)\n"
+            "logger.error('still logged')\n"
+            "print('atoms built:', len(built))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "atoms built: 0"
+    assert '"msg": "still logged"' in result.stderr  # gunicorn's own lines: JSON, as before
 
 
 @pytest.fixture
