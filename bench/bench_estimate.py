@@ -3,7 +3,8 @@
     .venv/bin/python bench/bench_estimate.py [--workers 2] [--seconds 5] [--runs 3]
 
 Serves, one after the other under gunicorn.conf.py (sync workers, --workers each):
-  bare     bench/bare_app.py: parse the JSON body, answer a small JSON object (the framework's part)
+  bare     bench/bare_app.py: parse the JSON body, answer a small JSON object (the framework's part),
+           under gunicorn.conf.py and again under gunicorn's defaults (single body only)
   courier  the app as production runs it: access log on (written to /dev/null instead of a terminal)
 and loads each with wrk at 8 and 64 connections, taking the median of --runs runs:
   single   one body (the README's example), POST /api/v1/delivery-estimate and POST /
@@ -32,6 +33,7 @@ from bench.harness import (  # noqa: E402
     measured_with_baseline,
     median_load,
     metrics_cost,
+    plain_gunicorn,
     prepared_env,
     server_usage,
     usage_row,
@@ -89,6 +91,15 @@ def main() -> None:
                 bare[("mixed", c)] = median_load(args.runs, f"bare /echo mixed c={c}", url, "/echo",
                                                  requests_file=bare_mixed, connections=c, **post)
             usage = [("bare (every scenario)", start, server_usage(url), bare)]
+        # The same bare route under gunicorn's defaults: what Courier's gunicorn.conf.py adds shows.
+        plain: dict = {}
+        with plain_gunicorn(env, args.workers, "bench.bare_app:app", "/query") as url:
+            median_load(1, "warm-up", url, "/echo", body=BODY, connections=8, method="POST", seconds=2)
+            start = server_usage(url)
+            for c in levels:
+                plain[("single", c)] = median_load(args.runs, f"bare, gunicorn defaults /echo c={c}", url, "/echo",
+                                                   body=BODY, connections=c, **post)
+            usage.append(("bare, gunicorn defaults (single body)", start, server_usage(url), plain))
 
         def measure(root: Path, label: str) -> dict:
             results = {}
@@ -112,6 +123,7 @@ def main() -> None:
     for c in levels:
         for path in ("/api/v1/delivery-estimate", "/"):
             print(compare_row(ours[(path, c)], bare[("single", c)]))
+            print(compare_row(ours[(path, c)], plain[("single", c)], "bare, gunicorn defaults"))
             if before:
                 print(compare_row(ours[(path, c)], before[(path, c)], args.before))
         print(compare_row(ours[("mixed", c)], bare[("mixed", c)]))

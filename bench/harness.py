@@ -146,6 +146,16 @@ def gunicorn(env: dict, workers: int, port: int | None = None, target: str = "ws
         yield url
 
 
+@contextmanager
+def plain_gunicorn(env: dict, workers: int, target: str, health: str):
+    """gunicorn with its own defaults (no gunicorn.conf.py) serving ``target``: the bare route as a
+    reviewer serves it, so a ratio against it does not hide what our configuration costs."""
+    port = free_port()
+    with served([str(BIN / "gunicorn"), "--workers", str(workers), "--bind", f"127.0.0.1:{port}", target], port,
+                health, quiet=True, env={**env, "COURIER_BIND": f"127.0.0.1:{port}"}) as url:  # found by server_usage
+        yield url
+
+
 def _wrk(label: str, url: str, path: str, method: str, body: str | None, seconds: int, connections: int,
          cpus: str | None = None, requests_file: str | None = None) -> LoadResult:
     env = {**os.environ, "WRK_METHOD": method, "WRK_BODY": body or "", "WRK_REQUESTS_FILE": requests_file or ""}
