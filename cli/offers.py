@@ -31,7 +31,7 @@ from services.offers.runs.errors import DistributedUnavailable
 from services.offers.runs.frame import RunFailure
 from services.offers.runs.lifecycle import ResumeError, RunOptions, resumed_partner_and_date
 from services.offers.runs.local import run_offers
-from services.offers.runs.recording import OUTPUT_SUFFIXES, write_output
+from services.offers.runs.recording import OUTPUT_SUFFIXES, RecordedResults, write_output
 from services.offers.runs.stats import rate_text
 from services.offers.statuses import EXIT_CODES, RunStatus
 
@@ -203,13 +203,16 @@ def run_offers_command(input_path, partner, as_of, output, concurrency, no_batch
     queue = _checked_queue() if distributed else None
     click.echo(_scoring_line(config, options, no_batch, distributed), err=True)
     progress = _Progress()
+    # --output from the results as they were committed, not read back (when they are all of them)
+    recorded = RecordedResults() if output and queue is None else None
     try:
         with _stop_on_signals() as stop:
             if queue is not None:
                 report = _run_distributed(process, queue, config, options, chunk_size, progress, stop)
             else:
                 report = run_offers(process.session_factory, config, options, progress_start=progress.start,
-                                    progress=progress.advance, stop=stop, on_retry=_RetryReporter(progress))
+                                    progress=progress.advance, stop=stop, on_retry=_RetryReporter(progress),
+                                    recorded=recorded)
     except (InputError, ResumeError, DistributedUnavailable) as exc:
         _usage_error(str(exc))
     finally:
@@ -217,7 +220,7 @@ def run_offers_command(input_path, partner, as_of, output, concurrency, no_batch
     _print_summary(report)
     if output:
         with process.session() as session:
-            summary = write_output(session, report.run, output)
+            summary = write_output(session, report.run, output, recorded)
         click.echo(f"\nwrote {output} and {summary}")
     _print_hints(report, config, input_path, distributed)
     raise SystemExit(EXIT_CODES.get(report.run.status, 1))

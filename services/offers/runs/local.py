@@ -31,7 +31,7 @@ from services.offers.features.scan import FeatureScan
 from services.offers.partners.config import PartnerConfig
 from services.offers.runs.frame import Failure, RunContext, RunFailure, RunReport, Scored, run_frame
 from services.offers.runs.lifecycle import RunOptions
-from services.offers.runs.recording import MemberOutcome
+from services.offers.runs.recording import MemberOutcome, RecordedResults
 from services.offers.runs.scoring import ScoringSettings, score_stream
 from services.offers.runs.stats import RetryTally, StepStats
 from services.offers.runs.writer import OutcomeEmitter, ResultWriter
@@ -57,8 +57,10 @@ class LocalExecutor:
     chunk_size: int | None = None
     lock_run_to_finish = False
 
-    def __init__(self, on_retry: Callable[[RetryTally, RetryEvent], None] | None = None) -> None:
+    def __init__(self, on_retry: Callable[[RetryTally, RetryEvent], None] | None = None,
+                 recorded: RecordedResults | None = None) -> None:
         self.on_retry = on_retry
+        self.recorded = recorded
 
     def check(self) -> None:
         pass
@@ -74,7 +76,7 @@ class LocalExecutor:
             context.progress_start(max(0, scan.members + scan.skipped_members - len(done)))
         writer = ResultWriter(context.sessions, context.run_id, steps["record"], context.progress,
                               on_error=context.stop.set, already_recorded=len(done),
-                              outage_s=options.database_outage_s)
+                              outage_s=options.database_outage_s, recorded=self.recorded)
         writer.start()
         emitter = OutcomeEmitter(writer, steps)
         scoring_started = time.perf_counter()
@@ -114,13 +116,15 @@ def run_offers(
     progress: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
     on_retry: Callable[[RetryTally, RetryEvent], None] | None = None,
+    recorded: RecordedResults | None = None,
 ) -> RunReport:
     """Score every member of ``options.input_path`` on ``partner`` in this process and record the run.
 
     ``stop`` (set by the CLI on Ctrl-C or TERM) ends intake; members in flight finish, everything
     finished is stored, and the run is marked ``interrupted`` so ``resume_run_id`` can continue it.
+    ``recorded`` keeps the committed results for ``write_output`` (``--output``).
     """
-    return run_frame(sessions, partner, options, LocalExecutor(on_retry), progress_start=progress_start,
+    return run_frame(sessions, partner, options, LocalExecutor(on_retry, recorded), progress_start=progress_start,
                      progress=progress, stop=stop)
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from sqlalchemy.orm import sessionmaker
 
 from services.db import through_outage
-from services.offers.runs.recording import MemberOutcome, insert_outcomes
+from services.offers.runs.recording import MemberOutcome, RecordedResults, insert_outcomes
 from services.offers.runs.stats import StepStats, Timeline
 
 log = logging.getLogger("courier.offers")
@@ -31,8 +31,9 @@ class ResultWriter(threading.Thread):
 
     def __init__(self, sessions: sessionmaker, run_id: int, step: StepStats,
                  progress: Callable[[int], None] | None, on_error: Callable[[], None] | None = None,
-                 already_recorded: int = 0, outage_s: float = 0.0) -> None:
+                 already_recorded: int = 0, outage_s: float = 0.0, recorded: RecordedResults | None = None) -> None:
         super().__init__(name="offers-writer", daemon=True)
+        self.recorded = recorded  # committed results kept for --output (see RecordedResults)
         self.context = contextvars.copy_context()  # log lines of this thread carry the run's id
         self.on_error = on_error
         self.queue: queue.Queue[list[MemberOutcome] | None] = queue.Queue(maxsize=16)
@@ -52,12 +53,14 @@ class ResultWriter(threading.Thread):
             return
         started = time.perf_counter()
 
-        def insert() -> None:
+        def insert() -> list[tuple] | None:
             with self.sessions() as session, session.begin():
-                insert_outcomes(session, self.run_id, batch)
+                return insert_outcomes(session, self.run_id, batch)
 
         # A database restart mid-run is waited out (scoring goes on into the bounded queue meanwhile).
-        through_outage(insert, self.outage_s, what="writing offer results")
+        inserted = through_outage(insert, self.outage_s, what="writing offer results")
+        if self.recorded is not None:
+            self.recorded.keep(inserted)
         ended = time.perf_counter()
         self.step.add((ended - started) * 1000 / len(batch), len(batch))  # each member's share of the write
         if self._first_started is None:
