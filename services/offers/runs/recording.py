@@ -241,11 +241,12 @@ class RecordedResults:
     def __init__(self, max_rows: int = 150_000) -> None:
         self.max_rows = max_rows
         self.rows = 0
-        self.overflowed = False
+        self.overflowed = False  # more rows than max_rows, or rows this class does not keep
+        self._handed_out = False
         self._batches: list[list[tuple]] = []
 
     def keep(self, inserted: list[tuple] | None) -> None:
-        """Keep a committed batch's rows (``insert_outcomes``' answer; None: not SQLite, keep none)."""
+        """Keep a committed batch's rows (``insert_outcomes``' answer; None on PostgreSQL: keep none)."""
         if self.overflowed:
             return
         if inserted is None or self.rows + len(inserted) > self.max_rows:
@@ -255,7 +256,7 @@ class RecordedResults:
         self.rows += len(inserted)
 
     def complete_for(self, run: OfferRun) -> bool:
-        return not self.overflowed and self.rows == run.members_total
+        return not self.overflowed and not self._handed_out and self.rows == run.members_total
 
     def frame(self):
         """Every kept result in export columns, in member order (SQLite's ``ORDER BY member_id``: both
@@ -269,7 +270,7 @@ class RecordedResults:
         frames = []
         while self._batches:  # each batch's tuples freed as soon as its frame is built
             frames.append(pl.DataFrame(self._batches.pop(), schema=schema, orient="row"))
-        self.overflowed = True  # handed out once
+        self._handed_out = True  # the tuples are gone: a second frame would be empty
         rows = pl.concat(frames) if frames else pl.DataFrame(schema=schema)
         return rows.select([pl.col(field.column).alias(field.name) for field in RESULT_FIELDS]).sort("member_id")
 
