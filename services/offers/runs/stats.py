@@ -76,6 +76,37 @@ class StepStats:
         return out
 
 
+class StepLatencies:
+    """Adds members' call latencies to their steps' statistics, a run of equal values at a time.
+
+    The members of one batch call share its latency, so a 1,000-member batch is one ``add`` (one
+    lock) per step instead of a thousand: per member, the adds were 0.43 s of a 100k-member local
+    run's event loop (py-spy). The histogram is the one adding each member would give. Call
+    ``flush`` before reading the statistics.
+    """
+
+    def __init__(self, steps: dict[str, StepStats]) -> None:
+        self.steps = steps
+        self._runs: dict[str, list] = {}  # step -> [latency ms, members]: equal latencies in a row, not yet added
+
+    def add(self, step: str, ms: float | None) -> None:
+        """One member's latency of ``step`` (None: the member did not reach it)."""
+        if ms is None:
+            return
+        run = self._runs.get(step)
+        if run is not None and run[0] == ms:
+            run[1] += 1
+            return
+        if run is not None:
+            self.steps[step].add(run[0], run[1])
+        self._runs[step] = [ms, 1]
+
+    def flush(self) -> None:
+        for step, (ms, members) in self._runs.items():
+            self.steps[step].add(ms, members)
+        self._runs.clear()
+
+
 @dataclass
 class RetryTally:
     """Retries counted by upstream and reason, instead of a log line each (5,340 lines in one run)."""

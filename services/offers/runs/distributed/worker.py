@@ -29,7 +29,7 @@ from services.offers.runs.distributed.chunks import (
 from services.offers.runs.lease import HEARTBEAT_S, Beats
 from services.offers.runs.recording import MemberOutcome
 from services.offers.runs.scoring import ScoringSettings, score_stream
-from services.offers.runs.stats import RetryTally, StepStats
+from services.offers.runs.stats import RetryTally, StepLatencies, StepStats
 from services.offers.statuses import MemberStatus
 
 log = logging.getLogger("courier.offers.chunks")
@@ -83,12 +83,12 @@ def _score(partner: PartnerConfig, job: ChunkJob, claimed: ClaimedChunk,
            taken_back: threading.Event) -> tuple[list[MemberOutcome], dict[str, StepStats], float, RetryTally]:
     outcomes: list[MemberOutcome] = []
     steps = {name: StepStats(name) for name in PARTNER_STEPS}
+    latencies = StepLatencies(steps)
 
     def emit(outcome: MemberOutcome) -> None:
-        for name in PARTNER_STEPS:
-            ms = getattr(outcome, f"{name}_ms")
-            if ms is not None:
-                steps[name].add(ms)
+        latencies.add("ats", outcome.ats_ms)
+        latencies.add("resp", outcome.resp_ms)
+        latencies.add("offer", outcome.offer_ms)
         outcomes.append(outcome)
 
     retries = RetryTally()
@@ -96,6 +96,7 @@ def _score(partner: PartnerConfig, job: ChunkJob, claimed: ClaimedChunk,
                                use_batch=job.use_batch)
     started = time.perf_counter()
     result = score_stream(partner, iter(claimed.rows), settings, emit, taken_back, on_retry=retries)
+    latencies.flush()
     if result.tripped:
         raise ChunkAttemptFailed(f"stopped after {job.max_consecutive_failures} consecutive member failures "
                                  f"(circuit breaker); last error: {result.last_error}")
