@@ -2,8 +2,9 @@
 
 A 100k-member batch run spent 1.3 s of its event loop's 3.2 s in ``json.dumps``/``json.loads``
 (py-spy, bundled reference partner): every member's features go out in the ATS/RESP body and its
-predictions come back. orjson encodes the same 1,000-member bodies ~10x faster. What goes on
-the wire is the same JSON value; only the spelling differs (no spaces, ``1e-5`` for ``1e-05``).
+predictions come back. Measured here on 90 bodies of 1,000 members (median of 5): encoding 0.598 s
+with ``json`` vs 0.025 s with orjson (24x), decoding the answers 0.038 vs 0.010 s (3.7x). What goes
+on the wire is the same JSON value; only the spelling differs (no spaces, ``1e-5`` for ``1e-05``).
 
 Decoding falls back to :func:`json.loads` when orjson refuses a body, so what a partner may send is
 exactly what it was: orjson is strict RFC 8259, and the standard library also reads ``NaN``,
