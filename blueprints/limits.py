@@ -173,10 +173,10 @@ class Limits:
 
 
 def _too_many(exc: TooManyRequests) -> Response:
-    limit, retry_after = (exc.limit, exc.retry_after_s) if isinstance(exc, RateLimited) else ("the limit", 60)
-    return envelope(429, "rate_limited", f"Too many requests for this key: {limit}. Retry in {retry_after} s.",
-                    details={"limit": limit, "retry_after_s": retry_after},
-                    headers={"Retry-After": str(retry_after)})
+    breach = exc if isinstance(exc, RateLimited) else RateLimited("the limit", 60)  # a 429 not of ours
+    return envelope(429, "rate_limited", breach.description,
+                    details={"limit": breach.limit, "retry_after_s": breach.retry_after_s},
+                    headers={"Retry-After": str(breach.retry_after_s)})
 
 
 def init_app(app: Flask) -> None:
