@@ -35,15 +35,12 @@ from services.db import driver_reason, is_locked
 from services.logs import request_id_var
 
 _WRAPPED = "courier_invocation_wrapped"
-_exit_freeze_registered = False
 
 
+@functools.cache  # once per process
 def _freeze_at_exit() -> None:
-    """Once per process: freeze what is alive when the interpreter starts to exit (see above)."""
-    global _exit_freeze_registered
-    if not _exit_freeze_registered:
-        _exit_freeze_registered = True
-        atexit.register(gc.freeze)
+    """Freeze what is alive when the interpreter starts to exit (see above)."""
+    atexit.register(gc.freeze)
 
 
 def wrap_commands(command: click.Command) -> None:
