@@ -308,7 +308,8 @@ def iter_csv(rows: Iterable[tuple]) -> Iterator[str]:
 
 
 def csv_chunks(frames: Iterable) -> Iterator[str]:
-    """CSV text of frames in EXPORT_COLUMNS (header first, at least the header), as ``iter_csv`` says."""
+    """CSV text of frames in EXPORT_COLUMNS, header first, as ``iter_csv`` says (at least one frame:
+    an empty one gives the header alone)."""
     import polars as pl
 
     fixes = [pl.when(pl.col(name).str.contains(_FORMULA_START)).then(pl.lit("'") + pl.col(name))
@@ -319,8 +320,6 @@ def csv_chunks(frames: Iterable) -> Iterator[str]:
             continue
         yield frame.with_columns(fixes).write_csv(include_header=header, line_terminator="\r\n")
         header = False
-    if header:
-        yield pl.DataFrame(schema=polars_schema()).write_csv(include_header=True, line_terminator="\r\n")
 
 
 OUTPUT_SUFFIXES = (".csv", ".jsonl", ".parquet")
