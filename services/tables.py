@@ -130,7 +130,11 @@ class OfferResult(Base):
 
     # One result per member and run, found by run and member: no surrogate key (see migration 0012).
     run_id: Mapped[int] = mapped_column(ForeignKey("offer_runs.id", ondelete="CASCADE"), primary_key=True)
-    member_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # Byte order on every database (migration 0014): SQLite compares text by its bytes; PostgreSQL
+    # compares by the database's collation unless told "C". Pages, the export and ``--output`` from
+    # recorded results (polars sorts by bytes) then agree everywhere.
+    member_id: Mapped[str] = mapped_column(String(128).with_variant(String(128, collation="C"), "postgresql"),
+                                           primary_key=True)
     avg_points_bought: Mapped[float | None] = mapped_column(Float)
     avg_revenue_usd: Mapped[float | None] = mapped_column(Float)
     last_3_transactions_avg_points_bought: Mapped[float | None] = mapped_column(Float)

@@ -108,7 +108,7 @@ def _compiled_insert(dialect) -> str:
     return cached
 
 
-def insert_outcomes(session: Session, run_id: int, outcomes: list[MemberOutcome]) -> list[tuple] | None:
+def insert_outcomes(session: Session, run_id: int, outcomes: list[MemberOutcome]) -> list[tuple]:
     """Straight to the driver: binary ``COPY`` on PostgreSQL (psycopg), one executemany elsewhere.
 
     Neither the ORM nor Core's parameter processing: building and binding 1,000 plain rows through
@@ -117,27 +117,30 @@ def insert_outcomes(session: Session, run_id: int, outcomes: list[MemberOutcome]
     ~100 ms (bench/bench_chunk_io.py); what is left is the server's: the table's indexes and the
     foreign key (a temporary table without them takes 6 ms).
 
-    Returns the rows as inserted (``RESULT_COLUMNS`` order) elsewhere than on PostgreSQL, for
+    Returns the rows as stored (``RESULT_COLUMNS`` order, ``extra_features`` as JSON text), for
     :class:`RecordedResults`.
     """
     if not outcomes:
         return []
     connection = session.connection()
+    values = [outcome.values(run_id) for outcome in outcomes]
     if connection.dialect.name == "postgresql" and connection.dialect.driver == "psycopg":
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         with cursor.copy(_COPY_RESULTS) as copy:
             copy.set_types(_copy_types())
-            for outcome in outcomes:
-                copy.write_row(outcome.values(run_id))
-        return None
-    params = []
-    for outcome in outcomes:
-        values = outcome.values(run_id)
-        if values[_EXTRA] is not None:
-            values = (*values[:_EXTRA], json.dumps(values[_EXTRA]), *values[_EXTRA + 1:])
-        params.append(values)
-    connection.exec_driver_sql(_compiled_insert(connection.dialect), params)
-    return params
+            for row in values:
+                copy.write_row(row)  # extra features as a dict: psycopg's json dumper encodes it
+        return [_as_stored(row) for row in values]
+    rows = [_as_stored(row) for row in values]
+    connection.exec_driver_sql(_compiled_insert(connection.dialect), rows)
+    return rows
+
+
+def _as_stored(values: tuple) -> tuple:
+    """A result row with its extra features as the JSON text the column stores."""
+    if values[_EXTRA] is None:
+        return values
+    return (*values[:_EXTRA], json.dumps(values[_EXTRA]), *values[_EXTRA + 1:])
 
 
 RUN_STATUSES = tuple(s.value for s in RunStatus if s is not RunStatus.ABANDONED)
@@ -226,8 +229,8 @@ def iter_export_rows(session: Session, run_id: int, batch: int = 5000) -> Iterat
 
 
 class RecordedResults:
-    """The results one process recorded for a run on SQLite, kept as they were inserted, so
-    ``--output`` writes them without reading the run back.
+    """The results one process recorded for a run, kept as they were inserted, so ``--output``
+    writes them without reading the run back.
 
     Reading 100k results back and building their frames took ~0.8 s at the end of a 100k-member
     run; from the kept rows it takes ~0.3 s. The writer keeps its own insert rows (no work on its
@@ -236,20 +239,23 @@ class RecordedResults:
     ``max_rows`` it keeps nothing more and the output is read back as before, so larger runs keep
     their flat memory. Only a run this process recorded from its first result can be complete: a
     resumed run's earlier results are only in the database (``complete_for`` checks the count).
+
+    The kept rows sorted by polars come in the order the database reads them back: member ids
+    compare by their bytes on SQLite and on PostgreSQL (``COLLATE "C"``, migration 0014).
     """
 
     def __init__(self, max_rows: int = 150_000) -> None:
         self.max_rows = max_rows
         self.rows = 0
-        self.overflowed = False  # more rows than max_rows, or rows this class does not keep
+        self.overflowed = False  # more rows than max_rows
         self._handed_out = False
         self._batches: list[list[tuple]] = []
 
-    def keep(self, inserted: list[tuple] | None) -> None:
-        """Keep a committed batch's rows (``insert_outcomes``' answer; None on PostgreSQL: keep none)."""
+    def keep(self, inserted: list[tuple]) -> None:
+        """Keep a committed batch's rows (``insert_outcomes``' answer)."""
         if self.overflowed:
             return
-        if inserted is None or self.rows + len(inserted) > self.max_rows:
+        if self.rows + len(inserted) > self.max_rows:
             self.overflowed, self._batches = True, []
             return
         self._batches.append(inserted)
@@ -259,8 +265,8 @@ class RecordedResults:
         return not self.overflowed and not self._handed_out and self.rows == run.members_total
 
     def frame(self):
-        """Every kept result in export columns, in member order (SQLite's ``ORDER BY member_id``: both
-        compare UTF-8 bytes)."""
+        """Every kept result in export columns, in member order (the database's ``ORDER BY member_id``:
+        both compare UTF-8 bytes)."""
         import polars as pl
 
         exported = polars_schema()
@@ -329,8 +335,7 @@ def write_output(session: Session, run: OfferRun, path: str | Path, recorded: Re
     """Per-member results as CSV (.csv), JSON lines (.jsonl) or Parquet (.parquet), plus a summary.
 
     ``recorded``: the results as this process recorded them; used instead of reading the run back
-    when they are all of the run's results on SQLite (on PostgreSQL ``ORDER BY member_id`` follows
-    the database's collation, which need not be byte order).
+    when they are all of the run's results.
     """
     path = Path(path)
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
@@ -338,7 +343,7 @@ def write_output(session: Session, run: OfferRun, path: str | Path, recorded: Re
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
     kept = None
-    if recorded is not None and recorded.complete_for(run) and session.get_bind().dialect.name == "sqlite":
+    if recorded is not None and recorded.complete_for(run):
         try:
             kept = recorded.frame()
         except Exception:  # noqa: BLE001 - a value polars will not take: the database has them all

@@ -1,0 +1,36 @@
+"""offer_results.member_id compares by bytes on PostgreSQL too (COLLATE "C")
+
+Member ids are opaque keys. SQLite orders them by their bytes; PostgreSQL ordered them by the
+database's collation (en_US puts "a" before "B", C puts "B" first), so result pages and exports
+could come in a different order on each database, and `run-offers --output` could not write the
+results it had just recorded (sorted by bytes) without reading them back in the database's order.
+"C" also spares the primary key's comparisons the locale's collation routine.
+
+Revision ID: 0014
+Revises: 0013
+Create Date: 2026-12-06 16:30:00
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = '0014'
+down_revision = '0013'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    if op.get_bind().dialect.name != 'postgresql':
+        return  # SQLite's BINARY collation is byte order already
+    # PostgreSQL rebuilds the primary key (run_id, member_id) in the new order.
+    op.alter_column('offer_results', 'member_id', type_=sa.String(128, collation='C'),
+                    existing_type=sa.String(128), existing_nullable=False)
+
+
+def downgrade() -> None:
+    if op.get_bind().dialect.name != 'postgresql':
+        return
+    op.alter_column('offer_results', 'member_id', type_=sa.String(128), existing_type=sa.String(128, collation='C'),
+                    existing_nullable=False)
