@@ -1,4 +1,5 @@
-"""JSON bodies of the batch scorer's partner calls: orjson, with the standard library behind it.
+"""JSON bodies of upstream calls (the batch scorer's partner calls, the request path's venue documents):
+orjson, with the standard library behind it.
 
 A 100k-member batch run spent 1.3 s of its event loop's 3.2 s in ``json.dumps``/``json.loads``
 (py-spy, bundled reference partner): every member's features go out in the ATS/RESP body and its

@@ -95,6 +95,19 @@ def test_malformed_json_becomes_upstream_invalid(mock):
         HttpClient("up", BASE, FAST).get_json("/thing")
 
 
+@pytest.mark.parametrize(("body", "content_type"), [
+    ('{"name": "Caf\u00e9", "n": NaN}'.encode(), "application/json"),  # orjson refuses NaN; json reads it
+    ('{"name": "Caf\u00e9"}'.encode("utf-16"), "application/json"),  # no charset: UTF-16 found by its BOM
+    ('{"name": "Caf\u00e9"}'.encode("latin-1"), "application/json; charset=iso-8859-1"),  # declared charset
+])
+def test_json_bodies_read_as_requests_reads_them(mock, body, content_type):
+    import math
+
+    mock.get(f"{BASE}/thing", body=body, content_type=content_type)
+    doc = HttpClient("up", BASE, FAST).get_json("/thing")
+    assert doc["name"] == "Caf\u00e9" and all(math.isnan(v) for k, v in doc.items() if k == "n")
+
+
 def test_404_becomes_upstream_not_found(mock):
     mock.get(f"{BASE}/thing", status=404, json={"detail": "nope"})
     with pytest.raises(UpstreamNotFound):
