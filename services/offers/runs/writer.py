@@ -53,7 +53,7 @@ class ResultWriter(threading.Thread):
             return
         started = time.perf_counter()
 
-        def insert() -> list[tuple] | None:
+        def insert() -> list[tuple]:
             with self.sessions() as session, session.begin():
                 return insert_outcomes(session, self.run_id, batch)
 
