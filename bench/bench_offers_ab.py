@@ -89,8 +89,16 @@ def one_run(root: Path, label: str, members: Path, partner: str, folder: Path, p
 
 
 def results(path: Path) -> list[dict]:
+    """Every row but its latencies, numbers as numbers: CSV written by polars (since 70a4212) spells
+    some floats differently from the csv module (0.0000687... for 6.87...e-05), the same value."""
+    def value(cell: str) -> float | str:
+        try:
+            return float(cell)
+        except ValueError:
+            return cell
+
     with open(path, newline="") as handle:
-        return [{k: v for k, v in row.items() if k not in LATENCIES} for row in csv.DictReader(handle)]
+        return [{k: value(v) for k, v in row.items() if k not in LATENCIES} for row in csv.DictReader(handle)]
 
 
 def main() -> None:
