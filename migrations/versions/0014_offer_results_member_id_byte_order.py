@@ -4,7 +4,9 @@ Member ids are opaque keys. SQLite orders them by their bytes; PostgreSQL ordere
 database's collation (en_US puts "a" before "B", C puts "B" first), so result pages and exports
 could come in a different order on each database, and `run-offers --output` could not write the
 results it had just recorded (sorted by bytes) without reading them back in the database's order.
-"C" also spares the primary key's comparisons the locale's collation routine.
+On PostgreSQL the upgrade rebuilds the primary key with the table locked: 0.19 s per 200k results
+here (~1 s per million). Recording speed is the same either way on a C.UTF-8 database (COPY of
+200k rows in batches of 1,000: 1.27 s with "C" and without, median of 3).
 
 Revision ID: 0014
 Revises: 0013
