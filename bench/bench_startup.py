@@ -9,21 +9,19 @@ Issue 22's third target, measured per run and as medians:
                     uvicorn worker, keep-alive): process start to its first connection to the partner
                     (the ping), and start to exit
 
-The partner is reached through a small TCP relay in this process that notes when the first
-connection arrives, on the same clock as the process start.  The runs alternate between this tree
-and ``--before`` (a temporary worktree on the same virtualenv), each run of ``run-offers`` on a
-fresh SQLite database.
+The partner is reached through the tests' TCP relay (``tests.live_servers.PausableTcpProxy``) in
+this process, which notes when the first connection arrives, on the same clock as the process
+start.  The runs alternate between this tree and ``--before`` (a temporary worktree on the same
+virtualenv), each run of ``run-offers`` on a fresh SQLite database.
 """
 
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -33,43 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_offers import keepalive_partner  # noqa: E402
 from bench.harness import BIN, ROOT, checkout, machine  # noqa: E402
-
-
-class FirstConnection:
-    """A TCP relay to ``target`` that notes the time (``time.perf_counter``) of its first connection."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.first: float | None = None
-        self.listener = socket.create_server(("127.0.0.1", 0), backlog=128)
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def reset(self) -> None:
-        self.first = None
-
-    def _accept(self) -> None:
-        while True:
-            client, _ = self.listener.accept()
-            if self.first is None:
-                self.first = time.perf_counter()
-            upstream = socket.create_connection(self.target)
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+from tests.live_servers import PausableTcpProxy  # noqa: E402
 
 
 def timed(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float]:
@@ -92,7 +54,7 @@ def main() -> None:
     rows: dict[str, dict[str, list[float]]] = {}
     with keepalive_partner() as partner, (checkout(args.before) if args.before else nullcontext()) as before_root:
         address = urlsplit(partner)
-        relay = FirstConnection((address.hostname or "127.0.0.1", address.port or 80))
+        relay = PausableTcpProxy(address.hostname or "127.0.0.1", address.port or 80)
         service = f"{address.scheme}://127.0.0.1:{relay.port}{address.path}"
         roots = {"this tree": ROOT}
         if before_root is not None:
@@ -104,10 +66,11 @@ def main() -> None:
                 _, help_s = timed([str(BIN / "flask"), "--help"], root, env)
                 subprocess.run([str(BIN / "flask"), "--app", "wsgi", "db", "upgrade"], cwd=root, env=env,
                                check=True, capture_output=True)
-                relay.reset()
+                relay.first_connected_at = None
                 started, run_s = timed([str(BIN / "flask"), "--app", "wsgi", "run-offers", "--input",
                                            str(ROOT / "data" / "member_data.csv"), "--as-of", "2024-01-05"], root, env)
-                first_call = (relay.first - started) if relay.first is not None else float("nan")
+                first_call = (relay.first_connected_at - started) if relay.first_connected_at is not None \
+                    else float("nan")
                 measured = rows.setdefault(label, {"help": [], "first call": [], "sample": []})
                 measured["help"].append(help_s)
                 measured["first call"].append(first_call)

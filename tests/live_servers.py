@@ -65,7 +65,11 @@ def gunicorn_process(db_url: str, tmp_path: Path, workers: int = 2, **env: str) 
 
 class PausableTcpProxy:
     """Forwards a loopback port to ``target``; ``down()`` drops every connection and answers new ones
-    by closing them at once, as a restarting database server does, until ``up()``."""
+    by closing them at once, as a restarting database server does, until ``up()``.
+
+    ``first_connected_at``: when the first connection since it was last set to None arrived
+    (``time.perf_counter``; ``bench/bench_startup.py`` times a command's first partner call by it).
+    """
 
     def __init__(self, host: str, port: int) -> None:
         import threading
@@ -78,6 +82,7 @@ class PausableTcpProxy:
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         self._closed = False
+        self.first_connected_at: float | None = None
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -88,6 +93,8 @@ class PausableTcpProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
+            if self.first_connected_at is None:
+                self.first_connected_at = time.perf_counter()
             if not self.serving.is_set():
                 client.close()
                 continue
