@@ -93,7 +93,6 @@ def project_copy(tmp_path, monkeypatch):
     """alembic.ini and migrations/ copied, so a test can write revisions without touching the checkout."""
     import shutil
 
-    from config import PROJECT_ROOT
     from services import migrations
 
     root = tmp_path / "project"
